@@ -1,0 +1,50 @@
+"""Measured bytes on the wire and the message keys of fedlean's protocol.
+
+A message's size is what Flower itself serializes: the sum of the ``deflate()``
+sizes of the message and every object nested in it (records, arrays, chunks).
+That sum matched the SuperLink's traffic counter within 0.01% (see DESIGN.md).
+"""
+
+from __future__ import annotations
+
+from flwr.app import Message
+from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
+from flwr.supercore.inflatable.inflatable_utils import inflate_object_from_contents
+
+# Record keys (hyphenated, as in Flower's own strategies).
+ARRAYS_KEY = "arrays"
+CONFIG_KEY = "config"
+METRICS_KEY = "metrics"
+# ConfigRecord entry holding the client-side run settings (JSON), so that clients
+# need no Hydra: everything they must know travels in the message.
+RUN_CONFIG_KEY = "fedlean-run"
+NUM_EXAMPLES_KEY = "num-examples"
+
+
+def serialize_message(message: Message) -> dict[str, bytes]:
+    """Flower's serialized form of a message: object id -> deflated bytes."""
+    return {oid: obj.deflate() for oid, obj in get_all_nested_objects(message).items()}
+
+
+def message_bytes(message: Message) -> int:
+    """Serialized size of a message in bytes, as Flower puts it on the wire."""
+    return sum(len(blob) for blob in serialize_message(message).values())
+
+
+def wire_copy(message: Message) -> tuple[Message, int]:
+    """Send a message through Flower's serialization and back.
+
+    Used by the in-process runtime so that sender and receiver never share
+    objects, exactly as over a network.
+
+    Returns
+    -------
+    tuple[Message, int]
+        The inflated copy and its serialized size in bytes.
+    """
+    contents = serialize_message(message)
+    size = sum(len(blob) for blob in contents.values())
+    copy = inflate_object_from_contents(message.object_id, contents)
+    # The message id is excluded from serialization (the SuperLink assigns it).
+    copy.metadata.__dict__["_message_id"] = message.metadata.message_id
+    return copy, size
