@@ -56,9 +56,13 @@ def client_data(settings: dict[str, Any], node_config: dict[str, Any]):
     """This node's (train, test) datasets from its node_config."""
     data_cfg = settings["data"]
     if DATA_PATH_KEY in node_config:
+        # Normalized (and resized) like the run's dataset, so that a device's own
+        # data meets the model as the server's test set and the other clients do.
         return load_local_data(str(node_config[DATA_PATH_KEY]),
                                test_fraction=float(data_cfg.get("test_fraction", 0.2)),
-                               seed=int(settings["seed"]))
+                               seed=int(settings["seed"]),
+                               normalize_as=data_cfg["name"],
+                               resize=data_cfg.get("resize"))
     if PARTITION_ID_KEY not in node_config:
         raise ValueError(
             f"node_config needs '{PARTITION_ID_KEY}' and '{NUM_PARTITIONS_KEY}' "

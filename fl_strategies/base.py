@@ -33,7 +33,7 @@ from flwr.serverapp.strategy import FedAvg, Result
 from flwr.supercore import log
 
 from .codec import CodecError, decode_arrays, encode_arrays
-from .wire import ARRAYS_KEY, METRICS_KEY, NUM_EXAMPLES_KEY, RUN_CONFIG_KEY, message_bytes
+from .wire import ARRAYS_KEY, METRICS_KEY, NUM_EXAMPLES_KEY, RUN_CONFIG_KEY, messages_bytes
 
 
 class ReplyError(ValueError):
@@ -326,7 +326,7 @@ class FedleanStrategy(FedAvg):
 
     # --------------------------------------------------------------- helpers
     def _count(self, server_round: int, key: str, messages: list[Message]) -> None:
-        self.bytes[server_round][key] += sum(message_bytes(m) for m in messages)
+        self.bytes[server_round][key] += messages_bytes(messages)
 
     def _num_examples(self, content: RecordDict) -> int:
         if METRICS_KEY not in content.metric_records:

@@ -7,8 +7,13 @@ That sum matched the SuperLink's traffic counter within 0.01% (see DESIGN.md).
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from flwr.app import Message
-from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
+from flwr.supercore.inflatable.inflatable_object import (
+    get_all_nested_objects,
+    no_object_id_recompute,
+)
 from flwr.supercore.inflatable.inflatable_utils import inflate_object_from_contents
 
 # Record keys (hyphenated, as in Flower's own strategies).
@@ -23,12 +28,32 @@ NUM_EXAMPLES_KEY = "num-examples"
 
 def serialize_message(message: Message) -> dict[str, bytes]:
     """Flower's serialized form of a message: object id -> deflated bytes."""
-    return {oid: obj.deflate() for oid, obj in get_all_nested_objects(message).items()}
+    # Without this context Flower re-hashes every nested object once per ancestor.
+    with no_object_id_recompute():
+        return {oid: obj.deflate() for oid, obj in get_all_nested_objects(message).items()}
 
 
 def message_bytes(message: Message) -> int:
     """Serialized size of a message in bytes, as Flower puts it on the wire."""
-    return sum(len(blob) for blob in serialize_message(message).values())
+    return messages_bytes([message])
+
+
+def messages_bytes(messages: Iterable[Message]) -> int:
+    """Total serialized size of several messages, each counted in full.
+
+    Every message is counted with all its objects (each destination node receives
+    them all); objects shared between messages, such as one round's model sent to
+    every node, are serialized only once to compute their size.
+    """
+    sizes: dict[str, int] = {}
+    total = 0
+    with no_object_id_recompute():
+        for message in messages:
+            for oid, obj in get_all_nested_objects(message).items():
+                if oid not in sizes:
+                    sizes[oid] = len(obj.deflate())
+                total += sizes[oid]
+    return total
 
 
 def wire_copy(message: Message) -> tuple[Message, int]:

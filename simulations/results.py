@@ -19,8 +19,11 @@ MB = 1e6  # results use decimal megabytes (10^6 bytes)
 
 
 def accuracy_of(record: Mapping[str, Any]) -> float | None:
-    """The accuracy a record reports: centralized if there is one, else client-side."""
-    for key in ("central_accuracy", "client_accuracy"):
+    """The accuracy a record reports: centralized if there is one, else client-side.
+
+    Methods without a single global model (FedGKT) report their own ``accuracy``.
+    """
+    for key in ("central_accuracy", "client_accuracy", "accuracy"):
         if record.get(key) is not None:
             return float(record[key])
     return None
@@ -133,7 +136,8 @@ def plot_runs(runs: Mapping[str, list[Mapping[str, Any]]], path: str | Path) -> 
     ax.set_xlabel("cumulative measured traffic, up + down (MB)")
     ax.set_ylabel("test accuracy")
     ax.grid(alpha=0.3)
-    ax.legend(fontsize="small")
+    if ax.lines:
+        ax.legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=120)
     plt.close(fig)

@@ -9,6 +9,7 @@ ServerApp by closure.
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
 from .compose import RunPlan, compose_run, execute_plan
+from .config import ConfigError
 from .inline import InlineGrid
 
 
@@ -62,7 +64,10 @@ def run_ray(plan: RunPlan, quiet: bool = False) -> dict[str, Any]:
             grid.pull_interval = float(plan.cfg["backend"].get("pull_interval", 0.01))
         summaries.append(execute_plan(plan, grid, quiet=quiet))
 
-    os.environ.setdefault("RAY_DEDUP_LOGS", "0")
+    if not plan.cfg.get("verbose", False):
+        for name in ("flwr", "alembic"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     run_simulation(
         server_app=server_app,
         client_app=client_app,
@@ -81,5 +86,8 @@ def run_ray(plan: RunPlan, quiet: bool = False) -> dict[str, Any]:
 def run_from_config(cfg: Any, out_dir: str | Path, quiet: bool = False) -> dict[str, Any]:
     """Compose (validating first) and run; returns the run's summary."""
     plan = compose_run(cfg, out_dir)
+    if plan.cfg["backend"]["name"] == "deployment":
+        raise ConfigError("backend=deployment runs under `flwr run` on a SuperLink "
+                          "(see docs/deploy.md), not in `simulations.run`")
     runner = {"inline": run_inline, "ray": run_ray}[plan.cfg["backend"]["name"]]
     return runner(plan, quiet=quiet)
