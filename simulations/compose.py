@@ -8,6 +8,7 @@ the same whichever runtime carries its messages.
 from __future__ import annotations
 
 import logging
+import os
 import random
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -52,11 +53,14 @@ def model_dims(cfg: Mapping[str, Any]) -> dict[str, Any]:
 def client_settings(cfg: Mapping[str, Any]) -> dict[str, Any]:
     """What clients must know, sent as JSON in every message (clients have no Hydra)."""
     dataset, partition, opt = cfg["dataset"], cfg["partition"], cfg["optimizer"]
+    root = dataset.get("root")
+    # Ray actors need not share the driver's working directory: pin relative roots.
+    root = os.path.abspath(root) if root else None
     return {
         "method": dict(cfg["method"]),
         "data": {
             "name": dataset["name"],
-            "root": dataset.get("root"),
+            "root": root,
             "download": bool(dataset.get("download", False)),
             "resize": dataset.get("resize"),
             "test_fraction": float(dataset.get("test_fraction", 0.2)),
@@ -119,6 +123,15 @@ def central_evaluator(cfg: Mapping[str, Any]) -> Callable[[int, ArrayRecord], Me
     return evaluate
 
 
+def _plausible_max_examples(cfg: Mapping[str, Any]) -> int | None:
+    """The dataset's train size, when the server holds the data (central evaluation)."""
+    if not cfg.get("central_eval", True):
+        return None
+    from clients.data import train_set_size
+
+    return train_set_size(client_settings(cfg)["data"])
+
+
 def compose_run(cfg: Mapping[str, Any] | DictConfig, out_dir: str | Path) -> RunPlan:
     """Validate the config and build everything the server side of a run needs."""
     cfg = to_dict(cfg)
@@ -140,7 +153,7 @@ def compose_run(cfg: Mapping[str, Any] | DictConfig, out_dir: str | Path) -> Run
         "min_evaluate_nodes": max(1, int(cfg["fraction_evaluate"] * num_clients)) if cfg["fraction_evaluate"] > 0 else 0,
         "min_available_nodes": num_clients,
         "client_config": client_settings(cfg),
-        "max_num_examples": None,
+        "max_num_examples": _plausible_max_examples(cfg),
     }
     strategy = STRATEGY_BUILDERS[cfg["method"]["name"]](cfg, common)
     return RunPlan(

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from datasets import Dataset
 from PIL import Image
 from torch.utils.data import TensorDataset
 
@@ -70,9 +71,7 @@ def data_cache_cleared():
 # --------------------------------------------------------------------------
 # Real loaders on native-format fixtures
 # --------------------------------------------------------------------------
-@pytest.mark.parametrize(
-    ("name", "folder"), [("mnist", "MNIST"), ("fashion_mnist", "FashionMNIST")]
-)
+@pytest.mark.parametrize(("name", "folder"), [("mnist", "MNIST"), ("fashion_mnist", "FashionMNIST")])
 def test_mnist_like_idx_files(tmp_path, name, folder):
     raw = tmp_path / folder / "raw"
     x_tr, x_te = _images(12, 1, 28)[:, 0], _images(5, 1, 28)[:, 0]
@@ -141,12 +140,8 @@ def test_cifar100_pickle_files(tmp_path):
     base = tmp_path / "cifar-100-python"
     x_tr, y_tr = _images(7, 3, 32), RNG.integers(0, 100, 7).tolist()
     x_te, y_te = _images(3, 3, 32), RNG.integers(0, 100, 3).tolist()
-    _pickle(
-        base / "train", {"data": x_tr.reshape(7, -1), "fine_labels": y_tr, "coarse_labels": [0] * 7}
-    )
-    _pickle(
-        base / "test", {"data": x_te.reshape(3, -1), "fine_labels": y_te, "coarse_labels": [0] * 3}
-    )
+    _pickle(base / "train", {"data": x_tr.reshape(7, -1), "fine_labels": y_tr, "coarse_labels": [0] * 7})
+    _pickle(base / "test", {"data": x_te.reshape(3, -1), "fine_labels": y_te, "coarse_labels": [0] * 3})
     _pickle(
         base / "meta",
         {
@@ -257,9 +252,9 @@ def test_femnist_local_dataset_dict_uses_its_test_split(tmp_path):
     import datasets as hfds
 
     root = tmp_path / "femnist"
-    hfds.DatasetDict(
-        {"train": _femnist_dataset(3, 4), "test": _femnist_dataset(2, 3)}
-    ).save_to_disk(str(root))
+    hfds.DatasetDict({"train": _femnist_dataset(3, 4), "test": _femnist_dataset(2, 3)}).save_to_disk(
+        str(root)
+    )
     b = data.load_dataset("femnist", root=str(root))
     _check_bundle(b, "femnist", 12, 6)
     assert _row_ids(b.x_train) == list(range(12))
@@ -300,9 +295,7 @@ def test_missing_data_without_download(tmp_path, name, exists):
         root.mkdir()  # an empty directory is as missing as no directory
     for fn in (data.validate_data_source, data.load_dataset):
         with pytest.raises(FileNotFoundError) as err:
-            fn(name, str(root), False) if fn is data.validate_data_source else fn(
-                name, root=str(root), download=False
-            )
+            fn(name, str(root), False)  # both take (name, root, download)
         msg = str(err.value)
         assert name in msg and str(root) in msg and "download=true" in msg
     # With download on, the pre-flight check passes without touching the net.
@@ -357,9 +350,7 @@ def _max_class_share(labels: np.ndarray, parts: list[np.ndarray]) -> float:
 
 def test_dirichlet_skew_and_determinism():
     labels = _balanced_labels()
-    skewed = data.partition_indices(
-        labels, "dirichlet", 10, seed=3, alpha=0.1, min_partition_size=0
-    )
+    skewed = data.partition_indices(labels, "dirichlet", 10, seed=3, alpha=0.1, min_partition_size=0)
     flat = data.partition_indices(labels, "dirichlet", 10, seed=3, alpha=1000.0)
     _assert_disjoint_cover(skewed, len(labels))
     _assert_disjoint_cover(flat, len(labels))
@@ -369,6 +360,38 @@ def test_dirichlet_skew_and_determinism():
     assert all(np.array_equal(a, b) for a, b in zip(skewed, again, strict=True))
     other = data.partition_indices(labels, "dirichlet", 10, seed=4, alpha=0.1, min_partition_size=0)
     assert not all(np.array_equal(a, b) for a, b in zip(skewed, other, strict=True))
+
+
+@pytest.mark.filterwarnings("ignore:Classes.*will NOT be used")
+@pytest.mark.parametrize("scheme", ["dirichlet", "pathological"])
+def test_fast_index_read_matches_public_flwr_api(scheme):
+    """partition_indices reads the flwr-datasets assignment directly (speed);
+    it must equal what the public load_partition API returns."""
+    from flwr_datasets.partitioner import DirichletPartitioner, PathologicalPartitioner
+
+    labels = RNG.permutation(_balanced_labels(30))
+    ours = data.partition_indices(labels, scheme, 6, seed=5, alpha=0.3, classes_per_partition=3)
+    if scheme == "dirichlet":
+        ref = DirichletPartitioner(6, "label", 0.3, min_partition_size=1, seed=5)
+    else:
+        ref = PathologicalPartitioner(6, "label", 3, "first-deterministic", seed=5)
+    ref.dataset = Dataset.from_dict({"label": labels, "idx": np.arange(len(labels))})
+    for pid, got in enumerate(ours):
+        assert got.tolist() == list(ref.load_partition(pid)["idx"])
+
+
+def test_collect_falls_back_to_public_api():
+    from clients.data.partition import _collect
+
+    class Part:  # no private assignment attribute -> public API only
+        def load_partition(self, pid):
+            return {"idx": [pid, pid + 10]}
+
+    assert [p.tolist() for p in _collect(Part(), 3, np.arange(20))] == [
+        [0, 10],
+        [1, 11],
+        [2, 12],
+    ]
 
 
 @pytest.mark.parametrize("k", [1, 2, 3])

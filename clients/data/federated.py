@@ -19,6 +19,7 @@ client datasets of this process.  Call :func:`clear_data_cache` to drop it.
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache, lru_cache
@@ -51,6 +52,13 @@ DEFAULT_DATA_CFG: dict[str, Any] = {
     "test_fraction": 0.2,
     "min_partition_size": 1,
 }
+
+
+# lru_cache alone does not stop two threads from computing the same missing
+# entry concurrently (i.e. loading the dataset twice); Flower may run
+# several clients of one process in threads, so the public entry points
+# serialise on this lock.  Re-entrant because the stages call each other.
+_LOCK = threading.RLock()
 
 
 @dataclass(frozen=True)
@@ -118,7 +126,8 @@ def load_partition(
     partition_id, num_partitions = int(partition_id), int(num_partitions)
     if not 0 <= partition_id < num_partitions:
         raise ValueError(f"partition_id must be in [0, {num_partitions}), got {partition_id}.")
-    return _client_split(key, test_fraction, partition_id, num_partitions)
+    with _LOCK:
+        return _client_split(key, test_fraction, partition_id, num_partitions)
 
 
 def load_central_testset(data_cfg: Mapping[str, Any]) -> TensorDataset:
@@ -128,13 +137,26 @@ def load_central_testset(data_cfg: Mapping[str, Any]) -> TensorDataset:
     matter.  Cached per process like :func:`load_partition` (and sharing its
     loaded dataset), so repeated calls return the same object.
     """
-    return _central(_data_key(data_cfg))
+    key = _data_key(data_cfg)
+    with _LOCK:
+        return _central(key)
+
+
+def train_set_size(data_cfg: Mapping[str, Any]) -> int:
+    """Number of training examples of the whole dataset (cached like the rest).
+
+    The server uses it as the plausibility bound for clients' ``num-examples``.
+    """
+    key = _data_key(data_cfg)
+    with _LOCK:
+        return int(_bundle(key).y_train.shape[0])
 
 
 def clear_data_cache() -> None:
     """Drop every cached dataset, partitioning and client split of this process."""
-    for fn in (_client_split, _partitions, _central, _bundle):
-        fn.cache_clear()
+    with _LOCK:
+        for fn in (_client_split, _partitions, _central, _bundle):
+            fn.cache_clear()
 
 
 # --------------------------------------------------------------------------

@@ -66,9 +66,7 @@ FEMNIST_HUB_ID = "flwrlabs/femnist"
 #: samples is held out as the global test set (LEAF's per-writer split).
 FEMNIST_TEST_FRACTION = 0.1
 #: Label order of FEMNIST's ``character`` ClassLabel: digits, upper, lower.
-FEMNIST_CLASSES: tuple[str, ...] = tuple(
-    string.digits + string.ascii_uppercase + string.ascii_lowercase
-)
+FEMNIST_CLASSES: tuple[str, ...] = tuple(string.digits + string.ascii_uppercase + string.ascii_lowercase)
 #: Official CINIC-10 archive (Edinburgh DataShare).
 CINIC10_URL = "https://datashare.ed.ac.uk/bitstream/handle/10283/3192/CINIC-10.tar.gz"
 #: CINIC-10 classes, same order as CIFAR-10 (also alphabetical).
@@ -185,8 +183,7 @@ def normalize(
         t = t.to(torch.float32, copy=True)
     if t.ndim != 4 or t.shape[1] != len(mean) or len(mean) != len(std):
         raise ValueError(
-            f"Expected N x C x H x W images with C={len(mean)} channels, "
-            f"got shape {tuple(t.shape)}."
+            f"Expected N x C x H x W images with C={len(mean)} channels, got shape {tuple(t.shape)}."
         )
     m = torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1)
     s = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
@@ -349,8 +346,7 @@ def _layout_hint(name: str) -> str:
         "cifar10": "cifar-10-batches-py/ pickle batches",
         "cifar100": "cifar-100-python/ pickle files",
         "cinic10": "train/ and test/ class folders of PNG images",
-        "femnist": "a save_to_disk directory or parquet/arrow files with "
-        "columns image, character, writer_id",
+        "femnist": "a save_to_disk directory or parquet/arrow files with columns image, character, writer_id",
     }[name]
 
 
@@ -548,8 +544,7 @@ def _load_cinic10(root: str, download: bool) -> tuple[Any, ...]:
         )
         if not _is_present("cinic10", root):
             raise FileNotFoundError(
-                f"CINIC-10 archive extracted into {root!r} but train/ and test/ "
-                "were not found there."
+                f"CINIC-10 archive extracted into {root!r} but train/ and test/ were not found there."
             )
 
     class _FixedClassFolder(tvd.ImageFolder):
@@ -601,9 +596,7 @@ def _load_femnist(root: str, download: bool) -> tuple[Any, ...]:
 
     if isinstance(loaded, hfds.DatasetDict):
         if "train" not in loaded:
-            raise ValueError(
-                f"FEMNIST copy at {root!r} has splits {list(loaded)}, expected 'train'."
-            )
+            raise ValueError(f"FEMNIST copy at {root!r} has splits {list(loaded)}, expected 'train'.")
         train, test = loaded["train"], loaded.get("test")
     else:
         train, test = loaded, None
@@ -651,21 +644,25 @@ def _femnist_arrays(ds: Any, root: str) -> tuple[np.ndarray, np.ndarray, np.ndar
         raise ValueError(
             f"FEMNIST copy at {root!r} lacks column(s) {sorted(missing)}; found {ds.column_names}."
         )
+    # Batched access throughout: with HF datasets >= 4, ds["col"] is a lazy
+    # Column whose element-wise iteration is very slow on 800k rows, while
+    # slicing (col[:]) / iter(batch_size=...) convert whole Arrow chunks.
     images = []
-    for img in ds["image"]:
-        arr = np.asarray(img.convert("L"), dtype=np.uint8)
-        if arr.shape != (28, 28):
-            raise ValueError(f"FEMNIST image of shape {arr.shape}, expected 28x28.")
-        images.append(arr)
+    for batch in ds.select_columns(["image"]).iter(batch_size=8192):
+        for img in batch["image"]:
+            arr = np.asarray(img.convert("L"), dtype=np.uint8)
+            if arr.shape != (28, 28):
+                raise ValueError(f"FEMNIST image of shape {arr.shape}, expected 28x28.")
+            images.append(arr)
     x = np.stack(images)[:, None, :, :] if images else np.zeros((0, 1, 28, 28), dtype=np.uint8)
-    chars = list(ds["character"])
+    chars = ds["character"][:]
     if chars and isinstance(chars[0], str):
         # A copy that stores the character itself instead of its ClassLabel id.
         lookup = {c: i for i, c in enumerate(FEMNIST_CLASSES)}
         y = np.asarray([lookup[c] for c in chars], dtype=np.int64)
     else:
         y = np.asarray(chars, dtype=np.int64)
-    w = np.asarray([str(v) for v in ds["writer_id"]], dtype=object)
+    w = np.asarray([str(v) for v in ds["writer_id"][:]], dtype=object)
     return x, y, w
 
 

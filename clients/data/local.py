@@ -64,8 +64,7 @@ def load_local_data(
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise FileNotFoundError(
-            f"Local data file {path!r} does not exist (expected an .npz file "
-            "with arrays 'x' and 'y')."
+            f"Local data file {path!r} does not exist (expected an .npz file with arrays 'x' and 'y')."
         )
     if not 0.0 <= float(test_fraction) < 1.0:
         raise ValueError(f"test_fraction must be in [0, 1), got {test_fraction!r}.")

@@ -203,9 +203,7 @@ def _natural(
         )
     writers = np.asarray(writer_ids)
     if writers.shape != (n,):
-        raise ValueError(
-            f"writer_ids must have one entry per sample ({n}), got shape {writers.shape}."
-        )
+        raise ValueError(f"writer_ids must have one entry per sample ({n}), got shape {writers.shape}.")
 
     from flwr_datasets.partitioner import NaturalIdPartitioner
 

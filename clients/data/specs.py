@@ -101,9 +101,7 @@ def get_spec(name: str) -> DatasetSpec:
     try:
         return SPECS[name]
     except (KeyError, TypeError):
-        raise ValueError(
-            f"Unknown dataset {name!r}. Known datasets: {', '.join(DATASET_NAMES)}."
-        ) from None
+        raise ValueError(f"Unknown dataset {name!r}. Known datasets: {', '.join(DATASET_NAMES)}.") from None
 
 
 def default_root(name: str) -> str:
