@@ -1,0 +1,371 @@
+"""FedSparsify strategies and baselines with hand-made clients; masked training; one real run."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import Message, MetricRecord, RecordDict
+from torch import nn
+from torch.utils.data import DataLoader, TensorDataset
+
+from clients.methods.fedsparsify import grasp_scores, snip_scores
+from clients.train import TrainHooks, make_optimizer, train_loop
+from fl_strategies.base import numpy_to_arrayrecord
+from fl_strategies.codec import decode_arrays, encode_arrays
+from fl_strategies.fedsparsify import FedSparsifyGlobal
+from fl_strategies.fedsparsify_local import FedSparsifyLocal
+from fl_strategies.oneshot import OneShot
+from fl_strategies.prune_at_init import Snip
+from fl_strategies.pruning import (
+    full_mask,
+    magnitude_prune,
+    majority_vote,
+    mask_from_zeros,
+    sparsity_at,
+    target_count,
+)
+from fl_strategies.random_prune import RandomPrune
+from simulations.inline import InlineGrid
+
+
+@pytest.fixture(autouse=True)
+def _one_torch_thread():
+    """Tiny models: one thread is faster, and much faster on a busy shared machine."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+RNG = np.random.default_rng(0)
+GLOBAL = {"l1.weight": RNG.normal(size=(40, 30)).astype(np.float32),
+          "l1.bias": RNG.normal(size=40).astype(np.float32),
+          "l2.weight": RNG.normal(size=(10, 40)).astype(np.float32),
+          "l2.bias": np.zeros(10, np.float32)}
+PRUNABLE = 40 * 30 + 10 * 40
+
+
+def _reply(arrays, index, extra=None):
+    content = RecordDict({"arrays": encode_arrays(arrays),
+                          "metrics": MetricRecord({"num-examples": 10 * (index + 1)})})
+    for key, record in (extra or {}).items():
+        content[key] = record
+    return content
+
+
+def _run(strategy, client_app, num_nodes, rounds):
+    records = []
+    result = strategy.start(InlineGrid(client_app, num_nodes), numpy_to_arrayrecord(GLOBAL),
+                            num_rounds=rounds, on_round_end=records.append)
+    return result, records
+
+
+# ------------------------------------------------------------------ Global
+def test_global_follows_schedule_and_pruned_weights_never_regrow():
+    seen_flags, snapshots = [], []
+
+    def client_app(message, context):
+        config = message.content.config_records["config"]
+        seen_flags.append(bool(config["mask-from-zeros"]))
+        arrays = decode_arrays(message.content.array_records["arrays"])
+        index = context.node_config["partition-id"]
+        # Node 0 misbehaves: nonzero everywhere, pruned positions included.
+        shift = 0.5 if index == 0 else 0.0
+        arrays = {k: np.where(v != 0, v + 0.1, shift).astype(v.dtype) for k, v in arrays.items()}
+        return Message(_reply(arrays, index), reply_to=message)
+
+    strategy = FedSparsifyGlobal(num_rounds=5, s_f=0.8, min_available_nodes=3,
+                                 min_train_nodes=3, fraction_evaluate=0.0)
+    original = strategy.aggregate_replies
+
+    def spy(server_round, replies):
+        out = original(server_round, replies)
+        snapshots.append({k: out[k] != 0 for k in ("l1.weight", "l2.weight")})
+        return out
+
+    strategy.aggregate_replies = spy
+    result, records = _run(strategy, client_app, 3, 5)
+    for t in range(1, 6):
+        expected = target_count(PRUNABLE, sparsity_at(t, 0.0, 0.8, 1, 5, 1, 3))
+        assert records[t]["sparsity"] == pytest.approx(expected / PRUNABLE)
+        assert records[t]["target_sparsity"] == pytest.approx(sparsity_at(t, 0.0, 0.8, 1, 5))
+    assert records[5]["sparsity"] == pytest.approx(0.8, abs=1 / PRUNABLE)
+    for before, after in zip(snapshots, snapshots[1:], strict=False):
+        for name in before:
+            assert not (after[name] & ~before[name]).any()  # nothing revived
+    # s_1 = 0: the model sent in rounds 1 and 2 is unpruned, from round 3 on it is masked.
+    assert seen_flags[:6] == [False] * 6 and all(seen_flags[6:])
+    final = {k: v.numpy() for k, v in result.arrays.items()}
+    assert np.count_nonzero(final["l1.bias"]) == 40  # biases are not pruned
+    assert records[5]["nonzero_params"] == PRUNABLE - round(0.8 * PRUNABLE) + 50
+    # Measured bytes fall as the model sparsifies, both ways (node 0 still sends dense).
+    assert records[5]["bytes_down"] < 0.5 * records[1]["bytes_down"]
+    assert records[5]["bytes_up"] < 0.7 * records[1]["bytes_up"]
+    summary = strategy.summary_fields()
+    assert summary["final_sparsity"] == pytest.approx(0.8, abs=1 / PRUNABLE)
+    # 20% density: bitmask + values ~ 0.23 of dense, plus ~450 B overhead per array.
+    assert summary["final_model_sparse_mb"] < 0.5 * summary["final_model_dense_mb"]
+
+
+def test_oneshot_prunes_once_at_t_minus_ft_rounds():
+    def client_app(message, context):
+        arrays = decode_arrays(message.content.array_records["arrays"])
+        return Message(_reply(arrays, 0), reply_to=message)
+
+    strategy = OneShot(num_rounds=6, ft_rounds=2, s_f=0.9, min_available_nodes=2,
+                       min_train_nodes=2, fraction_evaluate=0.0)
+    _, records = _run(strategy, client_app, 2, 6)
+    assert [records[t]["sparsity"] for t in range(1, 4)] == [0.0] * 3
+    assert all(records[t]["sparsity"] == pytest.approx(0.9, abs=1e-3) for t in (4, 5, 6))
+    with pytest.raises(ValueError, match="ft_rounds"):
+        OneShot(num_rounds=5, ft_rounds=5)
+
+
+def test_random_prune_is_not_magnitude_and_hits_the_count():
+    def client_app(message, context):
+        arrays = decode_arrays(message.content.array_records["arrays"])
+        return Message(_reply(arrays, 0), reply_to=message)
+
+    strategy = RandomPrune(num_rounds=2, s_f=0.5, seed=3, min_available_nodes=1,
+                           min_train_nodes=1, fraction_evaluate=0.0)
+    result, records = _run(strategy, client_app, 1, 2)
+    assert records[2]["sparsity"] == pytest.approx(0.5)
+    magnitude = magnitude_prune(GLOBAL, full_mask(GLOBAL, ["l1.weight", "l2.weight"]), 0.5)
+    assert any((strategy.keep[n] != magnitude[n]).any() for n in magnitude)
+
+
+# ------------------------------------------------------------------- Local
+def test_local_majority_vote_with_mask_bits_and_no_revival():
+    n_clients = 3
+
+    def client_app(message, context):
+        index = context.node_config["partition-id"]
+        config = message.content.config_records["config"]
+        target = config["local-sparsity"]
+        arrays = decode_arrays(message.content.array_records["arrays"])
+        arrays = {k: (v + 0.01 * (index + 1)).astype(v.dtype) if v.any() else v
+                  for k, v in arrays.items()}
+        keep = mask_from_zeros(arrays, ["l1.weight", "l2.weight"])
+        rng = np.random.default_rng(index)
+        noisy = {k: arrays[k] * rng.uniform(0.5, 1.5, arrays[k].shape) for k in keep}
+        keep = magnitude_prune(noisy, keep, target)
+        if index == 0 and config["mask-from-zeros"]:
+            keep = {k: np.ones_like(m) for k, m in keep.items()}  # claims to revive all
+        values = {k: np.where(keep.get(k, True), v, 0).astype(v.dtype) for k, v in arrays.items()}
+        return Message(_reply(values, index, {"mask": encode_arrays(keep)}), reply_to=message)
+
+    strategy = FedSparsifyLocal(num_rounds=4, s_f=0.75, mv_average="nnz",
+                                min_available_nodes=n_clients, min_train_nodes=n_clients,
+                                fraction_evaluate=0.0)
+    captured = {}
+    original = strategy.aggregate_replies
+
+    def spy(server_round, replies):
+        old_keep = dict(strategy.keep)
+        out = original(server_round, replies)
+        captured[server_round] = (replies, old_keep, dict(strategy.keep), out)
+        return out
+
+    strategy.aggregate_replies = spy
+    _, records = _run(strategy, client_app, n_clients, 4)
+    for t in (2, 3, 4):
+        replies, old_keep, new_keep, out = captured[t]
+        masks = [r.mask for r in replies]
+        merged, keep = majority_vote([r.arrays for r in replies], masks,
+                                     [r.num_examples for r in replies], "nnz")
+        for name in ("l1.weight", "l2.weight"):
+            # The reviving client's mask was cut to the global mask before voting.
+            assert not (masks[0][name] & ~old_keep[name]).any()
+            np.testing.assert_array_equal(new_keep[name], keep[name] & old_keep[name])
+            np.testing.assert_allclose(out[name], merged[name] * new_keep[name])
+    # One bit per prunable parameter per reply, plus Flower's per-record overhead.
+    assert n_clients * PRUNABLE / 8 < records[2]["mask_bytes"] < n_clients * (PRUNABLE / 8 + 1500)
+    assert records[4]["sparsity"] > 0.6
+
+
+def test_local_reply_without_mask_is_dropped():
+    def client_app(message, context):
+        arrays = decode_arrays(message.content.array_records["arrays"])
+        index = context.node_config["partition-id"]
+        extra = {} if index == 0 else {"mask": encode_arrays(full_mask(arrays, ["l1.weight", "l2.weight"]))}
+        return Message(_reply(arrays, index, extra), reply_to=message)
+
+    strategy = FedSparsifyLocal(num_rounds=1, min_available_nodes=2, min_train_nodes=2,
+                                fraction_evaluate=0.0)
+    _, records = _run(strategy, client_app, 2, 1)
+    assert records[1]["dropped"] == 1 and "no ArrayRecord 'mask'" in strategy.dropped[1][0]
+
+
+# ----------------------------------------------------------------- SNIP
+def test_snip_round_zero_asks_one_client_and_fixes_the_mask():
+    requests = []
+
+    def client_app(message, context):
+        config = message.content.config_records["config"]
+        arrays = decode_arrays(message.content.array_records["arrays"])
+        if "prune-score" in config:
+            requests.append((context.node_config["partition-id"], config["prune-score"]))
+            scores = {k: np.arange(arrays[k].size, dtype=np.float32).reshape(arrays[k].shape)
+                      for k in ("l1.weight", "l2.weight")}
+            return Message(RecordDict({"scores": encode_arrays(scores),
+                                       "metrics": MetricRecord({"num-examples": 5})}),
+                           reply_to=message)
+        assert config["mask-from-zeros"]
+        return Message(_reply(arrays, 0), reply_to=message)
+
+    strategy = Snip(num_rounds=3, s_f=0.5, seed=1, min_available_nodes=3, min_train_nodes=3,
+                    fraction_evaluate=0.0)
+    _, records = _run(strategy, client_app, 3, 3)
+    assert len(requests) == 1 and requests[0][1] == "snip"
+    assert records[0]["bytes_down"] > 4 * PRUNABLE and records[0]["bytes_up"] > 4 * PRUNABLE
+    assert records[3]["cum_bytes_up"] == sum(records[t]["bytes_up"] for t in range(4))
+    # Pooled over both tensors, the 800 lowest scores are 0..399 in each of them.
+    np.testing.assert_array_equal(strategy.keep["l1.weight"].reshape(-1),
+                                  np.arange(1200) >= 400)
+    assert not strategy.keep["l2.weight"].any()
+    assert all(records[t]["sparsity"] == 0.5 for t in (1, 2, 3))
+
+
+def test_snip_and_grasp_scores_by_hand():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Linear(5, 4), nn.Tanh(), nn.Linear(4, 3))
+    batches = [(torch.randn(6, 5), torch.randint(0, 3, (6,))) for _ in range(2)]
+    names = ["0.weight", "2.weight"]
+    params = dict(model.named_parameters())
+
+    def loss_fn(temperature=1.0):
+        return sum(nn.functional.cross_entropy(model(x) / temperature, y) for x, y in batches)
+
+    grads = torch.autograd.grad(loss_fn(), [params[n] for n in names])
+    snip = snip_scores(model, batches, names, torch.device("cpu"))
+    for name, g in zip(names, grads, strict=True):
+        torch.testing.assert_close(snip[name], (g * params[name]).abs().detach())
+
+    # GraSP: w * (H g) with H, g of the temperature-scaled loss, via autograd's hvp.
+    temperature = 3.0
+    flat = torch.cat([params[n].detach().reshape(-1) for n in names])
+    shapes = [params[n].shape for n in names]
+
+    def loss_of(vector):
+        chunks = torch.split(vector, [int(np.prod(s)) for s in shapes])
+        originals = {n: params[n].data.clone() for n in names}
+        weights = {n: c.reshape(s) for n, c, s in zip(names, chunks, shapes, strict=True)}
+        out = sum(nn.functional.cross_entropy(
+            torch.func.functional_call(model, {**dict(model.named_parameters()), **weights}, (x,))
+            / temperature, y) for x, y in batches)
+        for n in names:
+            params[n].data = originals[n]
+        return out
+
+    vec = flat.clone().requires_grad_(True)
+    g = torch.autograd.grad(loss_of(vec), vec)[0].detach()
+    _, hg = torch.autograd.functional.hvp(loss_of, flat, g)
+    grasp = grasp_scores(model, batches, names, torch.device("cpu"), temperature)
+    expected = (flat * hg).split([int(np.prod(s)) for s in shapes])
+    for name, e, s in zip(names, expected, shapes, strict=True):
+        torch.testing.assert_close(grasp[name], e.reshape(s), rtol=1e-4, atol=1e-7)
+
+
+# ------------------------------------------------------- masked training
+def test_masked_training_keeps_zeros_zero_with_momentum_and_weight_decay():
+    torch.manual_seed(0)
+    model = nn.Sequential(nn.Flatten(), nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+    arrays = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
+    names = ["1.weight", "3.weight"]
+    keep = magnitude_prune(arrays, full_mask(arrays, names), 0.7)
+    for name, mask in keep.items():
+        model.state_dict()[name].mul_(torch.from_numpy(mask).float())
+    # The client's view: the mask read off the zeros of what it received.
+    derived = mask_from_zeros({k: v.detach().numpy() for k, v in model.state_dict().items()}, names)
+    before = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    data = TensorDataset(torch.randn(64, 1, 4, 4), torch.randint(0, 4, (64,)))
+    optimizer = make_optimizer(model.parameters(), "sgd", lr=0.1, momentum=0.9, weight_decay=0.05)
+    hooks = TrainHooks(grad_masks={n: torch.from_numpy(m).float() for n, m in derived.items()})
+    train_loop(model, DataLoader(data, batch_size=8), optimizer, 3, torch.device("cpu"), hooks)
+    after = model.state_dict()
+    for name in names:
+        pruned = torch.from_numpy(~keep[name])
+        assert torch.count_nonzero(after[name][pruned]) == 0
+        assert not torch.equal(after[name][~pruned], before[name][~pruned])  # it did train
+    # Without the mask, momentum and weight decay would revive the zeros.
+    model2 = nn.Sequential(nn.Flatten(), nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 4))
+    model2.load_state_dict(before)
+    opt2 = make_optimizer(model2.parameters(), "sgd", lr=0.1, momentum=0.9, weight_decay=0.05)
+    train_loop(model2, DataLoader(data, batch_size=8), opt2, 1, torch.device("cpu"))
+    assert torch.count_nonzero(model2.state_dict()["1.weight"][torch.from_numpy(~keep["1.weight"])]) > 0
+
+
+# --------------------------------------------- one real run (ClientApp, digits)
+@pytest.mark.parametrize("method", ["fedsparsify_local", "grasp"])
+def test_real_run_on_digits(tmp_path: Path, method: str):
+    from hydra import compose, initialize_config_dir
+
+    from simulations.compose import compose_run
+    from simulations.runtime import run_inline
+
+    conf = str(Path(__file__).resolve().parents[1] / "conf")
+    with initialize_config_dir(config_dir=conf, version_base=None):
+        cfg = compose("config", overrides=[
+            f"method={method}", "num_clients=3", "num_rounds=3", "local_epochs=1",
+            "fraction_evaluate=0", "method.s_f=0.6", "method.benchmark_seconds=0.02"])
+    summary = run_inline(compose_run(cfg, tmp_path), quiet=True)
+    records = [json.loads(line) for line in (tmp_path / "rounds.jsonl").read_text().splitlines()]
+    final = np.load(tmp_path / "final_model.npz")
+    weights = [k for k in final.files if k.endswith("weight")]
+    zeros = sum(int((final[k] == 0).sum()) for k in weights)
+    total = sum(final[k].size for k in weights)
+    assert summary["final_sparsity"] == pytest.approx(records[-1]["sparsity"])
+    assert zeros / total >= summary["final_sparsity"] - 1e-9
+    if method == "grasp":
+        assert summary["final_sparsity"] == pytest.approx(0.6, abs=1e-4)
+        assert records[0]["bytes_up"] > 0  # the scoring reply is counted
+    else:
+        assert records[-1]["mask_bytes"] > 0
+        assert records[-1]["bytes_up"] < records[1]["bytes_up"]
+    assert summary["final_model_sparse_mb"] < summary["final_model_dense_mb"]
+    assert summary["inference_csr_max_abs_diff"] < 1e-4
+    assert summary["inference_csr_b64_items_s"] > 0
+
+
+# --------------------------------------------------- the paper's setups compose
+PAPER_SETUPS = {
+    "fedsparsify_fmnist": ("fashion_mnist", "fc2_fedsparsify", 2, 10, 1.0, 200, 32),
+    "fedsparsify_fmnist_100": ("fashion_mnist", "fc2_fedsparsify", 2, 100, 0.1, 200, 32),
+    "fedsparsify_cifar10": ("cifar10", "cnn6_fedsparsify", 5, 10, 1.0, 200, 32),
+    "fedsparsify_cifar10_100": ("cifar10", "cnn6_fedsparsify", 5, 100, 0.1, 200, 32),
+    "fedsparsify_cifar100": ("cifar100", "vgg16_fedsparsify", 50, 10, 1.0, 100, 128),
+    "fedsparsify_cifar100_100": ("cifar100", "vgg16_fedsparsify", 50, 100, 0.1, 100, 128),
+}
+
+
+@pytest.mark.parametrize("experiment", sorted(PAPER_SETUPS))
+def test_paper_setups_compose_validate_and_build(experiment, monkeypatch):
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    import simulations.config as config_module
+    from simulations.config import validate_config
+    from simulations.methods import STRATEGY_BUILDERS
+
+    conf = str(Path(__file__).resolve().parents[1] / "conf")
+    dataset, model, classes, clients, fraction, rounds, batch = PAPER_SETUPS[experiment]
+    for method in ("fedsparsify_global", "fedsparsify_local", "oneshot", "fedavg"):
+        with initialize_config_dir(config_dir=conf, version_base=None):
+            cfg = OmegaConf.to_container(compose("config", overrides=[
+                f"+experiment={experiment}", f"method={method}"]), resolve=True)
+        assert (cfg["dataset"]["name"], cfg["model"]["name"], cfg["method"]["name"]) == (
+            dataset, model, method)
+        assert cfg["partition"] == {"name": "pathological", "classes_per_partition": classes}
+        assert (cfg["num_clients"], cfg["fraction_train"], cfg["num_rounds"]) == (
+            clients, fraction, rounds)
+        assert (cfg["batch_size"], cfg["local_epochs"], cfg["seed"]) == (batch, 4, 1990)
+        # Everything but the data files (absent here) validates.
+        monkeypatch.setattr(config_module, "_validate_data_source", lambda dataset: None)
+        validate_config(cfg, STRATEGY_BUILDERS)
+        common = {"min_available_nodes": clients, "fraction_evaluate": 0.0}
+        strategy = STRATEGY_BUILDERS[method](cfg, common)
+        assert strategy.method_name == method

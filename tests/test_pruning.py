@@ -1,0 +1,204 @@
+"""Pure pruning helpers: schedule, exact-count global pruning, majority vote (hand-made inputs)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from fl_strategies.pruning import (
+    apply_mask,
+    full_mask,
+    is_prunable,
+    magnitude_prune,
+    majority_vote,
+    mask_counts,
+    mask_from_zeros,
+    prunable_names,
+    prune_by_score,
+    random_prune,
+    sparsity_at,
+    target_count,
+)
+
+
+# ----------------------------------------------------------------- schedule
+def test_schedule_values_by_hand():
+    # s_t = 0.9 - 0.9 * (1 - (t - 1) / 9) ** 3 for T = 10, t_0 = 1, s_0 = 0.
+    kw = dict(s_0=0.0, s_f=0.9, t_0=1, T=10, frequency=1, exponent=3)
+    assert sparsity_at(1, **kw) == 0.0
+    assert sparsity_at(4, **kw) == pytest.approx(0.9 - 0.9 * 8 / 27)  # (2/3)^3
+    assert sparsity_at(7, **kw) == pytest.approx(0.9 - 0.9 / 27)  # (1/3)^3
+    assert sparsity_at(10, **kw) == 0.9
+    assert sparsity_at(12, **kw) == 0.9
+
+
+def test_schedule_before_t0_is_s0():
+    kw = dict(s_0=0.2, s_f=0.8, t_0=5, T=15, frequency=1, exponent=2)
+    assert sparsity_at(0, **kw) == 0.2
+    assert sparsity_at(4, **kw) == 0.2
+    assert sparsity_at(5, **kw) == pytest.approx(0.2)  # (1 - 0)^2: still s_0
+    # t = 10: 0.8 + (0.2 - 0.8) * (1 - 5/10)^2 = 0.8 - 0.6 * 0.25
+    assert sparsity_at(10, **kw) == pytest.approx(0.65)
+
+
+def test_schedule_frequency_snaps_down():
+    kw = dict(s_0=0.0, s_f=0.9, t_0=1, T=10, frequency=3, exponent=3)
+    assert sparsity_at(2, **kw) == 0.0  # snapped to 0 < t_0
+    # t = 3, 4, 5 all use t' = 3: 0.9 - 0.9 * (1 - 2/9)^3 = 0.9 - 0.9 * 343/729
+    expected = 0.9 - 0.9 * 343 / 729
+    for t in (3, 4, 5):
+        assert sparsity_at(t, **kw) == pytest.approx(expected)
+    assert sparsity_at(6, **kw) == pytest.approx(0.9 - 0.9 * (4 / 9) ** 3)
+    assert sparsity_at(9, **kw) == pytest.approx(0.9 - 0.9 * (1 / 9) ** 3)
+    assert sparsity_at(10, **kw) == 0.9  # T is not a multiple of f: still s_f at T
+
+
+def test_schedule_is_monotone_and_ends_at_sf():
+    for f in (1, 2, 5):
+        for n in (1, 3, 6):
+            values = [sparsity_at(t, 0.1, 0.95, 3, 40, f, n) for t in range(0, 45)]
+            assert all(b >= a for a, b in zip(values, values[1:], strict=False))
+            assert values[40] == 0.95
+
+
+def test_schedule_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="frequency"):
+        sparsity_at(1, frequency=0)
+    with pytest.raises(ValueError, match="t_0"):
+        sparsity_at(1, t_0=5, T=3)
+    with pytest.raises(ValueError, match="exponent"):
+        sparsity_at(1, exponent=0)
+
+
+# ------------------------------------------------------------- prunability
+def test_prunable_names_default_and_all():
+    arrays = {
+        "conv.weight": np.ones((4, 3, 3, 3), np.float32), "conv.bias": np.ones(4, np.float32),
+        "bn.weight": np.ones(4, np.float32), "bn.running_mean": np.zeros(4, np.float32),
+        "bn.running_var": np.ones(4, np.float32), "bn.num_batches_tracked": np.array(3),
+        "fc.weight": np.ones((2, 4), np.float32), "fc.bias": np.ones(2, np.float32),
+    }
+    assert prunable_names(arrays) == ["conv.weight", "fc.weight"]
+    assert prunable_names(arrays, "all") == ["conv.weight", "conv.bias", "bn.weight",
+                                             "fc.weight", "fc.bias"]
+    with pytest.raises(ValueError, match="scope"):
+        is_prunable("x", arrays["fc.weight"], "layers")
+
+
+# ------------------------------------------------------------- pruning
+def _model(seed=0):
+    rng = np.random.default_rng(seed)
+    return {"a.weight": rng.normal(size=(7, 11)).astype(np.float32),
+            "b.weight": rng.normal(size=(13, 3, 2)).astype(np.float32),
+            "b.bias": rng.normal(size=13).astype(np.float32)}
+
+
+@pytest.mark.parametrize("sparsity", [0.0, 0.1, 0.37, 0.5, 0.9, 0.999, 1.0])
+def test_magnitude_pruning_hits_exact_count_and_cuts_smallest(sparsity):
+    arrays = _model()
+    keep = full_mask(arrays, ["a.weight", "b.weight"])
+    total = 77 + 78
+    new = magnitude_prune(arrays, keep, sparsity)
+    pruned, size = mask_counts(new)
+    assert size == total and pruned == target_count(total, sparsity) == round(sparsity * total)
+    cut = np.concatenate([np.abs(arrays[n])[~new[n]] for n in new])
+    kept = np.concatenate([np.abs(arrays[n])[new[n]] for n in new])
+    if cut.size and kept.size:
+        assert cut.max() <= kept.min()
+    assert "b.bias" not in new  # biases are never touched by default
+
+
+def test_pruning_is_global_not_per_layer():
+    arrays = {"small.weight": np.full((2, 5), 0.01, np.float32),
+              "large.weight": np.arange(1, 11, dtype=np.float32).reshape(2, 5)}
+    new = magnitude_prune(arrays, full_mask(arrays, list(arrays)), 0.5)
+    assert not new["small.weight"].any()  # the whole small layer goes first
+    assert new["large.weight"].all()
+
+
+def test_magnitude_pruning_with_ties_still_exact():
+    arrays = {"w.weight": np.ones((10, 10), np.float32)}
+    new = magnitude_prune(arrays, full_mask(arrays, ["w.weight"]), 0.33)
+    assert mask_counts(new) == (33, 100)
+
+
+def test_no_weight_regrows_even_if_it_becomes_large():
+    arrays = _model(1)
+    keep = magnitude_prune(arrays, full_mask(arrays, ["a.weight", "b.weight"]), 0.5)
+    # The pruned weights come back huge (e.g. a misbehaving client): they stay pruned.
+    revived = {n: np.where(keep[n], arrays[n], 100.0).astype(np.float32) for n in keep}
+    for sparsity in (0.5, 0.6, 0.3):  # 0.3 < current: sparsity never decreases
+        new = magnitude_prune(revived, keep, sparsity)
+        for name in keep:
+            assert not (new[name] & ~keep[name]).any()
+        assert mask_counts(new)[0] == max(target_count(155, sparsity), mask_counts(keep)[0])
+    rng = np.random.default_rng(0)
+    new = random_prune(keep, 0.8, rng)
+    assert all(not (new[n] & ~keep[n]).any() for n in keep)
+    assert mask_counts(new)[0] == target_count(155, 0.8)
+
+
+def test_prune_by_score_prunes_lowest_scores():
+    keep = {"w": np.ones((2, 3), bool)}
+    scores = {"w": np.array([[5.0, -1.0, 3.0], [0.5, 9.0, 2.0]])}
+    new = prune_by_score(scores, keep, 0.5)
+    np.testing.assert_array_equal(new["w"], [[True, False, True], [False, True, False]])
+
+
+def test_mask_roundtrip_through_zeros():
+    arrays = _model(2)
+    keep = magnitude_prune(arrays, full_mask(arrays, ["a.weight", "b.weight"]), 0.6)
+    masked = apply_mask(arrays, keep)
+    assert masked["a.weight"].dtype == np.float32
+    derived = mask_from_zeros(masked, ["a.weight", "b.weight"])
+    for name in keep:
+        np.testing.assert_array_equal(derived[name], keep[name])
+    np.testing.assert_array_equal(masked["b.bias"], arrays["b.bias"])
+
+
+# --------------------------------------------------------- majority vote
+def test_majority_vote_three_clients_odd_n():
+    # Position: 0 kept by 3, 1 kept by 2 (>= 1.5: kept), 2 kept by 1 (pruned), 3 by none.
+    masks = [{"w": np.array([1, 1, 1, 0], bool)},
+             {"w": np.array([1, 1, 0, 0], bool)},
+             {"w": np.array([1, 0, 0, 0], bool)}]
+    values = [{"w": np.array([1.0, 2.0, 3.0, 0.0], np.float32), "b": np.array([1.0], np.float32)},
+              {"w": np.array([4.0, 5.0, 0.0, 0.0], np.float32), "b": np.array([2.0], np.float32)},
+              {"w": np.array([7.0, 0.0, 0.0, 0.0], np.float32), "b": np.array([3.0], np.float32)}]
+    weights = [1, 1, 2]
+    merged, keep = majority_vote(values, masks, weights, "all")
+    np.testing.assert_array_equal(keep["w"], [True, True, False, False])
+    # all: divide by the total weight 4 -> [(1+4+14)/4, (2+5)/4, 0, 0]
+    np.testing.assert_allclose(merged["w"], [19 / 4, 7 / 4, 0, 0])
+    np.testing.assert_allclose(merged["b"], [(1 + 2 + 6) / 4])
+    merged, _ = majority_vote(values, masks, weights, "nnz")
+    # nnz: divide by the weight of the clients that kept it -> [19/4, 7/2, 0, 0]
+    np.testing.assert_allclose(merged["w"], [19 / 4, 7 / 2, 0, 0])
+    assert merged["w"].dtype == np.float32
+
+
+def test_majority_vote_four_clients_even_n_tie_is_kept():
+    masks = [{"w": np.array([1, 1, 1, 1], bool)},
+             {"w": np.array([1, 1, 0, 0], bool)},
+             {"w": np.array([1, 0, 1, 0], bool)},
+             {"w": np.array([1, 0, 0, 0], bool)}]
+    values = [{"w": np.array([1.0, 1.0, 1.0, 1.0])}, {"w": np.array([2.0, 2.0, 9.0, 9.0])},
+              {"w": np.array([3.0, 9.0, 3.0, 9.0])}, {"w": np.array([4.0, 9.0, 9.0, 9.0])}]
+    weights = [1, 1, 1, 1]
+    merged, keep = majority_vote(values, masks, weights, "all")
+    # votes 4, 2, 2, 1: 2 * votes >= 4 keeps the ties. Values a client pruned count as 0
+    # even if it sent garbage there.
+    np.testing.assert_array_equal(keep["w"], [True, True, True, False])
+    np.testing.assert_allclose(merged["w"], [10 / 4, 3 / 4, 4 / 4, 0])
+    merged, _ = majority_vote(values, masks, weights, "nnz")
+    np.testing.assert_allclose(merged["w"], [10 / 4, 3 / 2, 4 / 2, 0])
+
+
+def test_majority_vote_reference_defect_is_not_reproduced():
+    # votes >= N // 2 would keep a position that 1 of 3 clients keeps.
+    masks = [{"w": np.array([True])}, {"w": np.array([False])}, {"w": np.array([False])}]
+    values = [{"w": np.array([1.0])}, {"w": np.array([0.0])}, {"w": np.array([0.0])}]
+    _, keep = majority_vote(values, masks, [1, 1, 1])
+    assert not keep["w"][0]
+    with pytest.raises(ValueError, match="average"):
+        majority_vote(values, masks, [1, 1, 1], "mean")
