@@ -13,3 +13,14 @@ def _task_identity():
     TaskIdentity.node_id = 1
     TaskIdentity.task_id = 1
     yield
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_torch_thread():
+    """The test models are tiny: one thread is faster and steadier on shared CPUs."""
+    import torch
+
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
