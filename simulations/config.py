@@ -43,6 +43,13 @@ METHOD_KEY_CHECKS: dict[str, KeyCheck] = {
     "mask_ratio": (_in_unit_interval, "must be in [0, 1]"),
     "alpha": (_non_negative, "must be >= 0"),
     "temperature": (_positive, "must be > 0"),
+    "epochs_client": (_positive_int, "must be an integer >= 1"),
+    "epochs_server": (_positive_int, "must be an integer >= 1"),
+    "server_lr": (_positive, "must be > 0"),
+    "topk_period": (_positive_int, "must be an integer >= 1"),
+    "topk_warmup": (lambda v: _positive_int(v) or v == 0, "must be an integer >= 0"),
+    "uplink": (lambda v: v in ("topk_weights", "diff_topk_weights", "topk_diff"),
+               "must be one of topk_weights, diff_topk_weights, topk_diff"),
 }
 
 
@@ -114,8 +121,8 @@ def validate_config(cfg: Mapping[str, Any], known_methods: Mapping[str, Any]) ->
         _fail("partition.name", "natural", "needs writer ids: only dataset=femnist has them")
 
     backend = cfg["backend"]
-    if backend["name"] not in ("inline", "ray"):
-        _fail("backend.name", backend["name"], "must be 'inline' or 'ray'")
+    if backend["name"] not in ("inline", "ray", "deployment"):
+        _fail("backend.name", backend["name"], "must be 'inline', 'ray' or 'deployment'")
     if backend["name"] == "ray":
         if not _positive(backend["num_cpus"]):
             _fail("backend.num_cpus", backend["num_cpus"], "must be > 0")
