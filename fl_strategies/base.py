@@ -58,7 +58,7 @@ def arrayrecord_to_numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
 
 def numpy_to_arrayrecord(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
     """Dict of numpy arrays to a plain (dense) ArrayRecord."""
-    return ArrayRecord({key: Array(np.ascontiguousarray(v)) for key, v in arrays.items()})
+    return ArrayRecord({key: Array(np.require(v, requirements="C")) for key, v in arrays.items()})
 
 
 def weighted_mean(

@@ -207,7 +207,7 @@ def encode_arrays(
         if is_float and float16 and value.dtype != np.float16:
             record[name + FLOAT16_SUFFIX] = Array(value.astype(np.float16))
         else:
-            record[name] = Array(np.ascontiguousarray(value))
+            record[name] = Array(np.require(value, requirements="C"))
     return record
 
 

@@ -68,6 +68,7 @@ def test_encode_arrays_auto_mixes_encodings_and_decodes_back():
     for key, value in arrays.items():
         np.testing.assert_array_equal(decoded[key], value)
         assert decoded[key].dtype == value.dtype
+        assert decoded[key].shape == value.shape  # 0-d stays 0-d
 
 
 def test_dense_float16_option():

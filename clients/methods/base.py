@@ -62,7 +62,7 @@ def model_arrays(model: nn.Module) -> dict[str, np.ndarray]:
 
 def load_arrays(model: nn.Module, arrays: Mapping[str, np.ndarray], strict: bool = True) -> None:
     """Load numpy arrays into the model's state dict."""
-    state = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in arrays.items()}
+    state = {k: torch.from_numpy(np.require(v, requirements="C")) for k, v in arrays.items()}
     model.load_state_dict(state, strict=strict)
 
 

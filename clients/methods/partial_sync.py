@@ -81,11 +81,11 @@ class PartialSyncClient(ClientMethod):
     def _save_state(self, job: ClientJob, model: dict[str, np.ndarray]) -> None:
         record = ArrayRecord()
         for key, value in model.items():
-            record[_MODEL_PREFIX + key] = Array(np.ascontiguousarray(value))
+            record[_MODEL_PREFIX + key] = Array(np.require(value, requirements="C"))
         for key, value in self.masks.items():
-            record[MASK_PREFIX + key] = Array(np.ascontiguousarray(value))
+            record[MASK_PREFIX + key] = Array(np.require(value, requirements="C"))
         for key, value in self.extra.items():
-            record[_EXTRA_PREFIX + key] = Array(np.ascontiguousarray(value))
+            record[_EXTRA_PREFIX + key] = Array(np.require(value, requirements="C"))
         job.context.state[STATE_ARRAYS_KEY] = record
         job.context.state[STATE_META_KEY] = ConfigRecord({"round": int(job.server_round)})
 
