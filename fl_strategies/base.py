@@ -87,6 +87,38 @@ def _check_finite(name: str, value: np.ndarray) -> None:
         raise ReplyError(f"array '{name}' has non-finite values")
 
 
+def decode_reply_arrays(
+    content: RecordDict, key: str = ARRAYS_KEY, expected_keys: Iterable[str] | None = None
+) -> dict[str, np.ndarray]:
+    """Decode one ArrayRecord of a reply; :class:`ReplyError` if absent or malformed.
+
+    With ``expected_keys``, the decoded names must be exactly those.
+    """
+    if key not in content.array_records:
+        raise ReplyError(f"no ArrayRecord '{key}'")
+    try:
+        arrays = decode_arrays(content.array_records[key])
+    except (CodecError, ValueError, TypeError) as exc:
+        raise ReplyError(f"undecodable payload: {exc}") from exc
+    if expected_keys is not None:
+        expected = set(expected_keys)
+        missing, extra = sorted(expected - set(arrays)), sorted(set(arrays) - expected)
+        if missing or extra:
+            raise ReplyError(f"array keys differ: missing {missing[:3]}, unexpected {extra[:3]}")
+    return arrays
+
+
+def check_reply_array(
+    name: str, value: np.ndarray, shape: tuple[int, ...], kinds: str | None = None
+) -> None:
+    """Shape, dtype kind (numpy ``dtype.kind`` letters) and finiteness of one array."""
+    if tuple(value.shape) != tuple(shape):
+        raise ReplyError(f"array '{name}' has shape {value.shape}, expected {tuple(shape)}")
+    if kinds is not None and value.dtype.kind not in kinds:
+        raise ReplyError(f"array '{name}' has dtype {value.dtype}, expected kind '{kinds}'")
+    _check_finite(name, value)
+
+
 class FedleanStrategy(FedAvg):
     """FedAvg with measured bytes, validated replies and per-round records.
 
@@ -103,6 +135,7 @@ class FedleanStrategy(FedAvg):
         :func:`fl_strategies.codec.encode_arrays`).
     **kwargs
         Passed to :class:`flwr.serverapp.strategy.FedAvg`.
+
     """
 
     #: Name used in logs and results; subclasses set their own.
@@ -142,27 +175,12 @@ class FedleanStrategy(FedAvg):
         """Validate one training reply; raise :class:`ReplyError` to drop it."""
         content = message.content
         num_examples = self._num_examples(content)
-        if ARRAYS_KEY not in content.array_records:
-            raise ReplyError(f"no ArrayRecord '{ARRAYS_KEY}'")
-        try:
-            arrays = decode_arrays(content.array_records[ARRAYS_KEY])
-        except (CodecError, ValueError, TypeError) as exc:
-            raise ReplyError(f"undecodable payload: {exc}") from exc
         expected = self.expected_reply_arrays(server_round)
-        missing = sorted(set(expected) - set(arrays))
-        extra = sorted(set(arrays) - set(expected))
-        if missing or extra:
-            raise ReplyError(f"array keys differ: missing {missing[:3]}, unexpected {extra[:3]}")
+        arrays = decode_reply_arrays(content, ARRAYS_KEY, expected)
         for name, shape in expected.items():
-            value = arrays[name]
-            if tuple(value.shape) != tuple(shape):
-                raise ReplyError(f"array '{name}' has shape {value.shape}, expected {shape}")
             reference = self.global_arrays.get(name)
-            if reference is not None and value.dtype.kind != reference.dtype.kind:
-                raise ReplyError(
-                    f"array '{name}' has dtype {value.dtype}, expected {reference.dtype}"
-                )
-            _check_finite(name, value)
+            check_reply_array(name, arrays[name], shape,
+                              reference.dtype.kind if reference is not None else None)
         return ParsedReply(
             node_id=message.metadata.src_node_id,
             num_examples=num_examples,
@@ -264,6 +282,20 @@ class FedleanStrategy(FedAvg):
         log(INFO, "\t├──> fedlean method: %s", self.method_name)
         super().summary()
 
+    def prepare_initial(
+        self, grid: Grid, arrays: dict[str, np.ndarray], timeout: float
+    ) -> dict[str, np.ndarray]:
+        """Set up method state before round 1; may change the initial model (default: no).
+
+        Runs after :attr:`global_arrays` is set to ``arrays``; it may exchange
+        messages over ``grid`` (e.g. a scoring round 0) as long as it counts their bytes.
+        """
+        return arrays
+
+    def central_view(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The model the centralized evaluation sees (default: the global model)."""
+        return arrays
+
     def start(
         self,
         grid: Grid,
@@ -279,23 +311,41 @@ class FedleanStrategy(FedAvg):
 
         Parameters
         ----------
+        grid : Grid
+            Where the messages go (inline, Ray's in-memory grid, a SuperLink).
+        initial_arrays : ArrayRecord
+            The initial global model (dense).
+        num_rounds : int (default: 3)
+            Number of rounds.
+        timeout : float (default: 3600)
+            Seconds to wait for replies each round.
+        train_config : ConfigRecord | None (default: None)
+            Sent with every training message (method entries are added per round).
+        evaluate_config : ConfigRecord | None (default: None)
+            Sent with every evaluation message.
+        evaluate_fn : Callable[[int, ArrayRecord], MetricRecord | None] | None
+            Centralized evaluation; it sees :meth:`central_view` of the global model.
         on_round_end : Callable[[dict], None] | None (default: None)
             Called with the round record after every round (round 0 = initial model),
             once the centralized evaluation (if any) is done.
-        Other parameters
-            As in :meth:`flwr.serverapp.strategy.Strategy.start`.
+
         """
         self.global_arrays = arrayrecord_to_numpy(initial_arrays)
+        initial = self.prepare_initial(grid, self.global_arrays, timeout)
+        self.global_arrays = initial
 
         def evaluate_and_record(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
-            central = evaluate_fn(server_round, arrays) if evaluate_fn else None
+            central = None
+            if evaluate_fn is not None:
+                view = self.central_view(arrayrecord_to_numpy(arrays))
+                central = evaluate_fn(server_round, numpy_to_arrayrecord(view))
             if on_round_end is not None:
                 on_round_end(self.round_record(server_round, central))
             return central
 
         return super().start(
             grid,
-            initial_arrays,
+            numpy_to_arrayrecord(initial),
             num_rounds=num_rounds,
             timeout=timeout,
             train_config=train_config,

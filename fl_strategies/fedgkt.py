@@ -23,8 +23,15 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result
 from flwr.supercore import log
 
-from .base import FedleanStrategy, ParsedReply, ReplyError, _check_finite, numpy_to_arrayrecord
-from .codec import CodecError, decode_arrays, encode_arrays
+from .base import (
+    FedleanStrategy,
+    ParsedReply,
+    ReplyError,
+    check_reply_array,
+    decode_reply_arrays,
+    numpy_to_arrayrecord,
+)
+from .codec import encode_arrays
 from .wire import ARRAYS_KEY, METRICS_KEY, RUN_CONFIG_KEY
 
 # Arrays of a training reply (up) ...
@@ -133,16 +140,7 @@ class FedGKT(FedleanStrategy):
         """Validate an upload: keys, shapes, dtypes, label range, unique indices, finite."""
         content = message.content
         num_examples = self._num_examples(content)
-        if ARRAYS_KEY not in content.array_records:
-            raise ReplyError(f"no ArrayRecord '{ARRAYS_KEY}'")
-        try:
-            arrays = decode_arrays(content.array_records[ARRAYS_KEY])
-        except (CodecError, ValueError, TypeError) as exc:
-            raise ReplyError(f"undecodable payload: {exc}") from exc
-        missing = sorted(set(REPLY_KEYS) - set(arrays))
-        extra = sorted(set(arrays) - set(REPLY_KEYS))
-        if missing or extra:
-            raise ReplyError(f"array keys differ: missing {missing[:3]}, unexpected {extra[:3]}")
+        arrays = decode_reply_arrays(content, ARRAYS_KEY, REPLY_KEYS)
         num_test = len(arrays[TEST_LABELS_KEY])
         expected = {
             FEATURES_KEY: (num_examples, *self.feature_shape),
@@ -153,14 +151,8 @@ class FedGKT(FedleanStrategy):
             TEST_LABELS_KEY: (num_test,),
         }
         for name, shape in expected.items():
-            value = arrays[name]
-            if tuple(value.shape) != shape:
-                raise ReplyError(f"array '{name}' has shape {value.shape}, expected {shape}")
             floating = name in (FEATURES_KEY, LOGITS_KEY, TEST_FEATURES_KEY)
-            if value.dtype.kind not in ("f" if floating else "iu"):
-                raise ReplyError(f"array '{name}' has dtype {value.dtype}, expected "
-                                 f"{'float' if floating else 'integer'}")
-            _check_finite(name, value)
+            check_reply_array(name, arrays[name], shape, "f" if floating else "iu")
         for name in (LABELS_KEY, TEST_LABELS_KEY):
             labels = arrays[name]
             if labels.size and (labels.min() < 0 or labels.max() >= self.num_classes):

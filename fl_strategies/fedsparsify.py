@@ -28,16 +28,15 @@ from logging import INFO
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
+from flwr.app import ArrayRecord, ConfigRecord
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy import Result
 from flwr.supercore import log
 from flwr.supercore.inflatable.inflatable_object import (
     get_all_nested_objects,
     no_object_id_recompute,
 )
 
-from .base import FedleanStrategy, ParsedReply, arrayrecord_to_numpy, numpy_to_arrayrecord
+from .base import FedleanStrategy, ParsedReply
 from .codec import encode_arrays
 from .pruning import (
     PRUNE_SCOPES,
@@ -224,24 +223,12 @@ class FedSparsifyGlobal(FedleanStrategy):
         super().summary()
 
     # ------------------------------------------------------- Flower's methods
-    def start(
-        self,
-        grid: Grid,
-        initial_arrays: ArrayRecord,
-        num_rounds: int = 3,
-        timeout: float = 3600,
-        train_config: ConfigRecord | None = None,
-        evaluate_config: ConfigRecord | None = None,
-        evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None,
-        on_round_end: Callable[[dict[str, Any]], None] | None = None,
-    ) -> Result:
-        """Start from an all-keep mask (or :meth:`initial_mask`'s), then run the rounds."""
-        arrays = arrayrecord_to_numpy(initial_arrays)
+    def prepare_initial(
+        self, grid: Grid, arrays: dict[str, np.ndarray], timeout: float
+    ) -> dict[str, np.ndarray]:
+        """Start from an all-keep mask (or :meth:`initial_mask`'s)."""
         self.keep = full_mask(arrays, prunable_names(arrays, self.prune_scope))
-        self.global_arrays = arrays
-        arrays = self.initial_mask(grid, arrays, timeout)
-        return super().start(grid, numpy_to_arrayrecord(arrays), num_rounds, timeout,
-                             train_config, evaluate_config, evaluate_fn, on_round_end)
+        return self.initial_mask(grid, arrays, timeout)
 
     # --------------------------------------------------------------- helpers
     def _nonzero_params(self) -> int:
