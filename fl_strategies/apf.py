@@ -27,7 +27,7 @@ import numpy as np
 from flwr.supercore import log
 
 from .base import ParsedReply
-from .partial_sync import PartialSyncStrategy, ema_update, stability
+from .partial_sync import StabilityFreezingStrategy, ema_update, stability
 
 
 def aimd_step(period: np.ndarray, stable: np.ndarray, checked: np.ndarray) -> np.ndarray:
@@ -41,7 +41,7 @@ def aimd_step(period: np.ndarray, stable: np.ndarray, checked: np.ndarray) -> np
     return out
 
 
-class APF(PartialSyncStrategy):
+class APF(StabilityFreezingStrategy):
     """Adaptive parameter freezing: stable scalars frozen for an AIMD-controlled period.
 
     Parameters
@@ -63,28 +63,14 @@ class APF(PartialSyncStrategy):
 
     def __init__(self, alpha: float = 0.99, threshold: float = 0.05, tighten_at: float = 0.8,
                  eps: float = 1e-12, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        if not 0.0 <= alpha < 1.0:
-            raise ValueError(f"alpha must be in [0, 1), got {alpha}")
-        if not threshold > 0:
-            raise ValueError(f"threshold must be > 0, got {threshold}")
-        if not 0.0 <= tighten_at <= 1.0:
-            raise ValueError(f"tighten_at must be in [0, 1], got {tighten_at}")
-        self.alpha = float(alpha)
-        self.threshold = float(threshold)
-        self.initial_threshold = float(threshold)
-        self.tighten_at = float(tighten_at)
-        self.eps = float(eps)
-        self.ema = np.zeros(0, np.float32)
-        self.abs_ema = np.zeros(0, np.float32)
+        super().__init__(alpha=alpha, threshold=threshold, tighten_at=tighten_at, eps=eps,
+                         **kwargs)
         self.period = np.zeros(0, np.int32)
         self.frozen_until = np.zeros(0, np.int64)
 
     def init_state(self, size: int) -> None:
         """All scalars active, periods and EMAs at zero."""
         super().init_state(size)
-        self.ema = np.zeros(size, np.float32)
-        self.abs_ema = np.zeros(size, np.float32)
         self.period = np.zeros(size, np.int32)
         self.frozen_until = np.zeros(size, np.int64)
 

@@ -38,7 +38,7 @@ from flwr.app import ConfigRecord
 from flwr.supercore import log
 
 from .base import ParsedReply
-from .partial_sync import MaskSpec, PartialSyncStrategy, ema_update, stability
+from .partial_sync import MaskSpec, StabilityFreezingStrategy, ema_update, stability
 from .wire import ARRAYS_KEY
 
 #: ConfigRecord entry: the stability threshold, also the clients' vote threshold.
@@ -84,7 +84,7 @@ def thaw_step(thaw_len: np.ndarray, thaw: np.ndarray) -> np.ndarray:
     return np.where(thaw, thaw_len + 1, thaw_len // 2).astype(thaw_len.dtype)
 
 
-class GWPF(PartialSyncStrategy):
+class GWPF(StabilityFreezingStrategy):
     """Gradient-wise parameter freezing with thawing.
 
     Parameters
@@ -109,29 +109,15 @@ class GWPF(PartialSyncStrategy):
 
     def __init__(self, alpha: float = 0.99, threshold: float = 0.5, tighten_at: float = 0.8,
                  thaw_quorum: str | float = "any", eps: float = 1e-12, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
-        if not 0.0 <= alpha < 1.0:
-            raise ValueError(f"alpha must be in [0, 1), got {alpha}")
-        if not threshold > 0:
-            raise ValueError(f"threshold must be > 0, got {threshold}")
-        if not 0.0 <= tighten_at <= 1.0:
-            raise ValueError(f"tighten_at must be in [0, 1], got {tighten_at}")
-        self.alpha = float(alpha)
-        self.threshold = float(threshold)
-        self.initial_threshold = float(threshold)
-        self.tighten_at = float(tighten_at)
+        super().__init__(alpha=alpha, threshold=threshold, tighten_at=tighten_at, eps=eps,
+                         **kwargs)
         self.thaw_quorum = parse_quorum(thaw_quorum)
-        self.eps = float(eps)
-        self.ema = np.zeros(0, np.float32)
-        self.abs_ema = np.zeros(0, np.float32)
         self.freeze_len = np.zeros(0, np.int32)
         self.thaw_len = np.zeros(0, np.int32)
 
     def init_state(self, size: int) -> None:
         """All scalars active, counters and EMAs at zero."""
         super().init_state(size)
-        self.ema = np.zeros(size, np.float32)
-        self.abs_ema = np.zeros(size, np.float32)
         self.freeze_len = np.zeros(size, np.int32)
         self.thaw_len = np.zeros(size, np.int32)
 

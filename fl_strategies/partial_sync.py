@@ -491,3 +491,49 @@ class PartialSyncStrategy(FedleanStrategy):
         return {"freezable_params": self.layout.size if self.layout else None,
                 "total_bytes_saved": int(sum(s for s in saved if s is not None)),
                 "total_dense_equiv_bytes": int(sum(d for d in dense if d is not None))}
+
+
+class StabilityFreezingStrategy(PartialSyncStrategy):
+    """Partial sync whose freezing is judged by the stepping rate of update EMAs.
+
+    Shared by GWPF and APF: both keep, per scalar, ``ema``/``abs_ema`` of the
+    aggregated update (decay ``alpha``) and compare ``|ema| / (abs_ema + eps)`` with
+    ``threshold``.
+
+    Parameters
+    ----------
+    alpha : float
+        EMA decay, in [0, 1).
+    threshold : float
+        Stepping-rate threshold, > 0.
+    tighten_at : float
+        Frozen fraction above which the threshold is tightened, in [0, 1].
+    eps : float
+        Added to ``abs_ema`` in the stepping rate.
+    **kwargs
+        Passed to :class:`PartialSyncStrategy`.
+
+    """
+
+    def __init__(self, alpha: float, threshold: float, tighten_at: float, eps: float,
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if not 0.0 <= alpha < 1.0:
+            raise ValueError(f"alpha must be in [0, 1), got {alpha}")
+        if not threshold > 0:
+            raise ValueError(f"threshold must be > 0, got {threshold}")
+        if not 0.0 <= tighten_at <= 1.0:
+            raise ValueError(f"tighten_at must be in [0, 1], got {tighten_at}")
+        self.alpha = float(alpha)
+        self.threshold = float(threshold)
+        self.initial_threshold = float(threshold)
+        self.tighten_at = float(tighten_at)
+        self.eps = float(eps)
+        self.ema = np.zeros(0, np.float32)
+        self.abs_ema = np.zeros(0, np.float32)
+
+    def init_state(self, size: int) -> None:
+        """Masks at their initial values, EMAs at zero."""
+        super().init_state(size)
+        self.ema = np.zeros(size, np.float32)
+        self.abs_ema = np.zeros(size, np.float32)
