@@ -26,7 +26,7 @@ from fl_strategies.wire import CONFIG_KEY, RUN_CONFIG_KEY
 from .data import load_local_data, load_partition
 from .methods import ClientJob, get_client_method
 from .models import build_model
-from .train import pick_device
+from .train import pick_device, set_torch_threads
 
 PARTITION_ID_KEY = "partition-id"
 NUM_PARTITIONS_KEY = "num-partitions"
@@ -77,6 +77,7 @@ def make_job(message: Message, context: Context) -> tuple[ClientJob, Any]:
     """Parse a message into a :class:`ClientJob` and the method's client side."""
     config = message.content.config_records[CONFIG_KEY]
     settings = _settings(str(config[RUN_CONFIG_KEY]))
+    set_torch_threads(settings.get("torch_threads"))
     method = get_client_method(settings["method"]["name"])(settings)
     train_set, test_set = client_data(settings, context.node_config)
     server_round = int(config.get("server-round", 0))

@@ -63,6 +63,16 @@ def pick_device(preference: str = "auto") -> torch.device:
     return torch.device(preference)
 
 
+def set_torch_threads(threads: int | None) -> None:
+    """Use ``threads`` CPU threads in this process (``None`` keeps torch's default).
+
+    Small models on shared cores run fastest on one thread; several threads per
+    process oversubscribe the cores (10x slower rounds were measured under load).
+    """
+    if threads and torch.get_num_threads() != int(threads):
+        torch.set_num_threads(int(threads))
+
+
 def make_optimizer(
     params: Iterator[nn.Parameter] | list, name: str = "sgd", lr: float = 0.01,
     momentum: float = 0.0, weight_decay: float = 0.0,

@@ -25,6 +25,7 @@ from clients.data.specs import get_spec
 from clients.flops import count_flops
 from clients.methods import load_arrays, model_arrays
 from clients.models import build_model, count_params
+from clients.train import set_torch_threads
 from fl_strategies.base import FedleanStrategy, arrayrecord_to_numpy, numpy_to_arrayrecord
 
 from .config import validate_config
@@ -80,6 +81,7 @@ def client_settings(cfg: Mapping[str, Any]) -> dict[str, Any]:
         },
         "seed": int(cfg["seed"]),
         "device": cfg.get("device", "auto"),
+        "torch_threads": cfg.get("torch_threads"),
     }
 
 
@@ -172,6 +174,7 @@ def execute_plan(plan: RunPlan, grid: Grid, quiet: bool = False) -> dict[str, An
     if not cfg.get("verbose", False):
         logging.getLogger("flwr").setLevel(logging.WARNING)
     seed_everything(int(cfg["seed"]))
+    set_torch_threads(cfg.get("torch_threads"))
     writer = ResultsWriter(plan.out_dir, int(cfg["num_rounds"]), quiet=quiet)
     result = plan.strategy.start(
         grid,

@@ -50,6 +50,10 @@ METHOD_KEY_CHECKS: dict[str, KeyCheck] = {
     "topk_warmup": (lambda v: _positive_int(v) or v == 0, "must be an integer >= 0"),
     "uplink": (lambda v: v in ("topk_weights", "diff_topk_weights", "topk_diff"),
                "must be one of topk_weights, diff_topk_weights, topk_diff"),
+    "aggregation": (lambda v: v in ("sender_mean", "zero_fill"), "must be sender_mean or zero_fill"),
+    "threshold": (_positive, "must be > 0"),
+    "tighten_at": (_in_unit_interval, "must be in [0, 1]"),
+    "vote_min_rounds": (_positive_int, "must be an integer >= 1"),
 }
 
 
@@ -92,6 +96,9 @@ def validate_config(cfg: Mapping[str, Any], known_methods: Mapping[str, Any]) ->
     if cfg["fraction_train"] * cfg["num_clients"] < 1:
         _fail("fraction_train", cfg["fraction_train"],
               f"samples no client of num_clients={cfg['num_clients']}")
+    threads = cfg.get("torch_threads")
+    if threads is not None and not _positive_int(threads):
+        _fail("torch_threads", threads, "must be an integer >= 1 or null")
     opt = cfg["optimizer"]
     if opt["name"] not in ("sgd", "adam"):
         _fail("optimizer.name", opt["name"], "must be 'sgd' or 'adam'")
