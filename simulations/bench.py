@@ -75,8 +75,10 @@ def plain_loop(cfg) -> tuple[float, list[float], float]:
             states.append({k: v.detach().clone() for k, v in model.state_dict().items()})
             weights.append(len(part))
         total = sum(weights)
-        global_state = {k: sum(s[k].double() * (w / total) for s, w in zip(states, weights, strict=True)).to(v.dtype)
-                        for k, v in global_state.items()}
+        global_state = {
+            k: sum(s[k].double() * (w / total) for s, w in zip(states, weights, strict=True)).to(v.dtype)
+            for k, v in global_state.items()
+        }
         round_times.append(time.perf_counter() - t0)
     seconds = time.perf_counter() - start
     model.load_state_dict(global_state)

@@ -25,7 +25,7 @@ from .inline import InlineGrid
 log = logging.getLogger(__name__)
 
 
-class SimulationFailed(RuntimeError):
+class SimulationFailedError(RuntimeError):
     """The simulation ended without writing its results."""
 
 
@@ -110,7 +110,7 @@ def run_ray(plan: RunPlan, quiet: bool = False) -> dict[str, Any]:
         verbose_logging=bool(plan.cfg.get("verbose", False)),
     )
     if not summaries:
-        raise SimulationFailed(
+        raise SimulationFailedError(
             f"the Ray simulation ended without results in {plan.out_dir}; see the log above"
         )
     return summaries[0]

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-
-
 from fl_strategies.fedprox import PROXIMAL_MU_KEY
 
 from ..train import TrainHooks, proximal_term
