@@ -12,6 +12,11 @@ from typing import Any
 
 from fl_strategies import FedAvg, FedleanStrategy, FedProx
 
+from .freezing_builders import build_apf, build_gwpf
+from .gkt_builders import build_fedgkt
+from .pruning_builders import PRUNING_BUILDERS
+from .swat_builders import build_swat, build_zerofl
+
 StrategyBuilder = Callable[[Mapping[str, Any], dict[str, Any]], FedleanStrategy]
 
 STRATEGY_BUILDERS: dict[str, StrategyBuilder] = {
@@ -19,4 +24,10 @@ STRATEGY_BUILDERS: dict[str, StrategyBuilder] = {
     "fedprox": lambda cfg, common: FedProx(
         proximal_mu=float(cfg["method"]["proximal_mu"]), **common
     ),
+    **PRUNING_BUILDERS,
+    "swat": build_swat,
+    "zerofl": build_zerofl,
+    "gwpf": build_gwpf,
+    "apf": build_apf,
+    "fedgkt": build_fedgkt,
 }

@@ -2,12 +2,24 @@
 
 from __future__ import annotations
 
+from .apf import APFClient
 from .base import ClientJob, ClientMethod, load_arrays, model_arrays
+from .fedgkt import FedGKTClient
 from .fedprox import FedProxClient
+from .fedsparsify import PRUNING_METHODS, FedSparsifyClient
+from .gwpf import GWPFClient
+from .swat import SwatClient
+from .zerofl import ZeroFLClient
 
 CLIENT_METHODS: dict[str, type[ClientMethod]] = {
     "fedavg": ClientMethod,
     "fedprox": FedProxClient,
+    **dict.fromkeys(PRUNING_METHODS, FedSparsifyClient),
+    "swat": SwatClient,
+    "zerofl": ZeroFLClient,
+    "gwpf": GWPFClient,
+    "apf": APFClient,
+    "fedgkt": FedGKTClient,
 }
 
 

@@ -1,0 +1,350 @@
+"""ZeroFL: uplink selection, wire format, sparse aggregation, strategy and client."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
+from torch.utils.data import TensorDataset
+
+from fl_strategies.base import numpy_to_arrayrecord
+from fl_strategies.codec import decode_arrays, encode_arrays
+from fl_strategies.swat import Swat, topk_mask, topk_weights_only
+from fl_strategies.zerofl import (
+    INDEX_SUFFIX,
+    MASK_SUFFIX,
+    VALUES_SUFFIX,
+    ZeroFL,
+    aggregate_sparse,
+    pack_sent,
+    select_uplink,
+    topk_exact,
+    unpack_sent,
+    uplink_density,
+)
+from simulations.inline import InlineGrid
+
+LOCAL = np.array([[0.9, -0.1, 0.4], [0.05, -0.7, 0.2]], np.float32)
+GLOBAL = np.array([[0.8, -0.1, 0.1], [0.05, -0.7, 0.6]], np.float32)
+# |w| = [[.9, .1, .4], [.05, .7, .2]]; diff = [[0.1, 0, 0.3], [0, 0, -0.4]]
+
+
+def test_uplink_density_and_exact_topk():
+    assert uplink_density(0.9, 0.0) == pytest.approx(0.1)
+    assert uplink_density(0.9, 0.2) == pytest.approx(0.3)
+    assert uplink_density(0.5, 0.7) == 1.0
+    # Ties are cut by position so the budget is exact: 2 of 6 zeros -> first two.
+    assert topk_exact(np.zeros(6), 0.3).tolist() == [True, True, False, False, False, False]
+
+
+def test_each_uplink_sends_exactly_the_intended_positions():
+    density = 0.5  # 3 of 6 positions
+    values, mask = select_uplink(LOCAL, GLOBAL, "topk_weights", density)
+    assert mask.tolist() == [[True, False, True], [False, True, False]]  # |w|: .9 .7 .4
+    np.testing.assert_allclose(values[mask], [0.9, 0.4, -0.7])
+
+    values, mask = select_uplink(LOCAL, GLOBAL, "diff_topk_weights", density)
+    assert mask.tolist() == [[True, False, True], [False, True, False]]
+    np.testing.assert_allclose(values[mask], [0.1, 0.3, 0.0], atol=1e-6)
+
+    values, mask = select_uplink(LOCAL, GLOBAL, "topk_diff", density)
+    assert mask.tolist() == [[True, False, True], [False, False, True]]  # |d|: .4 .3 .1
+    np.testing.assert_allclose(values[mask], [0.1, 0.3, -0.4], atol=1e-6)
+
+    with pytest.raises(ValueError, match="uplink"):
+        select_uplink(LOCAL, GLOBAL, "random", density)
+
+
+def test_zero_valued_sent_positions_survive_the_codec():
+    # diff_topk_weights sends the top-3 weight -0.7, whose update is exactly 0.
+    values, mask = select_uplink(LOCAL, GLOBAL, "diff_topk_weights", 0.5)
+    assert mask[1, 1] and values[1, 1] == 0.0
+    record = encode_arrays(pack_sent("w", values, mask))
+    assert "w" + MASK_SUFFIX + "@bits" in record  # 1 bit per position
+    assert {k.split("@")[0] for k in record} == {"w" + VALUES_SUFFIX, "w" + MASK_SUFFIX}
+    dense, sent = unpack_sent(decode_arrays(record), "w", LOCAL.shape)
+    np.testing.assert_array_equal(sent, mask)  # the 0-valued position is still "sent"
+    np.testing.assert_allclose(dense, np.where(mask, values, 0))
+
+
+def test_indices_are_sent_when_smaller_than_a_bitmask():
+    big = np.zeros((100, 100), np.float32)
+    big[3, 7], big[50, 50] = 2.0, 0.0
+    mask = np.zeros_like(big, dtype=bool)
+    mask[3, 7] = mask[50, 50] = True
+    wire = pack_sent("w", big, mask)
+    assert set(wire) == {"w" + VALUES_SUFFIX, "w" + INDEX_SUFFIX}
+    assert wire["w" + INDEX_SUFFIX].tolist() == [307, 5050]
+    dense, sent = unpack_sent(decode_arrays(encode_arrays(wire)), "w", big.shape)
+    assert sent.sum() == 2 and sent[50, 50] and dense[3, 7] == 2.0
+
+
+@pytest.mark.parametrize("broken", ["count", "repeat", "range", "both", "shape"])
+def test_inconsistent_wire_entries_are_rejected(broken):
+    wire = {"w" + VALUES_SUFFIX: np.array([1.0, 2.0], np.float32),
+            "w" + INDEX_SUFFIX: np.array([0, 5], np.uint32)}
+    if broken == "count":
+        wire["w" + VALUES_SUFFIX] = np.array([1.0], np.float32)
+    elif broken == "repeat":
+        wire["w" + INDEX_SUFFIX] = np.array([5, 5], np.uint32)
+    elif broken == "range":
+        wire["w" + INDEX_SUFFIX] = np.array([0, 6], np.uint32)
+    elif broken == "both":
+        wire["w" + MASK_SUFFIX] = np.zeros((2, 3), bool)
+    else:
+        del wire["w" + INDEX_SUFFIX]
+        wire["w" + MASK_SUFFIX] = np.ones((3, 2), bool)
+    with pytest.raises(ValueError):
+        unpack_sent(wire, "w", (2, 3))
+
+
+# Three clients, four positions: p0 sent by all, p1 by clients 0 and 2, p2 by client 1
+# only, p3 by nobody. Weights (num-examples) 1, 2, 3.
+G = np.array([10.0, 20.0, 30.0, 40.0], np.float32)
+VALUES = [np.array([1.0, 2.0, 0.0, 0.0], np.float32),
+          np.array([4.0, 0.0, 6.0, 0.0], np.float32),
+          np.array([7.0, 0.0, 0.0, 0.0], np.float32)]
+MASKS = [np.array([True, True, False, False]),
+         np.array([True, False, True, False]),
+         np.array([True, True, False, False])]
+WEIGHTS = [1.0, 2.0, 3.0]
+
+
+def test_aggregate_sparse_by_hand():
+    merged = aggregate_sparse(G, VALUES, MASKS, WEIGHTS, additive=False)
+    expected = [(1 * 1 + 2 * 4 + 3 * 7) / 6,  # all: weighted mean 5.0
+                (1 * 2 + 3 * 0) / 4,  # clients 0 and 2; client 2 sent an exact 0
+                6.0,  # client 1 alone
+                40.0]  # nobody: previous global value
+    np.testing.assert_allclose(merged, expected)
+    assert merged.dtype == np.float32
+    merged = aggregate_sparse(G, VALUES, MASKS, WEIGHTS, additive=True)
+    np.testing.assert_allclose(merged, [15.0, 20.5, 36.0, 40.0])
+    # zero_fill: FedAvg of the uploads, unsent = 0, divided by all weights (6)
+    merged = aggregate_sparse(G, VALUES, MASKS, WEIGHTS, False, "zero_fill")
+    np.testing.assert_allclose(merged, [5.0, 2 / 6, 2.0, 0.0])
+    merged = aggregate_sparse(G, VALUES, MASKS, WEIGHTS, True, "zero_fill")
+    np.testing.assert_allclose(merged, [15.0, 20 + 2 / 6, 32.0, 40.0], rtol=1e-6)
+    with pytest.raises(ValueError, match="aggregation"):
+        aggregate_sparse(G, VALUES, MASKS, WEIGHTS, False, "median")
+
+
+def test_topk_weights_and_diff_topk_weights_agree_under_sender_mean():
+    rng = np.random.default_rng(0)
+    base = rng.normal(size=(8, 8)).astype(np.float32)
+    locals_ = [base + rng.normal(scale=0.1, size=base.shape).astype(np.float32)
+               for _ in range(3)]
+    merged = {}
+    for uplink in ("topk_weights", "diff_topk_weights"):
+        sent = [select_uplink(w, base, uplink, 0.2) for w in locals_]
+        merged[uplink] = aggregate_sparse(base, [v for v, _ in sent], [m for _, m in sent],
+                                          WEIGHTS, uplink != "topk_weights")
+    np.testing.assert_allclose(merged["topk_weights"], merged["diff_topk_weights"], atol=1e-6)
+
+
+def _hand_client(uplink_values, masks, dense_bias):
+    """Client app: node i sends VALUES[i] at MASKS[i] for 'w' and a dense 'b'."""
+
+    def client_app(message, context):
+        i = context.node_config["partition-id"]
+        arrays = {**pack_sent("w", uplink_values[i], masks[i]), "b": dense_bias[i]}
+        content = RecordDict({"arrays": encode_arrays(arrays), "metrics": MetricRecord(
+            {"num-examples": int(WEIGHTS[i]), "flops-dense": 100.0, "flops-swat": 30.0})})
+        return Message(content, reply_to=message)
+
+    return client_app
+
+
+@pytest.mark.parametrize("uplink", ["topk_weights", "topk_diff"])
+def test_strategy_aggregates_three_hand_made_clients(uplink):
+    initial = {"w": G, "b": np.zeros(2, np.float32)}
+    biases = [np.array([1.0, 1.0], np.float32), np.array([2.0, 2.0], np.float32),
+              np.array([4.0, 4.0], np.float32)]
+    strategy = ZeroFL(uplink=uplink, sparsity=0.5, mask_ratio=0.0, sparse_keys=["w"],
+                      min_available_nodes=3, min_train_nodes=3, fraction_evaluate=0.0)
+    grid = InlineGrid(_hand_client(VALUES, MASKS, biases), 3)
+    records = []
+    result = strategy.start(grid, numpy_to_arrayrecord(initial), num_rounds=1,
+                            on_round_end=records.append)
+    final = {k: v.numpy() for k, v in result.arrays.items()}
+    # Node order in a round is Flower's sampling order; weights follow partition ids.
+    additive = uplink != "topk_weights"
+    np.testing.assert_allclose(final["w"], aggregate_sparse(G, VALUES, MASKS, WEIGHTS,
+                                                            additive))
+    np.testing.assert_allclose(final["b"], [(1 + 4 + 12) / 6] * 2)
+    record = records[-1]
+    assert record["dropped"] == 0
+    assert record["uplink_density"] == pytest.approx(6 / 12)
+    assert record["uplink_coverage"] == pytest.approx(3 / 4)
+    assert record["flops_train_dense"] == 300.0 and record["flops_train_swat"] == 90.0
+
+
+def test_strategy_drops_replies_over_budget_or_with_dense_sparse_tensors():
+    initial = {"w": G, "b": np.zeros(2, np.float32)}
+    masks = [np.ones(4, bool), MASKS[1], MASKS[2]]  # client 0 sends 4 > 2 positions
+
+    def client_app(message, context):
+        i = context.node_config["partition-id"]
+        if i == 1:  # a plain dense 'w': not the protocol
+            arrays = {"w": VALUES[1], "b": np.zeros(2, np.float32)}
+        else:
+            arrays = {**pack_sent("w", VALUES[i], masks[i]), "b": np.zeros(2, np.float32)}
+        return Message(RecordDict({"arrays": encode_arrays(arrays), "metrics": MetricRecord(
+            {"num-examples": 3})}), reply_to=message)
+
+    strategy = ZeroFL(sparsity=0.5, sparse_keys=["w"], min_available_nodes=3,
+                      min_train_nodes=3, fraction_evaluate=0.0)
+    result = strategy.start(InlineGrid(client_app, 3), numpy_to_arrayrecord(initial),
+                            num_rounds=1)
+    reasons = "\n".join(strategy.dropped[1])
+    assert "more than the 2" in reasons and "needs 'w:sent-values'" in reasons
+    final = {k: v.numpy() for k, v in result.arrays.items()}
+    np.testing.assert_allclose(final["w"], np.where(MASKS[2], VALUES[2], G))
+
+
+def test_swat_central_evaluation_sees_topk_weights():
+    seen = []
+
+    def evaluate_fn(server_round, arrays):
+        seen.append(arrays["w"].numpy().copy())
+        return MetricRecord({"accuracy": 0.0})
+
+    def client_app(message, context):
+        arrays = decode_arrays(message.content.array_records["arrays"])
+        return Message(RecordDict({"arrays": encode_arrays(arrays), "metrics": MetricRecord(
+            {"num-examples": 1})}), reply_to=message)
+
+    w = np.array([0.1, -0.9, 0.3, 0.5], np.float32)
+    strategy = Swat(sparsity=0.5, sparse_keys=["w"], min_available_nodes=1,
+                    min_train_nodes=1, fraction_evaluate=0.0)
+    strategy.start(InlineGrid(client_app, 1), numpy_to_arrayrecord({"w": w}), num_rounds=1,
+                   evaluate_fn=evaluate_fn)
+    np.testing.assert_allclose(seen[0], [0.0, -0.9, 0.0, 0.5])
+    assert topk_mask(w, 0.5).tolist() == [False, True, False, True]
+    np.testing.assert_allclose(topk_weights_only({"w": w}, ["w"], 0.5)["w"], seen[0])
+
+
+def _client_job(method_settings, model):
+    from clients.methods import ClientJob
+
+    settings = {"method": method_settings, "seed": 0,
+                "model": {"name": "mlp", "in_channels": 1, "num_classes": 10, "image_size": 8},
+                "train": {"epochs": 1, "batch_size": 16, "optimizer": "sgd", "lr": 0.1,
+                          "momentum": 0.0, "weight_decay": 0.0}}
+    torch.manual_seed(0)
+    data = TensorDataset(torch.randn(48, 1, 8, 8), torch.randint(0, 10, (48,)))
+    content = RecordDict({"arrays": encode_arrays({k: v.numpy() for k, v in
+                                                   model.state_dict().items()}),
+                          "config": ConfigRecord({"server-round": 1,
+                                                  "fedlean-run": json.dumps(settings)})})
+    context = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
+    return settings, ClientJob(settings=settings, model=model, train_set=data, test_set=data,
+                               device=torch.device("cpu"), content=content, context=context,
+                               server_round=1, partition_id=0)
+
+
+@pytest.mark.parametrize("uplink", ["topk_weights", "diff_topk_weights", "topk_diff"])
+def test_client_uplink_round_trip_through_strategy_parse(uplink):
+    from clients.methods import get_client_method
+    from clients.models import build_model
+
+    method = {"name": "zerofl", "sparsity": 0.9, "topk_period": 10, "topk_warmup": 0,
+              "sparsify_first": True, "sparsify_last": True, "uplink": uplink,
+              "mask_ratio": 0.05}
+    model = build_model("mlp", 1, 10, 8)
+    initial = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
+    settings, job = _client_job(method, model)
+    client = get_client_method("zerofl")(settings)
+    reply = client.train(job)
+    metrics = reply.metric_records["metrics"]
+    assert metrics["uplink-density"] == pytest.approx(0.15, abs=1e-3)
+    assert 0 < metrics["flops-swat"] < metrics["flops-dense"]
+    keys = ["net.1.weight", "net.3.weight", "net.5.weight"]
+    wire = decode_arrays(reply.array_records["arrays"])
+    assert {k + VALUES_SUFFIX for k in keys} <= set(wire)
+    assert {"net.1.bias", "net.3.bias", "net.5.bias"} <= set(wire)
+    assert not set(keys) & set(wire)  # weights never go up dense
+
+    strategy = ZeroFL(uplink=uplink, sparsity=0.9, mask_ratio=0.05, sparse_keys=keys)
+    strategy.global_arrays = initial
+    message = Message(reply, dst_node_id=1, message_type="train")
+    parsed = strategy.parse_train_reply(1, message)
+    trained = {k: v.detach().numpy() for k, v in job.model.state_dict().items()}
+    for key in keys:
+        sent = parsed.sent[key]
+        assert sent.sum() == int(np.ceil(0.15 * sent.size - 1e-9))
+        target = trained[key] if uplink == "topk_weights" else trained[key] - initial[key]
+        ranked = trained[key] if uplink != "topk_diff" else trained[key] - initial[key]
+        np.testing.assert_array_equal(sent, topk_exact(ranked, 0.15))
+        np.testing.assert_allclose(parsed.arrays[key][sent], target[sent], atol=1e-6)
+    merged = strategy.aggregate_replies(1, [parsed])
+    for key in keys:  # one client: sent positions take its value, others stay global
+        expect = np.where(parsed.sent[key], trained[key], initial[key])
+        np.testing.assert_allclose(merged[key], expect, atol=1e-6)
+
+
+def test_sparse_uplink_is_several_times_smaller_than_dense_on_the_wire():
+    from clients.methods import get_client_method
+    from clients.models import build_model
+    from fl_strategies.wire import message_bytes
+
+    sizes = {}
+    for name in ("swat", "zerofl"):
+        method = {"name": name, "sparsity": 0.9, "sparsify_first": True,
+                  "uplink": "topk_weights", "mask_ratio": 0.0}
+        settings, job = _client_job(method, build_model("mlp", 1, 10, 8))
+        reply = get_client_method(name)(settings).train(job)
+        sizes[name] = message_bytes(Message(reply, dst_node_id=1, message_type="train"))
+    # bitmask (1/32) + 10% values + dense biases: about 7x smaller
+    assert sizes["swat"] / sizes["zerofl"] > 6.5
+
+
+def test_experiment_configs_compose():
+    from hydra import compose, initialize_config_dir
+
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    expected = {"zerofl_cifar10": ("cifar10", "resnet18", 1.0, 700),
+                "zerofl_cifar10_iid": ("cifar10", "resnet18", 1000.0, 700),
+                "zerofl_femnist": ("femnist", "resnet18", None, 1000),
+                "zerofl_speechcommands": ("speech_commands", "resnet18", 1.0, 200),
+                "zerofl_speechcommands_iid": ("speech_commands", "resnet18", 1000.0, 200)}
+    with initialize_config_dir(config_dir=str(conf), version_base=None):
+        for name, (dataset, model, alpha, rounds) in expected.items():
+            cfg = compose("config", overrides=[f"+experiment={name}"])
+            assert cfg.dataset.name == dataset and cfg.model.name == model
+            assert cfg.method.name == "zerofl" and cfg.num_rounds == rounds
+            assert cfg.num_clients == 100 and int(cfg.fraction_train * 100) == 10
+            if alpha is not None:
+                assert cfg.partition.name == "dirichlet" and cfg.partition.alpha == alpha
+        # The dense-upload comparator is one override away, without ZeroFL's keys.
+        swat = compose("config", overrides=["+experiment=zerofl_cifar10", "method=swat"])
+        assert swat.method.name == "swat" and "uplink" not in swat.method
+
+
+def test_swat_and_zerofl_run_end_to_end_through_the_client_app(tmp_path):
+    from hydra import compose, initialize_config_dir
+
+    from simulations.runtime import run_from_config
+
+    conf = Path(__file__).resolve().parents[1] / "conf"
+    small = ["num_clients=3", "num_rounds=1", "local_epochs=1", "fraction_evaluate=0",
+             "save_model=false"]
+    rounds = {}
+    for method in (["method=swat"], ["method=zerofl", "method.uplink=topk_diff",
+                                     "method.mask_ratio=0.1"]):
+        with initialize_config_dir(config_dir=str(conf), version_base=None):
+            cfg = compose("config", overrides=[*small, *method])
+        out = tmp_path / method[0]
+        run_from_config(cfg, out, quiet=True)
+        lines = (out / "rounds.jsonl").read_text().splitlines()
+        rounds[method[0]] = json.loads(lines[-1])
+    swat, zerofl = rounds["method=swat"], rounds["method=zerofl"]
+    assert swat["dropped"] == zerofl["dropped"] == 0  # server and clients agree on keys
+    assert zerofl["uplink_density"] == pytest.approx(0.2, abs=1e-3)
+    assert 0 < zerofl["flops_train_swat"] < zerofl["flops_train_dense"]
+    # mlp, first layer dense (reference default): 2 of 3 weight tensors go sparse
+    assert 2.5 < swat["bytes_up"] / zerofl["bytes_up"] < 3.5
