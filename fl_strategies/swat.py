@@ -6,17 +6,14 @@ client-side sparse training, dense upload, FedAvg aggregation.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Iterable, Mapping
 from logging import INFO
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
-from flwr.serverapp import Grid
-from flwr.serverapp.strategy import Result
 from flwr.supercore import log
 
-from .base import FedleanStrategy, ParsedReply, arrayrecord_to_numpy, numpy_to_arrayrecord
+from .base import FedleanStrategy, ParsedReply
 
 #: Client metrics (per reply): training FLOPs this round, dense and as SWAT's sparse
 #: operations would need them (see ``clients.swat``).
@@ -129,26 +126,8 @@ class Swat(FedleanStrategy):
             len(self.sparse_keys), self.eval_topk)
         super().summary()
 
-    def start(
-        self,
-        grid: Grid,
-        initial_arrays: ArrayRecord,
-        num_rounds: int = 3,
-        timeout: float = 3600,
-        train_config: ConfigRecord | None = None,
-        evaluate_config: ConfigRecord | None = None,
-        evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None,
-        on_round_end: Callable[[dict[str, Any]], None] | None = None,
-    ) -> Result:
-        """As :meth:`FedleanStrategy.start`; central evaluation sees the top-K weights."""
-        if evaluate_fn is not None and self.eval_topk and self.sparse_keys:
-            dense_fn = evaluate_fn
-
-            def evaluate_fn(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
-                sparse = topk_weights_only(arrayrecord_to_numpy(arrays), self.sparse_keys,
-                                           self.keep)
-                return dense_fn(server_round, numpy_to_arrayrecord(sparse))
-
-        return super().start(grid, initial_arrays, num_rounds=num_rounds, timeout=timeout,
-                             train_config=train_config, evaluate_config=evaluate_config,
-                             evaluate_fn=evaluate_fn, on_round_end=on_round_end)
+    def central_view(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """Central evaluation sees the top-K weights, as SWAT's forward does."""
+        if self.eval_topk and self.sparse_keys:
+            return topk_weights_only(arrays, self.sparse_keys, self.keep)
+        return arrays

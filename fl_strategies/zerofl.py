@@ -41,8 +41,7 @@ import numpy as np
 from flwr.app import Message
 from flwr.supercore import log
 
-from .base import ParsedReply, ReplyError, weighted_mean
-from .codec import CodecError, decode_arrays
+from .base import ParsedReply, ReplyError, decode_reply_arrays, weighted_mean
 from .swat import Swat, topk_keep_count
 from .wire import ARRAYS_KEY, METRICS_KEY
 
@@ -260,12 +259,7 @@ class ZeroFL(Swat):
         """Validate a reply: dense tensors as the base does, sparse ones by position."""
         content = message.content
         num_examples = self._num_examples(content)
-        if ARRAYS_KEY not in content.array_records:
-            raise ReplyError(f"no ArrayRecord '{ARRAYS_KEY}'")
-        try:
-            arrays = decode_arrays(content.array_records[ARRAYS_KEY])
-        except (CodecError, ValueError, TypeError) as exc:
-            raise ReplyError(f"undecodable payload: {exc}") from exc
+        arrays = decode_reply_arrays(content, ARRAYS_KEY)
         dense_expected = self.expected_reply_arrays(server_round)
         wire_names = set(dense_expected)
         values: dict[str, np.ndarray] = {}
