@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Self-signed CA + SuperLink TLS certificate with openssl (docs/deploy.md).
+# Self-signed CA + SuperLink TLS certificate with openssl (README.md (section Deploy on devices)).
 #
 #   scripts/generate_certs.sh [OUT_DIR] [HOST ...]
 #

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# SuperNode authentication keys (EC P-384, OpenSSH format) with ssh-keygen (docs/deploy.md).
+# SuperNode authentication keys (EC P-384, OpenSSH format) with ssh-keygen (README.md (section Deploy on devices)).
 #
 #   scripts/generate_supernode_keys.sh [OUT_DIR] NAME [NAME ...]
 #

@@ -2,7 +2,7 @@
 
 Everything here drives Flower's own command line tools (``flower-superlink``,
 ``flower-supernode``, ``flwr``); it only saves typing and cleans up after itself.
-See ``docs/deploy.md`` for the same steps as plain commands on real devices.
+See ``README.md (section Deploy on devices)`` for the same steps as plain commands on real devices.
 
 * :func:`generate_tls_certs` -- a self-signed CA and a SuperLink certificate (the
   ``cryptography`` package, a Flower dependency; ``scripts/generate_certs.sh`` does
