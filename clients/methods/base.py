@@ -120,9 +120,13 @@ class ClientMethod:
         return RecordDict({ARRAYS_KEY: self.reply_arrays(job, stats),
                            METRICS_KEY: MetricRecord(metrics)})
 
-    def evaluate(self, job: ClientJob) -> RecordDict:
-        """Evaluate the global model on the client's local test split."""
+    def load_for_evaluation(self, job: ClientJob) -> None:
+        """Put the model to evaluate into ``job.model`` (default: the received one)."""
         self.receive(job)
+
+    def evaluate(self, job: ClientJob) -> RecordDict:
+        """Evaluate the model on the client's local test split."""
+        self.load_for_evaluation(job)
         stats = evaluate_model(job.model, job.loader(train=False), job.device)
         return RecordDict({METRICS_KEY: MetricRecord({
             NUM_EXAMPLES_KEY: stats.num_examples, "loss": stats.loss,

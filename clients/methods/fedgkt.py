@@ -47,7 +47,7 @@ from fl_strategies.wire import ARRAYS_KEY, METRICS_KEY, NUM_EXAMPLES_KEY
 
 from ..flops import count_flops
 from ..models import build_model, count_params
-from ..train import LossTerm, TrainHooks, evaluate_model, train_loop
+from ..train import LossTerm, TrainHooks, train_loop
 from .base import ClientJob, ClientMethod, load_arrays, model_arrays
 
 # Keys of this node's persistent state (``context.state``).
@@ -281,13 +281,9 @@ class FedGKTClient(ClientMethod):
                                float16=self.float16)
         return RecordDict({ARRAYS_KEY: record, METRICS_KEY: MetricRecord(metrics)})
 
-    def evaluate(self, job: ClientJob) -> RecordDict:
-        """Evaluate this node's own edge model on its local test split."""
+    def load_for_evaluation(self, job: ClientJob) -> None:
+        """Evaluate this node's own edge model (nothing global to receive)."""
         self.restore_edge(job)
-        stats = evaluate_model(job.model, job.loader(train=False), job.device)
-        return RecordDict({METRICS_KEY: MetricRecord({
-            NUM_EXAMPLES_KEY: stats.num_examples, "loss": stats.loss,
-            "accuracy": stats.accuracy})})
 
 
 # ------------------------------------------------------------------ the server
