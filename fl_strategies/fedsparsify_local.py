@@ -22,8 +22,7 @@ from typing import Any
 import numpy as np
 from flwr.app import ConfigRecord, Message
 
-from .base import ParsedReply, ReplyError
-from .codec import CodecError, decode_arrays
+from .base import ParsedReply, ReplyError, decode_reply_arrays
 from .fedsparsify import (
     LOCAL_SPARSITY_KEY,
     MASK_KEY,
@@ -71,16 +70,8 @@ class FedSparsifyLocal(FedSparsifyGlobal):
     def parse_train_reply(self, server_round: int, message: Message) -> MaskedReply:
         """Validate the values as usual, then the keep mask (bits, prunable names)."""
         reply = super().parse_train_reply(server_round, message)
-        record = message.content.array_records.get(MASK_KEY)
-        if record is None:
-            raise ReplyError(f"no ArrayRecord '{MASK_KEY}'")
-        self.mask_bytes[server_round] += record_bytes(record)
-        try:
-            mask = decode_arrays(record)
-        except (CodecError, ValueError, TypeError) as exc:
-            raise ReplyError(f"undecodable mask: {exc}") from exc
-        if sorted(mask) != sorted(self.keep):
-            raise ReplyError(f"mask keys differ from the prunable tensors: {sorted(mask)[:3]}")
+        mask = decode_reply_arrays(message.content, MASK_KEY, self.keep)
+        self.mask_bytes[server_round] += record_bytes(message.content.array_records[MASK_KEY])
         for name, value in mask.items():
             if value.dtype != bool or value.shape != self.keep[name].shape:
                 raise ReplyError(f"mask '{name}' is {value.dtype}{value.shape}, expected "

@@ -28,8 +28,8 @@ from flwr.app import ConfigRecord, MessageType, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore import log
 
-from .base import ReplyError, _check_finite
-from .codec import CodecError, decode_arrays, encode_arrays
+from .base import ReplyError, check_reply_array, decode_reply_arrays
+from .codec import encode_arrays
 from .fedsparsify import (
     GRASP_TEMPERATURE_KEY,
     PRUNE_SCOPE_KEY,
@@ -120,19 +120,9 @@ class PruneAtInit(FedSparsifyGlobal):
         reply = replies[0]
         if reply.has_error():
             raise ReplyError(f"error reply: {reply.error.reason}")
-        record = reply.content.array_records.get(SCORES_KEY)
-        if record is None:
-            raise ReplyError(f"no ArrayRecord '{SCORES_KEY}'")
-        try:
-            scores = decode_arrays(record)
-        except (CodecError, ValueError, TypeError) as exc:
-            raise ReplyError(f"undecodable scores: {exc}") from exc
-        if sorted(scores) != sorted(self.keep):
-            raise ReplyError(f"score keys differ from the prunable tensors: {sorted(scores)[:3]}")
+        scores = decode_reply_arrays(reply.content, SCORES_KEY, self.keep)
         for name, value in scores.items():
-            if value.shape != self.keep[name].shape:
-                raise ReplyError(f"scores '{name}' have shape {value.shape}")
-            _check_finite(name, value)
+            check_reply_array(name, value, self.keep[name].shape)
         return scores
 
 

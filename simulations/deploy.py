@@ -461,20 +461,14 @@ class LocalFederation:
         pid = proc.popen.pid
         # Flower starts its SuperExec in a new session: find it before its parent goes.
         below = descendants(pid)
-        _signal(pid, signal.SIGTERM, group=True)
-        for child in below:
-            _signal(child, signal.SIGTERM)
-        try:
-            proc.popen.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            pass
-        _signal(pid, signal.SIGKILL, group=True)
-        for child in below:
-            _signal(child, signal.SIGKILL)
-        try:
-            proc.popen.wait(timeout=grace)
-        except subprocess.TimeoutExpired:
-            pass
+        for sig in (signal.SIGTERM, signal.SIGKILL):  # ask first, then insist
+            _signal(pid, sig, group=True)
+            for child in below:
+                _signal(child, sig)
+            try:
+                proc.popen.wait(timeout=grace)
+            except subprocess.TimeoutExpired:
+                pass
         if proc in self.procs:
             self.procs.remove(proc)
 

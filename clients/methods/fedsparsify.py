@@ -64,18 +64,26 @@ def _batches(loader: torch.utils.data.DataLoader, limit: int) -> list[Sequence[T
     return out
 
 
-def snip_scores(model: nn.Module, batches: list[Sequence[Tensor]], names: Sequence[str],
-                device: torch.device) -> dict[str, Tensor]:
-    """SNIP's connection sensitivity ``|g * w|``, ``g`` summed over the batches."""
+def _summed_gradients(model: nn.Module, batches: list[Sequence[Tensor]], names: Sequence[str],
+                      device: torch.device, temperature: float = 1.0
+                      ) -> tuple[list[nn.Parameter], list[Tensor]]:
+    """The named parameters and their loss gradients (logits / temperature) summed over batches."""
     model.to(device).train()
     params = dict(model.named_parameters())
     chosen = [params[n] for n in names]
     grads = [torch.zeros_like(p) for p in chosen]
     for batch in batches:
         inputs, labels = batch[0].to(device), batch[1].to(device)
-        loss = F.cross_entropy(logits_of(model, inputs), labels)
+        loss = F.cross_entropy(logits_of(model, inputs) / temperature, labels)
         for acc, g in zip(grads, torch.autograd.grad(loss, chosen), strict=True):
             acc += g
+    return chosen, grads
+
+
+def snip_scores(model: nn.Module, batches: list[Sequence[Tensor]], names: Sequence[str],
+                device: torch.device) -> dict[str, Tensor]:
+    """SNIP's connection sensitivity ``|g * w|``, ``g`` summed over the batches."""
+    chosen, grads = _summed_gradients(model, batches, names, device)
     return {n: (g * p).abs().detach() for n, g, p in zip(names, grads, chosen, strict=True)}
 
 
@@ -86,15 +94,7 @@ def grasp_scores(model: nn.Module, batches: list[Sequence[Tensor]], names: Seque
     ``g`` is the gradient of the temperature-scaled loss summed over the batches,
     ``Hg`` the Hessian-gradient product by double backpropagation, as in GraSP's code.
     """
-    model.to(device).train()
-    params = dict(model.named_parameters())
-    chosen = [params[n] for n in names]
-    grad_w = [torch.zeros_like(p) for p in chosen]
-    for batch in batches:
-        inputs, labels = batch[0].to(device), batch[1].to(device)
-        loss = F.cross_entropy(logits_of(model, inputs) / temperature, labels)
-        for acc, g in zip(grad_w, torch.autograd.grad(loss, chosen), strict=True):
-            acc += g
+    chosen, grad_w = _summed_gradients(model, batches, names, device, temperature)
     hg = [torch.zeros_like(p) for p in chosen]
     for batch in batches:
         inputs, labels = batch[0].to(device), batch[1].to(device)
