@@ -36,9 +36,9 @@ def main(overrides: list[str]) -> dict[str, dict[str, float]]:
     from flwr.app import ConfigRecord
 
     from fl_strategies.wire import wire_copy
-    from simulations.compose import compose_run
-    from simulations.inline import InlineGrid
-    from simulations.server_app import compose_config
+    from simulations.app.compose import compose_run
+    from simulations.app.server_app import compose_config
+    from simulations.runtimes.inline import InlineGrid
 
     cfg = compose_config([*overrides, "central_eval=false"])
     plan = compose_run(cfg, "/tmp/fedlean-overhead")

@@ -18,13 +18,12 @@ from typing import Any
 from clients.models import build_model
 from fl_strategies.apf import APF
 from fl_strategies.gwpf import GWPF, parse_quorum
-
-from .config import ConfigError
+from simulations.app.config import ConfigError
 
 
 def trainable_keys(cfg: Mapping[str, Any]) -> list[str]:
     """Names of the trainable parameters of this run's model."""
-    from .compose import model_dims  # compose imports the registry that imports us
+    from simulations.app.compose import model_dims  # compose imports the registry that imports us
 
     dims = model_dims(cfg)
     model = build_model(dims["name"], dims["in_channels"], dims["num_classes"],

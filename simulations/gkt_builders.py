@@ -16,8 +16,7 @@ from clients.methods.fedgkt import GKTServer
 from clients.models import build_model
 from clients.train import make_optimizer, pick_device
 from fl_strategies.fedgkt import FedGKT
-
-from .config import ConfigError
+from simulations.app.config import ConfigError
 
 
 def edge_feature_shape(dims: Mapping[str, Any]) -> tuple[int, ...]:

@@ -21,9 +21,8 @@ from fl_strategies.fedsparsify_local import FedSparsifyLocal
 from fl_strategies.oneshot import OneShot
 from fl_strategies.prune_at_init import Grasp, Snip
 from fl_strategies.random_prune import RandomPrune
-
-from .config import ConfigError
-from .sparse_inference import final_model_benchmark
+from simulations.app.config import ConfigError
+from simulations.tools.sparse_inference import final_model_benchmark
 
 
 def _int(method: Mapping[str, Any], key: str, default: int, low: int) -> int:
@@ -34,7 +33,7 @@ def _int(method: Mapping[str, Any], key: str, default: int, low: int) -> int:
 
 
 def _common_pruning(cfg: Mapping[str, Any], common: dict[str, Any]) -> dict[str, Any]:
-    from .compose import model_dims  # compose imports the registry that imports us
+    from simulations.app.compose import model_dims  # compose imports the registry that imports us
 
     method = cfg["method"]
     s_0, s_f = float(method.get("s_0", 0.0)), float(method.get("s_f", 0.9))

@@ -13,11 +13,11 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig
 
-from .config import ConfigError
-from .runtime import run_from_config
+from simulations.app.config import ConfigError
+from simulations.runtimes.simulation import run_from_config
 
 
-@hydra.main(config_path="../conf", config_name="config", version_base=None)
+@hydra.main(config_path="conf", config_name="config", version_base=None)
 def main(cfg: DictConfig) -> float | None:
     """Run one simulation; returns the final accuracy (for sweepers)."""
     out_dir = HydraConfig.get().runtime.output_dir

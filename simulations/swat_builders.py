@@ -18,7 +18,7 @@ from fl_strategies.zerofl import ZeroFL
 
 def swat_weight_keys(cfg: Mapping[str, Any]) -> list[str]:
     """State-dict names of the weights of the layers SWAT replaces in this run's model."""
-    from .compose import model_dims  # compose imports the registry that imports us
+    from simulations.app.compose import model_dims  # compose imports the registry that imports us
 
     dims = model_dims(cfg)
     model = build_model(dims["name"], dims["in_channels"], dims["num_classes"],

@@ -11,7 +11,7 @@ from torch.utils.data import TensorDataset
 from clients.methods import ClientJob, model_arrays
 from fl_strategies.base import ParsedReply, numpy_to_arrayrecord
 from fl_strategies.partial_sync import synced_positions
-from simulations.inline import InlineGrid
+from simulations.runtimes.inline import InlineGrid
 
 SETTINGS = {
     "train": {"epochs": 1, "batch_size": 8, "optimizer": "sgd", "lr": 0.1, "momentum": 0.0,

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import pytest
 
+from simulations import CONF_DIR
 from simulations.deploy import (
     LocalFederation,
     export_partition,
@@ -26,7 +27,7 @@ from simulations.deploy import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-METHOD = ("fedsparsify_global" if (REPO / "conf/method/fedsparsify_global.yaml").is_file()
+METHOD = ("fedsparsify_global" if (CONF_DIR / "method/fedsparsify_global.yaml").is_file()
           else "fedavg")
 ROUNDS = 2
 #: Our counts are the objects' bytes; the SuperLink's also hold the protobuf envelope.

@@ -39,11 +39,12 @@ from fl_strategies.fedgkt import (
     FedGKT,
     softmax_loss_accuracy,
 )
-from simulations.compose import client_settings
-from simulations.config import ConfigError
+from simulations import CONF_DIR
+from simulations.app.compose import client_settings
+from simulations.app.config import ConfigError
 from simulations.gkt_builders import build_fedgkt
-from simulations.gkt_costs import PAPER_FLOPS_RATIO, PAPER_PARAMS_RATIO, edge_cost_table
-from simulations.inline import InlineGrid
+from simulations.runtimes.inline import InlineGrid
+from simulations.tools.gkt_costs import PAPER_FLOPS_RATIO, PAPER_PARAMS_RATIO, edge_cost_table
 
 NUM_CLASSES = 10
 
@@ -330,11 +331,10 @@ def test_builder_rejects_models_without_features_and_builds_the_server():
 
 
 def test_experiment_configs_compose():
-    from pathlib import Path
 
     from hydra import compose, initialize_config_dir
 
-    conf = str(Path(__file__).resolve().parents[1] / "conf")
+    conf = str(CONF_DIR)
     with initialize_config_dir(config_dir=conf, version_base=None):
         for name, dataset in [("fedgkt_cifar10", "cifar10"), ("fedgkt_cifar100", "cifar100"),
                               ("fedgkt_cinic10", "cinic10"), ("fedgkt_digits", "digits")]:

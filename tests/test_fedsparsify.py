@@ -29,7 +29,8 @@ from fl_strategies.pruning import (
     target_count,
 )
 from fl_strategies.random_prune import RandomPrune
-from simulations.inline import InlineGrid
+from simulations import CONF_DIR
+from simulations.runtimes.inline import InlineGrid
 
 
 @pytest.fixture(autouse=True)
@@ -304,10 +305,10 @@ def test_masked_training_keeps_zeros_zero_with_momentum_and_weight_decay():
 def test_real_run_on_digits(tmp_path: Path, method: str):
     from hydra import compose, initialize_config_dir
 
-    from simulations.compose import compose_run
-    from simulations.runtime import run_inline
+    from simulations.app.compose import compose_run
+    from simulations.runtimes.simulation import run_inline
 
-    conf = str(Path(__file__).resolve().parents[1] / "conf")
+    conf = str(CONF_DIR)
     with initialize_config_dir(config_dir=conf, version_base=None):
         cfg = compose("config", overrides=[
             f"method={method}", "num_clients=3", "num_rounds=3", "local_epochs=1",
@@ -347,11 +348,11 @@ def test_paper_setups_compose_validate_and_build(experiment, monkeypatch):
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    import simulations.config as config_module
-    from simulations.config import validate_config
+    import simulations.app.config as config_module
+    from simulations.app.config import validate_config
     from simulations.methods import STRATEGY_BUILDERS
 
-    conf = str(Path(__file__).resolve().parents[1] / "conf")
+    conf = str(CONF_DIR)
     dataset, model, classes, clients, fraction, rounds, batch = PAPER_SETUPS[experiment]
     for method in ("fedsparsify_global", "fedsparsify_local", "oneshot", "fedavg"):
         with initialize_config_dir(config_dir=conf, version_base=None):

@@ -11,15 +11,16 @@ import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
 
-from simulations.config import ConfigError
-from simulations.runtime import run_from_config
+from simulations import CONF_DIR
+from simulations.app.config import ConfigError
+from simulations.runtimes.simulation import run_from_config
 
 REPO = Path(__file__).resolve().parent.parent
 SMALL = ["num_clients=3", "num_rounds=2", "local_epochs=1", "seed=7"]
 
 
 def config(*overrides: str):
-    with initialize_config_dir(config_dir=str(REPO / "conf"), version_base=None):
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
         return compose(config_name="config", overrides=[*SMALL, *overrides])
 
 
@@ -83,7 +84,7 @@ def test_fedprox_proximal_term_pulls_clients_towards_the_global_model(tmp_path):
     run_from_config(config("method=fedprox", "method.proximal_mu=5.0", *common),
                     tmp_path / "prox", quiet=True)
     init = config(*common)
-    from simulations.compose import compose_run
+    from simulations.app.compose import compose_run
 
     start = {k: v.numpy() for k, v in compose_run(init, tmp_path / "x").initial_arrays.items()}
     moved = {}
@@ -95,8 +96,8 @@ def test_fedprox_proximal_term_pulls_clients_towards_the_global_model(tmp_path):
 
 def test_client_with_unusable_node_config_is_dropped_and_round_completes(tmp_path, caplog):
     from clients.client_app import app
-    from simulations.compose import compose_run, execute_plan
-    from simulations.inline import InlineGrid
+    from simulations.app.compose import compose_run, execute_plan
+    from simulations.runtimes.inline import InlineGrid
 
     plan = compose_run(config("fraction_evaluate=0"), tmp_path)
     grid = InlineGrid(app, 3)
@@ -131,7 +132,7 @@ def test_multirun_over_two_methods_and_report(tmp_path):
     summaries = sorted(sweep.rglob("summary.json"))
     assert len(summaries) == 2
     assert {json.loads(p.read_text())["method"] for p in summaries} == {"fedavg", "fedprox"}
-    report = subprocess.run([sys.executable, "-m", "simulations.report", str(sweep)],
+    report = subprocess.run([sys.executable, "-m", "simulations.tools.report", str(sweep)],
                             cwd=REPO, capture_output=True, text=True, timeout=120)
     assert report.returncode == 0, report.stderr[-2000:]
     assert "| fedavg |" in report.stdout and "| fedprox |" in report.stdout

@@ -12,17 +12,9 @@ import pytest
 import torch
 from flwr.app import Context, Message, RecordDict
 
-from simulations.config import ConfigError
-from simulations.deploy import (
-    export_partition,
-    format_node_config,
-    format_run_config,
-    generate_supernode_keys,
-    generate_tls_certs,
-    write_connection,
-)
-from simulations.inline import InlineGrid
-from simulations.server_app import (
+from simulations import CONF_DIR
+from simulations.app.config import ConfigError
+from simulations.app.server_app import (
     DEPLOYMENT_INFO_FILE,
     PollingGrid,
     app,
@@ -31,6 +23,15 @@ from simulations.server_app import (
     output_dir,
     parse_overrides,
 )
+from simulations.deploy import (
+    export_partition,
+    format_node_config,
+    format_run_config,
+    generate_supernode_keys,
+    generate_tls_certs,
+    write_connection,
+)
+from simulations.runtimes.inline import InlineGrid
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -48,8 +49,8 @@ def test_parse_overrides_quotes_and_fixed_backend():
 
 def test_conf_dir_found_next_to_the_app_or_explicit(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)  # not the checkout: must still find the app's conf/
-    assert find_conf_dir() == REPO / "conf"
-    assert find_conf_dir(str(REPO / "conf")) == REPO / "conf"
+    assert find_conf_dir() == CONF_DIR
+    assert find_conf_dir(str(CONF_DIR)) == CONF_DIR
     with pytest.raises(ConfigError, match="config.yaml"):
         find_conf_dir(tmp_path)
 
@@ -147,7 +148,7 @@ def test_supernode_keys_are_what_flower_loads(tmp_path):
 def test_exported_partition_is_what_the_device_trains_on(tmp_path):
     from clients.client_app import client_data
     from clients.data import load_partition
-    from simulations.compose import client_settings, to_dict
+    from simulations.app.compose import client_settings, to_dict
 
     path = export_partition(tmp_path / "dev.npz", 1, 3, ["dataset=digits"])
     with np.load(path) as npz:

@@ -12,7 +12,7 @@ from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 from fl_strategies import FedAvg, FedProx
 from fl_strategies.base import numpy_to_arrayrecord, weighted_mean
 from fl_strategies.codec import decode_arrays, encode_arrays
-from simulations.inline import InlineGrid
+from simulations.runtimes.inline import InlineGrid
 
 GLOBAL = {"w": np.ones((4, 3), np.float32), "b": np.zeros(3, np.float32),
           "steps": np.array(0, np.int64)}

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -26,7 +25,8 @@ from fl_strategies.zerofl import (
     unpack_sent,
     uplink_density,
 )
-from simulations.inline import InlineGrid
+from simulations import CONF_DIR
+from simulations.runtimes.inline import InlineGrid
 
 LOCAL = np.array([[0.9, -0.1, 0.4], [0.05, -0.7, 0.2]], np.float32)
 GLOBAL = np.array([[0.8, -0.1, 0.1], [0.05, -0.7, 0.6]], np.float32)
@@ -306,7 +306,7 @@ def test_sparse_uplink_is_several_times_smaller_than_dense_on_the_wire():
 def test_experiment_configs_compose():
     from hydra import compose, initialize_config_dir
 
-    conf = Path(__file__).resolve().parents[1] / "conf"
+    conf = CONF_DIR
     expected = {"zerofl_cifar10": ("cifar10", "resnet18", 1.0, 700),
                 "zerofl_cifar10_iid": ("cifar10", "resnet18", 1000.0, 700),
                 "zerofl_femnist": ("femnist", "resnet18", None, 1000),
@@ -328,9 +328,9 @@ def test_experiment_configs_compose():
 def test_swat_and_zerofl_run_end_to_end_through_the_client_app(tmp_path):
     from hydra import compose, initialize_config_dir
 
-    from simulations.runtime import run_from_config
+    from simulations.runtimes.simulation import run_from_config
 
-    conf = Path(__file__).resolve().parents[1] / "conf"
+    conf = CONF_DIR
     small = ["num_clients=3", "num_rounds=1", "local_epochs=1", "fraction_evaluate=0",
              "save_model=false"]
     rounds = {}

@@ -73,7 +73,7 @@ class ClientMethod:
     ----------
     settings : Mapping[str, Any]
         The run's client-side settings, as sent in the message (see
-        ``simulations.compose.client_settings``).
+        ``simulations.app.compose.client_settings``).
     """
 
     name = "fedavg"

@@ -1,31 +1,13 @@
-"""Deployment helpers: credentials, device data, and a local SuperLink + SuperNodes.
+"""A local SuperLink + SuperNodes: start them, run the app, read the run record, stop all.
 
 Everything here drives Flower's own command line tools (``flower-superlink``,
 ``flower-supernode``, ``flwr``); it only saves typing and cleans up after itself.
-See ``README.md (section Deploy on devices)`` for the same steps as plain commands on real devices.
-
-* :func:`generate_tls_certs` -- a self-signed CA and a SuperLink certificate (the
-  ``cryptography`` package, a Flower dependency; ``scripts/generate_certs.sh`` does
-  the same with ``openssl``);
-* :func:`generate_supernode_keys` -- a SuperNode's EC P-384 key pair in OpenSSH
-  format, as ``flower-supernode --auth-supernode-private-key`` and
-  ``flwr supernode register`` expect;
-* :func:`export_partition` -- one partition of a dataset as the ``.npz`` file a
-  device reads through ``--node-config data-path=...``;
-* :func:`write_connection` -- a SuperLink connection in ``$FLWR_HOME/config.toml``;
-* :class:`LocalFederation` -- starts a SuperLink and SuperNodes on this machine (each
-  in its own process group), runs the app, reads the SuperLink's run record, and
-  stops every process it started.
-
-``python -m simulations.deploy local --nodes 2 -- method=fedavg num_rounds=3`` runs a
-whole deployment on this machine and prints where the results are.
+:class:`LocalFederation` starts each process in its own process group and stops every
+process it started.
 """
 
 from __future__ import annotations
 
-import argparse
-import datetime as dt
-import ipaddress
 import json
 import os
 import shlex
@@ -35,205 +17,17 @@ import socket
 import subprocess
 import sys
 import time
-import tomllib
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from .credentials import TlsFiles, generate_tls_certs
+from .flwr_cli import DeploymentError, _executable, format_node_config, format_run_config, write_connection
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
 #: SuperLink connection name used by :class:`LocalFederation`.
 LOCAL_CONNECTION = "fedlean-local"
-
-
-# ----------------------------------------------------------------- credentials
-@dataclass(frozen=True)
-class TlsFiles:
-    """PEM files of a self-signed CA and the SuperLink certificate it signed."""
-
-    ca_cert: Path
-    ca_key: Path
-    server_cert: Path
-    server_key: Path
-
-
-def generate_tls_certs(
-    out_dir: str | Path,
-    hosts: Sequence[str] = ("localhost", "127.0.0.1"),
-    days: int = 365,
-) -> TlsFiles:
-    """Write a self-signed CA and a server certificate for ``hosts`` into ``out_dir``.
-
-    Parameters
-    ----------
-    out_dir : str | Path
-        Directory for ``ca.crt``, ``ca.key``, ``server.pem`` and ``server.key``.
-    hosts : Sequence[str] (default: ("localhost", "127.0.0.1"))
-        DNS names and IP addresses the SuperLink is reached at; all go into the
-        certificate's subjectAltName. ``localhost``/``127.0.0.1`` are always added:
-        the SuperLink's own SuperExec connects through them.
-    days : int (default: 365)
-        Validity.
-
-    Returns
-    -------
-    TlsFiles
-        The paths written. Only ``ca.crt`` goes to SuperNodes and CLI users.
-
-    """
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    now = dt.datetime.now(dt.UTC) - dt.timedelta(minutes=5)
-    until = now + dt.timedelta(days=days)
-
-    ca_key = ec.generate_private_key(ec.SECP384R1())
-    ca_name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "fedlean test CA")])
-    ca_cert = (
-        x509.CertificateBuilder()
-        .subject_name(ca_name).issuer_name(ca_name)
-        .public_key(ca_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now).not_valid_after(until)
-        .add_extension(x509.BasicConstraints(ca=True, path_length=None), critical=True)
-        .add_extension(x509.KeyUsage(digital_signature=True, key_cert_sign=True, crl_sign=True,
-                                     content_commitment=False, key_encipherment=False,
-                                     data_encipherment=False, key_agreement=False,
-                                     encipher_only=False, decipher_only=False), critical=True)
-        .sign(ca_key, hashes.SHA256())
-    )
-
-    names: list[x509.GeneralName] = []
-    for host in dict.fromkeys([*hosts, "localhost", "127.0.0.1"]):
-        try:
-            names.append(x509.IPAddress(ipaddress.ip_address(host)))
-        except ValueError:
-            names.append(x509.DNSName(host))
-    server_key = ec.generate_private_key(ec.SECP384R1())
-    server_cert = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, hosts[0])]))
-        .issuer_name(ca_name)
-        .public_key(server_key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now).not_valid_after(until)
-        .add_extension(x509.SubjectAlternativeName(names), critical=False)
-        .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)
-        .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), critical=False)
-        .sign(ca_key, hashes.SHA256())
-    )
-
-    def key_pem(key: ec.EllipticCurvePrivateKey) -> bytes:
-        return key.private_bytes(serialization.Encoding.PEM,
-                                 serialization.PrivateFormat.PKCS8,
-                                 serialization.NoEncryption())
-
-    files = TlsFiles(out / "ca.crt", out / "ca.key", out / "server.pem", out / "server.key")
-    files.ca_cert.write_bytes(ca_cert.public_bytes(serialization.Encoding.PEM))
-    files.server_cert.write_bytes(server_cert.public_bytes(serialization.Encoding.PEM))
-    _write_private(files.ca_key, key_pem(ca_key))
-    _write_private(files.server_key, key_pem(server_key))
-    return files
-
-
-@dataclass(frozen=True)
-class NodeKeys:
-    """A SuperNode's authentication key pair (OpenSSH format)."""
-
-    private_key: Path
-    public_key: Path
-
-
-def generate_supernode_keys(out_dir: str | Path, name: str) -> NodeKeys:
-    """Write an EC P-384 key pair ``<name>`` / ``<name>.pub`` (like ``ssh-keygen -t ecdsa -b 384``).
-
-    The private key stays on the device (``--auth-supernode-private-key``); the
-    public key is registered with ``flwr supernode register <name>.pub``.
-    """
-    from cryptography.hazmat.primitives import serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    key = ec.generate_private_key(ec.SECP384R1())
-    keys = NodeKeys(out / name, out / f"{name}.pub")
-    _write_private(keys.private_key, key.private_bytes(
-        serialization.Encoding.PEM, serialization.PrivateFormat.OpenSSH,
-        serialization.NoEncryption()))
-    keys.public_key.write_bytes(key.public_key().public_bytes(
-        serialization.Encoding.OpenSSH, serialization.PublicFormat.OpenSSH) + b"\n")
-    return keys
-
-
-def _write_private(path: Path, data: bytes) -> None:
-    path.write_bytes(data)
-    path.chmod(0o600)
-
-
-# ----------------------------------------------------------------- device data
-def export_partition(
-    path: str | Path, partition_id: int, num_partitions: int,
-    overrides: Sequence[str] = (),
-) -> Path:
-    """Save one client partition (train + local test) as a device's ``.npz`` file.
-
-    The file holds ``x`` (float32 images in [0, 1], ``N x C x H x W``) and ``y``
-    (int64 labels), the format :func:`clients.data.load_local_data` reads. The
-    partition is the one a simulation with the same ``overrides`` gives client
-    ``partition_id``; a device normalizes it again like the run's dataset.
-    """
-    import numpy as np
-    import torch
-
-    from clients.data import get_spec, load_partition
-
-    from .compose import client_settings, to_dict
-    from .server_app import compose_config
-
-    cfg = to_dict(compose_config(list(overrides)))
-    data_cfg = client_settings(cfg)["data"]
-    train, test = load_partition(data_cfg, partition_id, num_partitions)
-    x = torch.cat([train.tensors[0], test.tensors[0]])
-    y = torch.cat([train.tensors[1], test.tensors[1]])
-    spec = get_spec(data_cfg["name"])
-    mean = torch.tensor(spec.mean).view(1, -1, 1, 1)
-    std = torch.tensor(spec.std).view(1, -1, 1, 1)
-    images = (x * std + mean).clamp_(0.0, 1.0)
-    out = Path(path)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    np.savez(out, x=images.numpy().astype(np.float32), y=y.numpy().astype(np.int64))
-    return out
-
-
-# ------------------------------------------------------------- flwr CLI config
-def write_connection(
-    flwr_home: str | Path, name: str, address: str,
-    root_certificates: str | Path | None = None, default: bool = True,
-) -> Path:
-    """Add (or replace) a SuperLink connection in ``<flwr_home>/config.toml``.
-
-    Without ``root_certificates`` the connection is ``insecure`` (plain HTTP).
-    """
-    import tomli_w
-
-    path = Path(flwr_home) / "config.toml"
-    config: dict[str, Any] = tomllib.loads(path.read_text()) if path.exists() else {}
-    links = config.setdefault("superlink", {})
-    entry: dict[str, Any] = {"address": address}
-    if root_certificates is None:
-        entry["insecure"] = True
-    else:
-        entry["root-certificates"] = str(Path(root_certificates).resolve())
-    links[name] = entry
-    if default:
-        links["default"] = name
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(tomli_w.dumps(config))
-    return path
 
 
 def free_port(host: str = "127.0.0.1") -> int:
@@ -244,10 +38,6 @@ def free_port(host: str = "127.0.0.1") -> int:
 
 
 # ------------------------------------------------------------ local processes
-class DeploymentError(RuntimeError):
-    """A SuperLink, SuperNode or run did not do what was expected; the message says what."""
-
-
 @dataclass
 class Proc:
     """A started Flower process (leader of its own process group) and its log file."""
@@ -588,112 +378,3 @@ class LocalFederation:
         """The ServerApp's log of a run (``flwr log --show``)."""
         return self.flwr("log", str(run_id), LOCAL_CONNECTION, "--show", check=False)[-6000:]
 
-
-def _executable(name: str) -> str:
-    """A Flower command next to this interpreter (an unactivated venv), else on PATH."""
-    candidate = Path(sys.executable).parent / name
-    if candidate.is_file():
-        return str(candidate)
-    found = shutil.which(name)
-    if found is None:
-        raise DeploymentError(f"`{name}` not found: install flwr (pip install -e .)")
-    return found
-
-
-def format_node_config(node_config: Mapping[str, Any] | str) -> str:
-    """``--node-config`` text: space-separated ``key=value``, strings quoted (TOML values)."""
-    if isinstance(node_config, str):
-        return node_config
-    return " ".join(f"{k}={_toml_value(v)}" for k, v in node_config.items())
-
-
-def format_run_config(run_config: Mapping[str, Any]) -> str:
-    """``--run-config`` text from a dict (values as TOML)."""
-    return " ".join(f"{k}={_toml_value(v)}" for k, v in run_config.items())
-
-
-def _toml_value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    if isinstance(value, int | float):
-        return repr(value)
-    return json.dumps(str(value))
-
-
-# ------------------------------------------------------------------------- CLI
-def _local(args: argparse.Namespace) -> int:
-    """Start a SuperLink and N SuperNodes here, run the app, stop everything."""
-    workdir = Path(args.workdir or f"outputs/deploy-local/{time.strftime('%Y-%m-%d_%H-%M-%S')}")
-    overrides = [f"num_clients={args.nodes}", *args.overrides]
-    with LocalFederation(workdir, tls=args.tls, node_auth=args.auth) as fed:
-        fed.start_superlink()
-        for i in range(args.nodes):
-            key = None
-            if args.auth:
-                keys = generate_supernode_keys(fed.workdir / "keys", f"node{i}")
-                fed.register_node(keys.public_key)
-                key = keys.private_key
-            fed.start_supernode(f"supernode{i}", {"partition-id": i, "num-partitions": args.nodes},
-                                private_key=key)
-        out_dir = fed.workdir / "results"
-        run_id = fed.run(run_config={"overrides": shlex.join(overrides),
-                                     "output-dir": str(out_dir)})
-        print(f"run {run_id} started on {fed.address}; logs in {fed.workdir}", flush=True)
-        info = fed.wait_for_run(run_id, timeout=args.timeout,
-                                done_file=out_dir / "deployment.json")
-        print(fed.run_log(run_id))
-        print(json.dumps({"run-id": run_id, "status": info["status"],
-                          "network-traffic": info["network-traffic"]}, indent=2))
-    print(f"results in {out_dir}")
-    return 0
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m simulations.deploy {certs,keys,export,local} ...``."""
-    parser = argparse.ArgumentParser(prog="python -m simulations.deploy", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    sub = parser.add_subparsers(dest="command", required=True)
-
-    certs = sub.add_parser("certs", help="self-signed CA + SuperLink certificate")
-    certs.add_argument("--out", default="certs")
-    certs.add_argument("--host", action="append", default=[],
-                       help="DNS name or IP of the SuperLink (repeat); localhost is always added")
-    certs.add_argument("--days", type=int, default=365)
-
-    keys = sub.add_parser("keys", help="SuperNode authentication key pairs")
-    keys.add_argument("--out", default="keys")
-    keys.add_argument("names", nargs="+", help="one key pair per name, e.g. pi-1 jetson-1")
-
-    export = sub.add_parser("export", help="one partition as a device's .npz file")
-    export.add_argument("--partition-id", type=int, required=True)
-    export.add_argument("--num-partitions", type=int, required=True)
-    export.add_argument("--out", required=True)
-    export.add_argument("overrides", nargs="*", help="Hydra overrides (dataset=..., partition=...)")
-
-    local = sub.add_parser("local", help="SuperLink + N SuperNodes here: run the app, stop all")
-    local.add_argument("--nodes", type=int, default=2)
-    local.add_argument("--tls", action="store_true")
-    local.add_argument("--auth", action="store_true", help="SuperNode authentication (implies --tls)")
-    local.add_argument("--workdir", default=None)
-    local.add_argument("--timeout", type=float, default=3600.0)
-    local.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. method=fedavg num_rounds=3")
-
-    args = parser.parse_args(argv)
-    if args.command == "certs":
-        files = generate_tls_certs(args.out, hosts=args.host or ["localhost"], days=args.days)
-        print(f"CA: {files.ca_cert}  server: {files.server_cert} {files.server_key}")
-    elif args.command == "keys":
-        for name in args.names:
-            pair = generate_supernode_keys(args.out, name)
-            print(f"{pair.private_key}  {pair.public_key}")
-    elif args.command == "export":
-        path = export_partition(args.out, args.partition_id, args.num_partitions, args.overrides)
-        print(path)
-    elif args.command == "local":
-        args.tls = args.tls or args.auth
-        return _local(args)
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main())

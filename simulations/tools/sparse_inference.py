@@ -123,7 +123,7 @@ def final_model_benchmark(dims: Mapping[str, Any], seconds: float = 1.0
     ----------
     dims : Mapping[str, Any]
         ``name``, ``in_channels``, ``num_classes``, ``image_size`` of the model
-        (see :func:`simulations.compose.model_dims`).
+        (see :func:`simulations.app.compose.model_dims`).
     seconds : float (default: 1.0)
         Measuring window per format and batch size; 0 skips the measurement.
 
@@ -142,7 +142,7 @@ def final_model_benchmark(dims: Mapping[str, Any], seconds: float = 1.0
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Re-measure a finished run: ``python -m simulations.sparse_inference RUN_DIR...``.
+    """Re-measure a finished run: ``python -m simulations.tools.sparse_inference RUN_DIR...``.
 
     Reads each run's ``.hydra/config.yaml`` and ``final_model.npz`` and prints one
     JSON line of throughputs (a longer window than the end-of-run measurement).
@@ -153,7 +153,7 @@ def main(argv: list[str] | None = None) -> None:
 
     from omegaconf import OmegaConf
 
-    from .compose import model_dims
+    from simulations.app.compose import model_dims
 
     parser = argparse.ArgumentParser(description=main.__doc__)
     parser.add_argument("run_dirs", nargs="+", type=Path)

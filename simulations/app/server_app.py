@@ -2,7 +2,7 @@
 
 The run is described by the same Hydra config as a simulation; the ServerApp
 composes it from the overrides in its run config and hands it to the same
-:func:`~simulations.compose.compose_run` / :func:`~simulations.compose.execute_plan`
+:func:`~simulations.app.compose.compose_run` / :func:`~simulations.app.compose.execute_plan`
 pair, so a run on real SuperNodes and a simulated one differ only in the Grid that
 carries the messages::
 
@@ -42,7 +42,8 @@ from flwr.supercore import log
 from flwr.supercore.run import Run
 from omegaconf import DictConfig
 
-from .config import ConfigError
+from simulations import CONF_DIR as PACKAGE_CONF_DIR
+from simulations.app.config import ConfigError
 
 OVERRIDES_KEY = "overrides"
 OUTPUT_DIR_KEY = "output-dir"
@@ -83,7 +84,7 @@ def find_conf_dir(explicit: str | Path | None = None) -> Path:
     candidates = (
         [Path(explicit).expanduser()]
         if explicit
-        else [Path(__file__).resolve().parents[1] / "conf", Path.cwd() / "conf"]
+        else [PACKAGE_CONF_DIR, Path.cwd() / "conf"]
     )
     for candidate in candidates:
         if (candidate / "config.yaml").is_file():
@@ -190,7 +191,7 @@ def main(grid: Grid, context: Context) -> None:
     """Compose the run from the run config, run it on the SuperNodes, write results."""
     from flwr.supercore.version import package_version
 
-    from .compose import compose_run, execute_plan
+    from simulations.app.compose import compose_run, execute_plan
 
     run_config = dict(context.run_config)
     overrides = parse_overrides(str(run_config.get(OVERRIDES_KEY, "") or ""))

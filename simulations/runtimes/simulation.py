@@ -1,6 +1,6 @@
 """Run a composed plan on one of the two simulation runtimes.
 
-``inline``: :class:`simulations.inline.InlineGrid`, in this process.
+``inline``: :class:`simulations.runtimes.inline.InlineGrid`, in this process.
 ``ray``: Flower's Simulation Runtime with the Ray backend; each virtual client gets
 ``client_resources`` (``num_cpus``, fractional ``num_gpus`` to share a GPU).
 Flower's ``run_simulation`` passes an empty run_config, so the plan reaches the
@@ -18,9 +18,9 @@ from typing import Any
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
-from .compose import RunPlan, compose_run, execute_plan
-from .config import ConfigError
-from .inline import InlineGrid
+from simulations.app.compose import RunPlan, compose_run, execute_plan
+from simulations.app.config import ConfigError
+from simulations.runtimes.inline import InlineGrid
 
 log = logging.getLogger(__name__)
 

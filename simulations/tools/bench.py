@@ -1,6 +1,6 @@
 """Benchmark: the same FedAvg work three ways in one process, with times and ratios.
 
-``python -m simulations.bench [--rounds 20] [--epochs 5] [--clients 10] [--skip-ray]``
+``python -m simulations.tools.bench [--rounds 20] [--epochs 5] [--clients 10] [--skip-ray]``
 
 Work: digits, the MLP, IID partitions, every client every round, no evaluation
 during the run (so all three do only training and aggregation). Ways:
@@ -30,12 +30,12 @@ from clients.data import load_central_testset, load_partition
 from clients.methods import load_arrays
 from clients.models import build_model
 from clients.train import evaluate_model
+from simulations import CONF_DIR as PACKAGE_CONF_DIR
+from simulations.app.compose import client_settings, seed_everything
+from simulations.app.results import read_rounds
+from simulations.runtimes.simulation import run_from_config
 
-from .compose import client_settings, seed_everything
-from .results import read_rounds
-from .runtime import run_from_config
-
-CONF_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+CONF_DIR = str(PACKAGE_CONF_DIR)
 
 
 def bench_config(args: argparse.Namespace, backend: str):

@@ -27,10 +27,9 @@ from clients.methods import load_arrays, model_arrays
 from clients.models import build_model, count_params
 from clients.train import set_torch_threads
 from fl_strategies.base import FedleanStrategy, arrayrecord_to_numpy, numpy_to_arrayrecord
-
-from .config import validate_config
-from .methods import STRATEGY_BUILDERS
-from .results import ResultsWriter
+from simulations.app.config import validate_config
+from simulations.app.results import ResultsWriter
+from simulations.methods import STRATEGY_BUILDERS
 
 
 def to_dict(cfg: Mapping[str, Any] | DictConfig) -> dict[str, Any]:

@@ -1,4 +1,4 @@
-"""Compare runs: ``python -m simulations.report <run-or-multirun-dir> [...]``.
+"""Compare runs: ``python -m simulations.tools.report <run-or-multirun-dir> [...]``.
 
 Finds every ``summary.json`` below the given directories and prints a markdown
 table (accuracy, Params, FLOPs, measured MB up/down/total, ratio to the FedAvg run
@@ -13,7 +13,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from .results import MB, plot_runs, read_rounds
+from simulations.app.results import MB, plot_runs, read_rounds
 
 
 def find_runs(roots: list[Path]) -> list[tuple[Path, dict[str, Any]]]:

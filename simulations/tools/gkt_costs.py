@@ -1,4 +1,4 @@
-"""Edge costs of FedGKT next to FedAvg's: ``python -m simulations.gkt_costs``.
+"""Edge costs of FedGKT next to FedAvg's: ``python -m simulations.tools.gkt_costs``.
 
 Prints parameters and per-sample FLOPs (``torch.utils.flop_counter``, forward and
 forward+backward) of the FedGKT edge model and of the FedAvg models it replaces on
