@@ -22,9 +22,10 @@ from flwr.clientapp import ClientApp
 from torch import nn
 
 from fl_strategies.wire import CONFIG_KEY, RUN_CONFIG_KEY
+from methods import get_method
 
 from .data import load_local_data, load_partition
-from .methods import ClientJob, get_client_method
+from .methods import ClientJob
 from .models import build_model
 from .train import pick_device, set_torch_threads
 
@@ -78,7 +79,7 @@ def make_job(message: Message, context: Context) -> tuple[ClientJob, Any]:
     config = message.content.config_records[CONFIG_KEY]
     settings = _settings(str(config[RUN_CONFIG_KEY]))
     set_torch_threads(settings.get("torch_threads"))
-    method = get_client_method(settings["method"]["name"])(settings)
+    method = get_method(settings["method"]["name"], settings.get("plugins", ())).client_class()(settings)
     train_set, test_set = client_data(settings, context.node_config)
     server_round = int(config.get("server-round", 0))
     partition_id = int(context.node_config.get(PARTITION_ID_KEY, context.node_id % 100_003))

@@ -24,6 +24,7 @@ from clients.methods.fedgkt import (
     teacher_table,
     with_indices,
 )
+from clients.models import model_dims
 from clients.train import make_optimizer
 from fl_strategies.base import numpy_to_arrayrecord
 from fl_strategies.codec import decode_arrays, encode_arrays
@@ -39,10 +40,10 @@ from fl_strategies.fedgkt import (
     FedGKT,
     softmax_loss_accuracy,
 )
+from methods import BuildContext, get_method
 from simulations import CONF_DIR
 from simulations.app.compose import client_settings
 from simulations.app.config import ConfigError
-from simulations.gkt_builders import build_fedgkt
 from simulations.runtimes.inline import InlineGrid
 from simulations.tools.gkt_costs import PAPER_FLOPS_RATIO, PAPER_PARAMS_RATIO, edge_cost_table
 
@@ -319,15 +320,21 @@ def test_softmax_loss_accuracy_by_hand():
 
 
 # ------------------------------------------------------------- composition
+def _build_fedgkt(cfg, common):
+    entry = get_method("fedgkt")
+    ctx = BuildContext(run=cfg, common=common, dims=model_dims(cfg))
+    return entry.build(entry.config(**cfg["method"]), ctx)
+
+
 def test_builder_rejects_models_without_features_and_builds_the_server():
     cfg = _run_cfg()
     common = {"client_config": client_settings(cfg), "min_available_nodes": 2}
-    strategy = build_fedgkt(cfg, common)
+    strategy = _build_fedgkt(cfg, common)
     assert strategy.feature_shape == (16, 8, 8)
     assert strategy.server.describe()["server_params"] == 590_858
     cfg["model"]["name"] = "mlp"
     with pytest.raises(ConfigError, match="model.name='mlp'"):
-        build_fedgkt(cfg, {"client_config": client_settings(cfg)})
+        _build_fedgkt(cfg, {"client_config": client_settings(cfg)})
 
 
 def test_experiment_configs_compose():

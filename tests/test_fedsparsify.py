@@ -348,9 +348,9 @@ def test_paper_setups_compose_validate_and_build(experiment, monkeypatch):
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    import simulations.app.config as config_module
+    from clients.models import model_dims
+    from methods import BuildContext, get_method
     from simulations.app.config import validate_config
-    from simulations.methods import STRATEGY_BUILDERS
 
     conf = str(CONF_DIR)
     dataset, model, classes, clients, fraction, rounds, batch = PAPER_SETUPS[experiment]
@@ -365,8 +365,9 @@ def test_paper_setups_compose_validate_and_build(experiment, monkeypatch):
             clients, fraction, rounds)
         assert (cfg["batch_size"], cfg["local_epochs"], cfg["seed"]) == (batch, 4, 1990)
         # Everything but the data files (absent here) validates.
-        monkeypatch.setattr(config_module, "_validate_data_source", lambda dataset: None)
-        validate_config(cfg, STRATEGY_BUILDERS)
+        monkeypatch.setattr("clients.data.validate_data_source", lambda *args: None)
+        typed = validate_config(cfg)
         common = {"min_available_nodes": clients, "fraction_evaluate": 0.0}
-        strategy = STRATEGY_BUILDERS[method](cfg, common)
+        ctx = BuildContext(run=typed.cfg, common=common, dims=model_dims(typed.cfg))
+        strategy = get_method(method).build(typed.method, ctx)
         assert strategy.method_name == method

@@ -249,8 +249,8 @@ def _client_job(method_settings, model):
 
 @pytest.mark.parametrize("uplink", ["topk_weights", "diff_topk_weights", "topk_diff"])
 def test_client_uplink_round_trip_through_strategy_parse(uplink):
-    from clients.methods import get_client_method
     from clients.models import build_model
+    from methods import get_method
 
     method = {"name": "zerofl", "sparsity": 0.9, "topk_period": 10, "topk_warmup": 0,
               "sparsify_first": True, "sparsify_last": True, "uplink": uplink,
@@ -258,7 +258,7 @@ def test_client_uplink_round_trip_through_strategy_parse(uplink):
     model = build_model("mlp", 1, 10, 8)
     initial = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
     settings, job = _client_job(method, model)
-    client = get_client_method("zerofl")(settings)
+    client = get_method("zerofl").client_class()(settings)
     reply = client.train(job)
     metrics = reply.metric_records["metrics"]
     assert metrics["uplink-density"] == pytest.approx(0.15, abs=1e-3)
@@ -288,16 +288,16 @@ def test_client_uplink_round_trip_through_strategy_parse(uplink):
 
 
 def test_sparse_uplink_is_several_times_smaller_than_dense_on_the_wire():
-    from clients.methods import get_client_method
     from clients.models import build_model
     from fl_strategies.wire import message_bytes
+    from methods import get_method
 
     sizes = {}
     for name in ("swat", "zerofl"):
         method = {"name": name, "sparsity": 0.9, "sparsify_first": True,
                   "uplink": "topk_weights", "mask_ratio": 0.0}
         settings, job = _client_job(method, build_model("mlp", 1, 10, 8))
-        reply = get_client_method(name)(settings).train(job)
+        reply = get_method(name).client_class()(settings).train(job)
         sizes[name] = message_bytes(Message(reply, dst_node_id=1, message_type="train"))
     # bitmask (1/32) + 10% values + dense biases: about 7x smaller
     assert sizes["swat"] / sizes["zerofl"] > 6.5

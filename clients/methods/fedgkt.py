@@ -46,7 +46,7 @@ from fl_strategies.fedgkt import (
 from fl_strategies.wire import ARRAYS_KEY, METRICS_KEY, NUM_EXAMPLES_KEY
 
 from ..flops import count_flops
-from ..models import build_model, count_params
+from ..models import build_from_dims, count_params
 from ..train import LossTerm, TrainHooks, train_loop
 from .base import ClientJob, ClientMethod, load_arrays, model_arrays
 
@@ -201,10 +201,10 @@ class FedGKTClient(ClientMethod):
 
     def __init__(self, settings: Mapping[str, Any]) -> None:
         super().__init__(settings)
-        self.temperature = float(self.method.get("temperature", 3.0))
-        self.alpha = float(self.method.get("alpha", 1.0))
-        self.epochs = int(self.method.get("epochs_client", settings["train"]["epochs"]))
-        self.float16 = bool(self.method.get("float16", True))
+        self.temperature = float(self.method["temperature"])
+        self.alpha = float(self.method["alpha"])
+        self.epochs = int(self.method["epochs_client"])
+        self.float16 = bool(self.method["float16"])
         self.teacher: Tensor | None = None
 
     # ------------------------------------------------------------------ hooks
@@ -227,8 +227,7 @@ class FedGKTClient(ClientMethod):
         dims = self.settings["model"]
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(self.settings["seed"]))
-            job.model = build_model(dims["name"], int(dims["in_channels"]),
-                                    int(dims["num_classes"]), int(dims["image_size"]))
+            job.model = build_from_dims(dims)
 
     def train_hooks(self, job: ClientJob) -> TrainHooks:
         """KD toward the server's logits, looked up by sample index (once they exist)."""

@@ -78,13 +78,13 @@ class GWPFClient(PartialSyncClient):
 
     def extra_reply(self, job: ClientJob, flat_after: np.ndarray) -> dict[str, np.ndarray]:
         """The packed thaw votes, one bit per scalar left out of the upload."""
-        alpha = self.method.get("vote_alpha")
-        alpha = float(self.method.get("alpha", 0.99) if alpha is None else alpha)
+        alpha = self.method["vote_alpha"]
+        alpha = float(self.method["alpha"] if alpha is None else alpha)
         votes = thaw_votes(
             self.extra["ema_f"], self.extra["abs_ema_f"], self.extra["obs"],
             (self.flat_before - flat_after).astype(np.float32), ~self.sync, alpha,
-            float(job.config[THRESHOLD_KEY]), int(self.method.get("vote_min_rounds", 2)),
-            float(self.method.get("eps", 1e-12)))
+            float(job.config[THRESHOLD_KEY]), int(self.method["vote_min_rounds"]),
+            float(self.method["eps"]))
         self._restart(self.sync)  # their drift is synced by this upload
         return {VOTES_KEY: votes}
 

@@ -11,31 +11,30 @@ import torch
 from fl_strategies.swat import FLOPS_DENSE_KEY, FLOPS_SWAT_KEY
 
 from ..flops import count_flops
-from ..models import build_model
+from ..models import build_from_dims
 from ..swat import SwatConfig, swat_flops, swat_layer_names, swatify
 from ..train import LoopStats
 from .base import ClientJob, ClientMethod
 
 
 def swat_config(method: dict[str, Any]) -> SwatConfig:
-    """SWAT layer settings from the method's settings (``conf/method/swat.yaml``)."""
-    return SwatConfig(sparsity=float(method.get("sparsity", 0.9)),
-                      period=int(method.get("topk_period", 10)),
-                      warmup=int(method.get("topk_warmup", 0)))
+    """SWAT layer settings from the method's settings (:class:`methods.zerofl.SwatMethodConfig`)."""
+    return SwatConfig(sparsity=float(method["sparsity"]),
+                      period=int(method["topk_period"]),
+                      warmup=int(method["topk_warmup"]))
 
 
 def swat_names(model: torch.nn.Module, method: dict[str, Any]) -> list[str]:
     """Module names SWAT replaces under the method's settings."""
-    return swat_layer_names(model, bool(method.get("sparsify_first", False)),
-                            bool(method.get("sparsify_last", True)))
+    return swat_layer_names(model, bool(method["sparsify_first"]),
+                            bool(method["sparsify_last"]))
 
 
 @lru_cache(maxsize=8)
 def dense_train_flops_per_sample(model_json: str) -> int:
     """Dense forward+backward FLOPs of one sample (``torch.utils.flop_counter``)."""
     dims = json.loads(model_json)
-    model = build_model(dims["name"], int(dims["in_channels"]), int(dims["num_classes"]),
-                        int(dims["image_size"]))
+    model = build_from_dims(dims)
     sample = torch.zeros(1, int(dims["in_channels"]), int(dims["image_size"]),
                          int(dims["image_size"]))
     return count_flops(model, sample, training=True)

@@ -37,9 +37,9 @@ class ZeroFLClient(SwatClient):
         if getattr(self, "_payload", None) is not None:
             return self._payload
         local = model_arrays(job.model)
-        density = uplink_density(float(self.method.get("sparsity", 0.9)),
-                                 float(self.method.get("mask_ratio", 0.0)))
-        uplink = str(self.method.get("uplink", "topk_weights"))
+        density = uplink_density(float(self.method["sparsity"]),
+                                 float(self.method["mask_ratio"]))
+        uplink = str(self.method["uplink"])
         payload: dict[str, np.ndarray] = {}
         sent, total = 0, 0
         for key, value in local.items():

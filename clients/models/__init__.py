@@ -6,6 +6,6 @@ Every model takes ``N x C x H x W`` float tensors and returns logits, except
 the FedGKT edge model ``resnet8_56`` which returns ``(logits, features)``.
 """
 
-from .registry import MODEL_NAMES, build_model, count_params
+from .registry import MODEL_NAMES, build_from_dims, build_model, count_params, model_dims
 
-__all__ = ["MODEL_NAMES", "build_model", "count_params"]
+__all__ = ["MODEL_NAMES", "build_from_dims", "build_model", "count_params", "model_dims"]

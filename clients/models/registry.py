@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from typing import Any
 
 from torch import nn
 
@@ -112,3 +113,26 @@ def count_params(model: nn.Module, *, include_bn_buffers: bool = False) -> int:
                 assert m.running_mean is not None and m.running_var is not None
                 total += m.running_mean.numel() + m.running_var.numel()
     return total
+
+
+def model_dims(run: Mapping[str, Any]) -> dict[str, Any]:
+    """Model name and the input/output sizes a run's dataset dictates.
+
+    ``run`` is a run config (``dataset`` and ``model`` sections); the result is what
+    clients receive as ``settings["model"]`` and what :func:`build_from_dims` takes.
+    """
+    from clients.data.specs import get_spec  # light module: no dataset import
+
+    spec = get_spec(run["dataset"]["name"])
+    return {
+        "name": run["model"]["name"],
+        "in_channels": spec.in_channels,
+        "num_classes": spec.num_classes,
+        "image_size": int(run["dataset"].get("resize") or spec.image_size),
+    }
+
+
+def build_from_dims(dims: Mapping[str, Any]) -> nn.Module:
+    """:func:`build_model` from a :func:`model_dims` mapping."""
+    return build_model(dims["name"], int(dims["in_channels"]), int(dims["num_classes"]),
+                       int(dims["image_size"]))

@@ -21,15 +21,14 @@ from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
 from flwr.serverapp import Grid
 from omegaconf import DictConfig, OmegaConf
 
-from clients.data.specs import get_spec
 from clients.flops import count_flops
 from clients.methods import load_arrays, model_arrays
-from clients.models import build_model, count_params
+from clients.models import build_from_dims, count_params, model_dims
 from clients.train import set_torch_threads
 from fl_strategies.base import FedleanStrategy, arrayrecord_to_numpy, numpy_to_arrayrecord
+from methods import BuildContext, get_method
 from simulations.app.config import validate_config
 from simulations.app.results import ResultsWriter
-from simulations.methods import STRATEGY_BUILDERS
 
 
 def to_dict(cfg: Mapping[str, Any] | DictConfig) -> dict[str, Any]:
@@ -37,17 +36,6 @@ def to_dict(cfg: Mapping[str, Any] | DictConfig) -> dict[str, Any]:
     if isinstance(cfg, DictConfig):
         return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
     return dict(cfg)
-
-
-def model_dims(cfg: Mapping[str, Any]) -> dict[str, Any]:
-    """Model name and the input/output sizes the dataset dictates."""
-    spec = get_spec(cfg["dataset"]["name"])
-    return {
-        "name": cfg["model"]["name"],
-        "in_channels": spec.in_channels,
-        "num_classes": spec.num_classes,
-        "image_size": int(cfg["dataset"].get("resize") or spec.image_size),
-    }
 
 
 def client_settings(cfg: Mapping[str, Any]) -> dict[str, Any]:
@@ -58,6 +46,7 @@ def client_settings(cfg: Mapping[str, Any]) -> dict[str, Any]:
     root = os.path.abspath(root) if root else None
     return {
         "method": dict(cfg["method"]),
+        "plugins": list(cfg.get("plugins") or []),
         "data": {
             "name": dataset["name"],
             "root": root,
@@ -111,8 +100,7 @@ def central_evaluator(cfg: Mapping[str, Any]) -> Callable[[int, ArrayRecord], Me
     from clients.train import evaluate_model, pick_device
 
     settings = client_settings(cfg)
-    dims = settings["model"]
-    model = build_model(dims["name"], dims["in_channels"], dims["num_classes"], dims["image_size"])
+    model = build_from_dims(settings["model"])
     testset = load_central_testset(settings["data"])
     device = pick_device(settings["device"])
 
@@ -134,12 +122,20 @@ def _plausible_max_examples(cfg: Mapping[str, Any]) -> int | None:
 
 
 def compose_run(cfg: Mapping[str, Any] | DictConfig, out_dir: str | Path) -> RunPlan:
-    """Validate the config and build everything the server side of a run needs."""
-    cfg = to_dict(cfg)
-    validate_config(cfg, STRATEGY_BUILDERS)
+    """Validate the config and build everything the server side of a run needs.
+
+    The method's registry entry (:mod:`methods`) builds its strategy from the typed
+    method config and a :class:`~methods.BuildContext` that holds the run's model,
+    built once here.
+    """
+    typed = validate_config(cfg)
+    cfg = typed.cfg
     seed_everything(int(cfg["seed"]))
-    dims = model_dims(cfg)
-    model = build_model(dims["name"], dims["in_channels"], dims["num_classes"], dims["image_size"])
+    # The initial weights come first from the seeded generator, as in every earlier release.
+    ctx = BuildContext(run=cfg, common={}, dims=model_dims(cfg))
+    model = ctx.model()
+    initial_arrays = numpy_to_arrayrecord(model_arrays(model))
+    dims = ctx.dims
     sample = torch.zeros(1, dims["in_channels"], dims["image_size"], dims["image_size"])
     model_info = {
         "model_params": count_params(model),
@@ -147,7 +143,7 @@ def compose_run(cfg: Mapping[str, Any] | DictConfig, out_dir: str | Path) -> Run
         "model_flops_train": count_flops(model, sample, training=True),
     }
     num_clients = int(cfg["num_clients"])
-    common = {
+    ctx.common = {
         "fraction_train": float(cfg["fraction_train"]),
         "fraction_evaluate": float(cfg["fraction_evaluate"]),
         "min_train_nodes": max(1, int(cfg["fraction_train"] * num_clients)),
@@ -157,11 +153,12 @@ def compose_run(cfg: Mapping[str, Any] | DictConfig, out_dir: str | Path) -> Run
         "client_config": client_settings(cfg),
         "max_num_examples": _plausible_max_examples(cfg),
     }
-    strategy = STRATEGY_BUILDERS[cfg["method"]["name"]](cfg, common)
+    entry = get_method(cfg["method"]["name"], cfg["plugins"])
+    strategy = entry.build(typed.method, ctx)
     return RunPlan(
         cfg=cfg,
         strategy=strategy,
-        initial_arrays=numpy_to_arrayrecord(model_arrays(model)),
+        initial_arrays=initial_arrays,
         out_dir=Path(out_dir),
         evaluate_fn=central_evaluator(cfg) if cfg.get("central_eval", True) else None,
         model_info=model_info,

@@ -21,7 +21,7 @@ MB = 1e6  # results use decimal megabytes (10^6 bytes)
 def accuracy_of(record: Mapping[str, Any]) -> float | None:
     """The accuracy a record reports: centralized if there is one, else client-side.
 
-    Methods without a single global model (FedGKT) report their own ``accuracy``.
+    A method without one global model reports its own ``accuracy`` in the round record.
     """
     for key in ("central_accuracy", "client_accuracy", "accuracy"):
         if record.get(key) is not None:

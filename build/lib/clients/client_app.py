@@ -1,0 +1,110 @@
+"""The one ClientApp of fedlean, for simulation and for real devices alike.
+
+Everything a client needs to know arrives in the message: the run's client-side
+settings travel as JSON in the ConfigRecord (no Hydra on devices). A client finds
+its data through ``node_config``: ``partition-id``/``num-partitions`` (simulation,
+demos) or ``data-path`` (a device's own ``.npz`` file).
+
+Data and the model template are built once per process (cached), not once per
+round: in Ray simulation an actor serves many rounds and virtual clients.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from functools import lru_cache
+from typing import Any
+
+import torch
+from flwr.app import Context, Message
+from flwr.clientapp import ClientApp
+from torch import nn
+
+from fl_strategies.wire import CONFIG_KEY, RUN_CONFIG_KEY
+from methods import get_method
+
+from .data import load_local_data, load_partition
+from .methods import ClientJob
+from .models import build_model
+from .train import pick_device, set_torch_threads
+
+PARTITION_ID_KEY = "partition-id"
+NUM_PARTITIONS_KEY = "num-partitions"
+DATA_PATH_KEY = "data-path"
+
+app = ClientApp()
+
+
+@lru_cache(maxsize=4)
+def _settings(run_json: str) -> dict[str, Any]:
+    return json.loads(run_json)
+
+
+@lru_cache(maxsize=4)
+def _model_template(name: str, in_channels: int, num_classes: int, image_size: int) -> nn.Module:
+    return build_model(name, in_channels, num_classes, image_size)
+
+
+def fresh_model(model_cfg: dict[str, Any]) -> nn.Module:
+    """A private copy of the run's model (methods may swap its layers)."""
+    template = _model_template(model_cfg["name"], int(model_cfg["in_channels"]),
+                               int(model_cfg["num_classes"]), int(model_cfg["image_size"]))
+    return copy.deepcopy(template)
+
+
+def client_data(settings: dict[str, Any], node_config: dict[str, Any]):
+    """This node's (train, test) datasets from its node_config."""
+    data_cfg = settings["data"]
+    if DATA_PATH_KEY in node_config:
+        # Normalized (and resized) like the run's dataset, so that a device's own
+        # data meets the model as the server's test set and the other clients do.
+        return load_local_data(str(node_config[DATA_PATH_KEY]),
+                               test_fraction=float(data_cfg.get("test_fraction", 0.2)),
+                               seed=int(settings["seed"]),
+                               normalize_as=data_cfg["name"],
+                               resize=data_cfg.get("resize"))
+    if PARTITION_ID_KEY not in node_config:
+        raise ValueError(
+            f"node_config needs '{PARTITION_ID_KEY}' and '{NUM_PARTITIONS_KEY}' "
+            f"(simulation/demo) or '{DATA_PATH_KEY}' (a device's own data); got "
+            f"{sorted(node_config)}"
+        )
+    return load_partition(data_cfg, int(node_config[PARTITION_ID_KEY]),
+                          int(node_config[NUM_PARTITIONS_KEY]))
+
+
+def make_job(message: Message, context: Context) -> tuple[ClientJob, Any]:
+    """Parse a message into a :class:`ClientJob` and the method's client side."""
+    config = message.content.config_records[CONFIG_KEY]
+    settings = _settings(str(config[RUN_CONFIG_KEY]))
+    set_torch_threads(settings.get("torch_threads"))
+    method = get_method(settings["method"]["name"], settings.get("plugins", ())).client_class()(settings)
+    train_set, test_set = client_data(settings, context.node_config)
+    server_round = int(config.get("server-round", 0))
+    partition_id = int(context.node_config.get(PARTITION_ID_KEY, context.node_id % 100_003))
+    job = ClientJob(settings=settings, model=fresh_model(settings["model"]),
+                    train_set=train_set, test_set=test_set,
+                    device=pick_device(settings.get("device", "auto")),
+                    content=message.content, context=context,
+                    server_round=server_round, partition_id=partition_id)
+    # Seed only the generators this job uses: torch.manual_seed also re-seeds every
+    # CUDA device, which costs about 1 ms per call even on a machine without one.
+    torch.default_generator.manual_seed(job.batch_seed())
+    if job.device.type == "cuda":
+        torch.cuda.manual_seed(job.batch_seed())
+    return job, method
+
+
+@app.train()
+def train(message: Message, context: Context) -> Message:
+    """Train the received model locally and reply with the method's payload."""
+    job, method = make_job(message, context)
+    return Message(method.train(job), reply_to=message)
+
+
+@app.evaluate()
+def evaluate(message: Message, context: Context) -> Message:
+    """Evaluate the received model on the node's local test split."""
+    job, method = make_job(message, context)
+    return Message(method.evaluate(job), reply_to=message)

@@ -1,0 +1,51 @@
+"""APF's client: frozen scalars are rolled back to the global value after every step.
+
+The rollback keeps a frozen scalar exactly at the value the node holds from the
+server, so it need not be uploaded nor sent down while frozen; the node keeps its
+model in ``context.state`` (see :mod:`clients.methods.partial_sync`).
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..train import TrainHooks
+from .base import ClientJob
+from .partial_sync import PartialSyncClient
+
+
+def rollback_hook(model: nn.Module, frozen: dict[str, torch.Tensor]):
+    """After-step callback restoring the frozen entries of each named parameter.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The model being trained (its current values are the ones to keep).
+    frozen : dict[str, torch.Tensor]
+        Parameter name -> boolean tensor of the entries to hold fixed.
+
+    """
+    params = dict(model.named_parameters())
+    held = [(params[name], mask, params[name].detach().clone())
+            for name, mask in frozen.items() if bool(mask.any())]
+
+    def restore(_: nn.Module) -> None:
+        with torch.no_grad():
+            for param, mask, value in held:
+                param.copy_(torch.where(mask, value, param))
+
+    return restore
+
+
+class APFClient(PartialSyncClient):
+    """APF's client side (see the module docstring)."""
+
+    name = "apf"
+
+    def train_hooks(self, job: ClientJob) -> TrainHooks:
+        """Roll the frozen scalars back after every optimizer step."""
+        frozen_flat = ~self.sync
+        frozen = {name: torch.from_numpy(frozen_flat[sl].reshape(self.layout.shapes[name]))
+                  .to(job.device) for name, sl in self.layout.slices.items()}
+        return TrainHooks(after_step=[rollback_hook(job.model, frozen)])

@@ -1,0 +1,539 @@
+"""Partial synchronisation: the wire protocol and server base of parameter freezing.
+
+GWPF (:mod:`fl_strategies.gwpf`) and APF (:mod:`fl_strategies.apf`) sync only part of
+the model each round. This module holds what both share.
+
+Flat layout
+    The *freezable* scalars are the entries of the trainable tensors (``named_parameters``
+    of the model), taken in sorted name order, each flattened in C order and
+    concatenated (:class:`FlatLayout`). Everything else in the state dict (BatchNorm
+    running statistics, ``num_batches_tracked``) is never frozen: it travels whole
+    both ways every round and is averaged.
+
+Masks
+    The server decides, after aggregating round ``t``, boolean masks over the flat
+    layout for round ``t + 1``; the positions clients upload (``sync``) are their union
+    (APF: ``active``; GWPF: ``active`` and ``thawed``). A mask travels as its change
+    against the mask the client already holds (its initial value when the message
+    carries the whole state): ``mask-<name>-flips`` (uint32 indices of the flipped
+    positions, 4 bytes per flip) or ``mask-<name>-xor`` (packed bits, 1 bit per
+    position), whichever is smaller (:func:`encode_mask_update`). A mask may be
+    declared to live within the False positions of an earlier one (GWPF's ``thawed``
+    within the frozen ``~active``); it is then sent over that domain only
+    (:data:`MaskSpec`, :func:`encode_masks`). So both of GWPF's masks cost at most
+    about one bit per scalar together, and a few bytes in rounds where little changes.
+
+Messages
+    A *partial* training message (``sync-full = False`` in its ConfigRecord) carries
+    ``sync-values``: the new global values of the positions synced in the previous round
+    (the client knows which: it uploaded them), in flat order; the non-freezable arrays
+    by name; the mask updates. A *full* message (``sync-full = True``) carries the
+    whole global model by name and the masks (as changes of their initial values).
+    Round 1 is full for everyone; so is every round for a node that did not take part
+    (with a valid reply) in the round before: it missed values and mask changes, so it
+    is resynced from scratch. The
+    reply carries ``sync-values`` (the client's values at the ``sync`` positions) and
+    the non-freezable arrays (plus a method's extras, e.g. GWPF's vote bits). Every
+    array goes through the codec (:mod:`fl_strategies.codec`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping, Sequence
+from logging import INFO
+from typing import Any
+
+import numpy as np
+from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
+from flwr.serverapp import Grid
+from flwr.serverapp.strategy.strategy_utils import sample_nodes
+from flwr.supercore import log
+
+from .base import FedleanStrategy, ParsedReply, ReplyError, arrayrecord_to_numpy, weighted_mean
+from .codec import CodecError, encode_arrays
+from .wire import ARRAYS_KEY, CONFIG_KEY, METRICS_KEY, RUN_CONFIG_KEY, message_bytes
+
+#: ConfigRecord entry: ``True`` when the message carries the whole model and masks.
+SYNC_FULL_KEY = "sync-full"
+#: ConfigRecord entry: the round whose state a partial message updates.
+SYNC_BASE_ROUND_KEY = "sync-base-round"
+#: Flat values of the synced positions (down: last round's; up: this round's).
+VALUES_KEY = "sync-values"
+MASK_PREFIX = "mask-"
+FLIPS_SUFFIX = "-flips"
+XOR_SUFFIX = "-xor"
+
+#: State-dict names that are statistics, not trainable parameters (used when no
+#: explicit list of freezable names is given).
+BUFFER_SUFFIXES = ("running_mean", "running_var", "num_batches_tracked")
+
+
+class FlatLayout:
+    """The freezable tensors of a model as one flat vector.
+
+    Parameters
+    ----------
+    shapes : Mapping[str, tuple[int, ...]]
+        Shape of each freezable tensor by name; the layout takes them in sorted name
+        order, so server and clients agree without exchanging the order.
+
+    """
+
+    def __init__(self, shapes: Mapping[str, Sequence[int]]) -> None:
+        self.names = sorted(shapes)
+        self.shapes = {name: tuple(int(d) for d in shapes[name]) for name in self.names}
+        self.slices: dict[str, slice] = {}
+        offset = 0
+        for name in self.names:
+            size = int(np.prod(self.shapes[name], dtype=np.int64))
+            self.slices[name] = slice(offset, offset + size)
+            offset += size
+        self.size = offset
+
+    def flatten(self, arrays: Mapping[str, np.ndarray]) -> np.ndarray:
+        """Concatenate the freezable arrays (C order) into one new vector."""
+        if not self.names:
+            return np.zeros(0, dtype=np.float32)
+        return np.concatenate([np.asarray(arrays[name]).reshape(-1) for name in self.names])
+
+    def unflatten(
+        self, flat: np.ndarray, like: Mapping[str, np.ndarray] | None = None
+    ) -> dict[str, np.ndarray]:
+        """Split a flat vector back into named arrays (dtypes of ``like`` if given)."""
+        if flat.shape != (self.size,):
+            raise ValueError(f"flat vector has shape {flat.shape}, layout needs ({self.size},)")
+        out = {}
+        for name in self.names:
+            part = flat[self.slices[name]].reshape(self.shapes[name])
+            dtype = like[name].dtype if like is not None else part.dtype
+            out[name] = part.astype(dtype, copy=True)
+        return out
+
+
+def freezable_names(
+    arrays: Mapping[str, np.ndarray], trainable: Iterable[str] | None = None
+) -> list[str]:
+    """Names of the arrays that may be frozen: the trainable ones, sorted.
+
+    Without an explicit ``trainable`` list, every floating array whose name does not
+    end with a BatchNorm statistic suffix (:data:`BUFFER_SUFFIXES`).
+    """
+    if trainable is not None:
+        names = set(trainable)
+        unknown = sorted(names - set(arrays))
+        if unknown:
+            raise ValueError(f"freezable names not in the model: {unknown[:3]}")
+        return sorted(names)
+    return sorted(
+        name for name, value in arrays.items()
+        if np.issubdtype(np.asarray(value).dtype, np.floating)
+        and not name.endswith(BUFFER_SUFFIXES)
+    )
+
+
+# ---------------------------------------------------------------------- stability
+def ema_update(
+    ema: np.ndarray, abs_ema: np.ndarray, delta: np.ndarray, alpha: float,
+    where: np.ndarray | None = None,
+) -> None:
+    """In place: ``ema = a*ema + (1-a)*delta`` and the same for ``|delta|``.
+
+    Parameters
+    ----------
+    ema, abs_ema : np.ndarray
+        Running averages of the updates and of their magnitudes (updated in place).
+    delta : np.ndarray
+        This step's update (an update, never a parameter value).
+    alpha : float
+        Decay in [0, 1).
+    where : np.ndarray | None (default: None)
+        Boolean mask of the entries to update; all when None.
+
+    """
+    if where is None:
+        where = np.ones(ema.shape, dtype=bool)
+    ema[where] = alpha * ema[where] + (1.0 - alpha) * delta[where]
+    abs_ema[where] = alpha * abs_ema[where] + (1.0 - alpha) * np.abs(delta[where])
+
+
+def stability(ema: np.ndarray, abs_ema: np.ndarray, eps: float = 1e-12) -> np.ndarray:
+    """Effective stepping rate ``|ema| / (abs_ema + eps)`` in [0, 1].
+
+    Near 1: the updates keep one direction (the parameter is still moving). Near 0:
+    they oscillate around zero (the parameter is stable), or there were none.
+    """
+    return np.abs(ema) / (abs_ema + eps)
+
+
+# ---------------------------------------------------------------------- masks
+def encode_mask_update(name: str, previous: np.ndarray, current: np.ndarray) -> dict[str, np.ndarray]:
+    """The change from ``previous`` to ``current``, in its smaller form.
+
+    uint32 indices of the flipped positions (4 bytes each) when fewer than one flip
+    in 32 positions, else the XOR as packed bits (1 bit per position).
+    """
+    flips = np.flatnonzero(previous != current).astype(np.uint32)
+    if 4 * flips.size < (current.size + 7) // 8:
+        return {MASK_PREFIX + name + FLIPS_SUFFIX: flips}
+    return {MASK_PREFIX + name + XOR_SUFFIX: previous != current}
+
+
+def decode_mask(name: str, arrays: Mapping[str, np.ndarray], previous: np.ndarray) -> np.ndarray:
+    """Read mask ``name`` from decoded arrays as a change of ``previous``.
+
+    Raises
+    ------
+    CodecError
+        If the change is missing or does not fit ``previous``.
+
+    """
+    xor = arrays.get(MASK_PREFIX + name + XOR_SUFFIX)
+    flips = arrays.get(MASK_PREFIX + name + FLIPS_SUFFIX)
+    if xor is not None:
+        if xor.size != previous.size:
+            raise CodecError(f"mask '{name}' change has {xor.size} bits, expected "
+                             f"{previous.size}")
+        return previous ^ np.asarray(xor, dtype=bool).reshape(-1)
+    if flips is not None:
+        flips = np.asarray(flips).astype(np.int64).reshape(-1)
+        if flips.size and (flips.min() < 0 or flips.max() >= previous.size):
+            raise CodecError(f"mask '{name}' flip index out of range")
+        mask = previous.copy()
+        mask[flips] = ~mask[flips]
+        return mask
+    raise CodecError(f"mask '{name}' missing from the message")
+
+
+#: ``(name, within, initial)`` per mask, in decoding order: ``within`` is None (the
+#: mask covers every position) or the name of an earlier mask whose False positions
+#: are this mask's domain (it is False elsewhere); ``initial`` is its value before
+#: round 1, against which a full message sends it.
+MaskSpec = tuple[tuple[str, str | None, bool], ...]
+
+
+def encode_masks(spec: MaskSpec, current: Mapping[str, np.ndarray],
+                 previous: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """Wire arrays of the masks ``current`` as changes of ``previous`` (None: initial)."""
+    out: dict[str, np.ndarray] = {}
+    for name, within, initial in spec:
+        mask = current[name]
+        before = np.full(mask.size, initial) if previous is None else previous[name]
+        if within is None:
+            out.update(encode_mask_update(name, before, mask))
+            continue
+        domain = ~current[within]
+        if np.any(mask & ~domain):
+            raise ValueError(f"mask '{name}' is set outside its domain ~{within}")
+        out.update(encode_mask_update(name, before[domain], mask[domain]))
+    return out
+
+
+def decode_masks(spec: MaskSpec, arrays: Mapping[str, np.ndarray], size: int,
+                 previous: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+    """Inverse of :func:`encode_masks`.
+
+    Raises
+    ------
+    CodecError
+        If a mask is missing or does not fit.
+
+    """
+    masks: dict[str, np.ndarray] = {}
+    for name, within, initial in spec:
+        before = np.full(size, initial) if previous is None else previous[name]
+        if within is None:
+            masks[name] = decode_mask(name, arrays, before)
+            continue
+        domain = ~masks[within]
+        mask = np.zeros(size, dtype=bool)
+        mask[domain] = decode_mask(name, arrays, before[domain])
+        masks[name] = mask
+    return masks
+
+
+def synced_positions(masks: Mapping[str, np.ndarray]) -> np.ndarray:
+    """The positions clients upload: the union of the masks."""
+    return np.logical_or.reduce(list(masks.values()))
+
+
+def mask_keys(names: Iterable[str]) -> set[str]:
+    """Every wire key a mask of these names may use."""
+    return {MASK_PREFIX + n + suffix for n in names for suffix in (FLIPS_SUFFIX, XOR_SUFFIX)}
+
+
+# ---------------------------------------------------------------------- strategy
+class PartialSyncStrategy(FedleanStrategy):
+    """Base of the freezing strategies: per-node full/partial messages, masks, bytes.
+
+    Subclasses declare their masks (:attr:`mask_spec`), add reply arrays
+    (:meth:`extra_reply_arrays`) and decide the next round's masks from the aggregated
+    update (:meth:`update_state`).
+
+    Parameters
+    ----------
+    freezable_keys : Sequence[str] | None (default: None)
+        Names of the trainable tensors (the builder passes the model's
+        ``named_parameters``); None: every float array but BatchNorm statistics.
+    measure_dense : bool (default: True)
+        Also measure what FedAvg's messages (whole model both ways, same codec) would
+        have cost this round, for the ``bytes_saved`` field.
+    **kwargs
+        Passed to :class:`fl_strategies.base.FedleanStrategy`.
+
+    """
+
+    #: Masks sent to clients; clients upload the positions of their union.
+    mask_spec: MaskSpec = (("active", None, True),)
+
+    def __init__(self, freezable_keys: Sequence[str] | None = None, measure_dense: bool = True,
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self.freezable_keys = list(freezable_keys) if freezable_keys is not None else None
+        self.measure_dense = measure_dense
+        self.layout: FlatLayout | None = None
+        self.buffer_keys: list[str] = []
+        #: Masks clients use in the round being configured.
+        self.masks: dict[str, np.ndarray] = {}
+        #: Masks of the previous round (what a node that took part in it holds).
+        self.known_masks: dict[str, np.ndarray] | None = None
+        #: Node id -> last round in which its reply was aggregated.
+        self.node_round: dict[int, int] = {}
+        self.round_stats: dict[int, dict[str, float]] = {}
+        self.dense_bytes: dict[int, dict[str, int]] = {}
+
+    # ------------------------------------------------------------ subclass hooks
+    def init_state(self, size: int) -> None:
+        """Allocate the method's per-scalar state (default: masks at their initial values)."""
+        self.masks = {name: np.full(size, initial) for name, _, initial in self.mask_spec}
+
+    def extra_reply_arrays(self) -> dict[str, tuple[int, ...]]:
+        """Method-specific reply arrays and shapes for this round (default: none)."""
+        return {}
+
+    def update_state(self, server_round: int, delta: np.ndarray,
+                     replies: list[ParsedReply]) -> dict[str, float]:
+        """Set :attr:`masks` for the next round; return per-round metrics."""
+        raise NotImplementedError
+
+    # ------------------------------------------------------------ helpers
+    def _ensure_state(self) -> FlatLayout:
+        if self.layout is None:
+            names = freezable_names(self.global_arrays, self.freezable_keys)
+            reserved = ({VALUES_KEY} | mask_keys(n for n, _, _ in self.mask_spec)
+                        | set(self.extra_reply_arrays()))
+            clash = sorted(reserved & set(self.global_arrays))
+            if clash:
+                raise ValueError(f"model array names clash with the protocol keys: {clash}")
+            self.layout = FlatLayout({n: self.global_arrays[n].shape for n in names})
+            self.buffer_keys = [k for k in self.global_arrays if k not in set(names)]
+            self.init_state(self.layout.size)
+        return self.layout
+
+    @property
+    def sync_mask(self) -> np.ndarray:
+        """Positions clients upload this round."""
+        return synced_positions(self.masks)
+
+    def is_fresh(self, node_id: int, server_round: int) -> bool:
+        """Whether a node holds last round's state, so a partial message suffices."""
+        return (self.known_masks is not None and server_round > 1
+                and self.node_round.get(node_id) == server_round - 1)
+
+    def _full_arrays(self) -> ArrayRecord:
+        masks = encode_masks(self.mask_spec, self.masks)
+        return encode_arrays({**self.global_arrays, **masks}, encoding=self.encoding)
+
+    def _partial_arrays(self) -> ArrayRecord:
+        assert self.layout is not None and self.known_masks is not None
+        flat = self.layout.flatten(self.global_arrays)
+        arrays: dict[str, np.ndarray] = {VALUES_KEY: flat[synced_positions(self.known_masks)]}
+        arrays.update({k: self.global_arrays[k] for k in self.buffer_keys})
+        arrays.update(encode_masks(self.mask_spec, self.masks, self.known_masks))
+        return encode_arrays(arrays, encoding=self.encoding)
+
+    # ------------------------------------------------------------ Flower's methods
+    def configure_train(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
+    ) -> Iterable[Message]:
+        """Sample nodes; send each a partial message if it is fresh, else a full one."""
+        self.global_arrays = arrayrecord_to_numpy(arrays)
+        self._ensure_state()
+        if self.fraction_train == 0.0:
+            return []
+        num_nodes = int(len(list(grid.get_node_ids())) * self.fraction_train)
+        sample_size = max(num_nodes, self.min_train_nodes)
+        node_ids, all_nodes = sample_nodes(grid, self.min_available_nodes, sample_size)
+        log(INFO, "configure_train: Sampled %s nodes (out of %s)", len(node_ids),
+            len(all_nodes))
+        config["server-round"] = server_round
+        config[RUN_CONFIG_KEY] = self._client_config_json
+        self.add_train_config(server_round, config)
+        contents: dict[bool, RecordDict] = {}
+        messages = []
+        for node_id in node_ids:
+            full = not self.is_fresh(node_id, server_round)
+            if full not in contents:
+                node_config = ConfigRecord(dict(config.items()))
+                node_config[SYNC_FULL_KEY] = full
+                node_config[SYNC_BASE_ROUND_KEY] = server_round - 1
+                record = self._full_arrays() if full else self._partial_arrays()
+                contents[full] = RecordDict({ARRAYS_KEY: record, CONFIG_KEY: node_config})
+            messages.append(Message(content=contents[full], message_type=MessageType.TRAIN,
+                                    dst_node_id=node_id))
+        self._count(server_round, "bytes_down", messages)
+        stats = self.round_stats.setdefault(server_round, {})
+        stats["full_messages"] = sum(1 for n in node_ids if not self.is_fresh(n, server_round))
+        if False in contents:
+            # Serialized payload of the masks in one partial message (npy bytes).
+            record = contents[False].array_records[ARRAYS_KEY]
+            stats["mask_bytes"] = sum(len(record[k].data) for k in record
+                                      if k.startswith(MASK_PREFIX))
+        if self.measure_dense and messages:
+            dense_config = ConfigRecord({"server-round": server_round,
+                                         RUN_CONFIG_KEY: self._client_config_json})
+            dense = Message(content=RecordDict({
+                ARRAYS_KEY: encode_arrays(self.global_arrays, encoding=self.encoding),
+                CONFIG_KEY: dense_config}), message_type=MessageType.TRAIN,
+                dst_node_id=node_ids[0])
+            self.dense_bytes.setdefault(server_round, {})["down"] = (
+                len(messages) * message_bytes(dense))
+        return messages
+
+    def expected_reply_arrays(self, server_round: int) -> dict[str, tuple[int, ...]]:
+        """Synced values, the non-freezable arrays whole, and the method's extras."""
+        expected: dict[str, tuple[int, ...]] = {VALUES_KEY: (int(self.sync_mask.sum()),)}
+        expected.update({k: self.global_arrays[k].shape for k in self.buffer_keys})
+        expected.update(self.extra_reply_arrays())
+        return expected
+
+    def parse_train_reply(self, server_round: int, message: Message) -> ParsedReply:
+        """The base checks plus: synced values are floats, extras are booleans."""
+        parsed = super().parse_train_reply(server_round, message)
+        if parsed.arrays[VALUES_KEY].dtype.kind != "f":
+            raise ReplyError(f"'{VALUES_KEY}' has dtype {parsed.arrays[VALUES_KEY].dtype}, "
+                             "expected float")
+        for name in self.extra_reply_arrays():
+            if parsed.arrays[name].dtype != bool:
+                raise ReplyError(f"'{name}' has dtype {parsed.arrays[name].dtype}, "
+                                 "expected bool (packed bits)")
+        return parsed
+
+    def aggregate_replies(
+        self, server_round: int, replies: list[ParsedReply]
+    ) -> dict[str, np.ndarray]:
+        """Weighted mean of the synced values and the non-freezable arrays.
+
+        Positions not synced keep their global value. Then :meth:`update_state`
+        decides the next round's masks from the update of the synced positions.
+        """
+        layout = self._ensure_state()
+        weights = [float(r.num_examples) for r in replies]
+        keys = [VALUES_KEY, *self.buffer_keys]
+        merged = weighted_mean([{k: r.arrays[k] for k in keys} for r in replies], weights)
+        old_flat = layout.flatten(self.global_arrays)
+        new_flat = old_flat.copy()
+        sync = self.sync_mask
+        new_flat[sync] = merged[VALUES_KEY].astype(old_flat.dtype)
+        delta = (new_flat.astype(np.float64) - old_flat.astype(np.float64)).astype(np.float32)
+        self.known_masks = {name: mask.copy() for name, mask in self.masks.items()}
+        stats = self.update_state(server_round, delta, replies)
+        self.round_stats.setdefault(server_round, {}).update(
+            {"synced_fraction": float(sync.mean()) if sync.size else 1.0, **stats})
+        for reply in replies:
+            self.node_round[reply.node_id] = server_round
+        new_global = dict(self.global_arrays)
+        new_global.update(layout.unflatten(new_flat, like=self.global_arrays))
+        new_global.update({k: merged[k] for k in self.buffer_keys})
+        if self.measure_dense:
+            # FedAvg's reply: a whole trained model (the new global one stands in for
+            # it) and the same metrics.
+            dense_reply = Message(content=RecordDict({
+                ARRAYS_KEY: encode_arrays(new_global, encoding=self.encoding),
+                METRICS_KEY: MetricRecord(dict(replies[0].metrics.items()))}),
+                message_type=MessageType.TRAIN, dst_node_id=replies[0].node_id)
+            self.dense_bytes.setdefault(server_round, {})["up"] = (
+                len(replies) * message_bytes(dense_reply))
+        return new_global
+
+    def aggregate_train(
+        self, server_round: int, replies: Iterable[Message]
+    ) -> tuple[ArrayRecord | None, MetricRecord | None]:
+        """As the base; a round without valid replies leaves the masks as they were."""
+        replies = list(replies)
+        arrays, metrics = super().aggregate_train(server_round, replies)
+        if self.measure_dense:
+            # A dropped reply would have cost the same under FedAvg: count it as it was.
+            aggregated = {n for n, r in self.node_round.items() if r == server_round}
+            dense = self.dense_bytes.setdefault(server_round, {})
+            dense["up"] = dense.get("up", 0) + sum(
+                message_bytes(m) for m in replies if m.metadata.src_node_id not in aggregated)
+        return arrays, metrics
+
+    def method_metrics(self, server_round: int) -> dict[str, float]:
+        """Freezing statistics and the bytes saved against FedAvg's whole-model messages.
+
+        ``bytes_saved`` = (what the same round's messages would measure carrying the
+        whole model through the same codec, both ways) - (measured bytes up + down).
+        """
+        out = dict(self.round_stats.get(server_round, {}))
+        dense = self.dense_bytes.get(server_round)
+        if dense is not None and "down" in dense:
+            counts = self.bytes.get(server_round, {})
+            actual = int(counts.get("bytes_down", 0)) + int(counts.get("bytes_up", 0))
+            out["dense_equiv_bytes"] = int(dense.get("down", 0) + dense.get("up", 0))
+            out["bytes_saved"] = out["dense_equiv_bytes"] - actual
+        return out
+
+    def summary_fields(self) -> dict[str, Any]:
+        """Totals of the dense-equivalent bytes and of the savings."""
+        saved = [self.method_metrics(r).get("bytes_saved") for r in sorted(self.dense_bytes)]
+        dense = [self.method_metrics(r).get("dense_equiv_bytes") for r in sorted(self.dense_bytes)]
+        return {"freezable_params": self.layout.size if self.layout else None,
+                "total_bytes_saved": int(sum(s for s in saved if s is not None)),
+                "total_dense_equiv_bytes": int(sum(d for d in dense if d is not None))}
+
+
+class StabilityFreezingStrategy(PartialSyncStrategy):
+    """Partial sync whose freezing is judged by the stepping rate of update EMAs.
+
+    Shared by GWPF and APF: both keep, per scalar, ``ema``/``abs_ema`` of the
+    aggregated update (decay ``alpha``) and compare ``|ema| / (abs_ema + eps)`` with
+    ``threshold``.
+
+    Parameters
+    ----------
+    alpha : float
+        EMA decay, in [0, 1).
+    threshold : float
+        Stepping-rate threshold, > 0.
+    tighten_at : float
+        Frozen fraction above which the threshold is tightened, in [0, 1].
+    eps : float
+        Added to ``abs_ema`` in the stepping rate.
+    **kwargs
+        Passed to :class:`PartialSyncStrategy`.
+
+    """
+
+    def __init__(self, alpha: float, threshold: float, tighten_at: float, eps: float,
+                 **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if not 0.0 <= alpha < 1.0:
+            raise ValueError(f"alpha must be in [0, 1), got {alpha}")
+        if not threshold > 0:
+            raise ValueError(f"threshold must be > 0, got {threshold}")
+        if not 0.0 <= tighten_at <= 1.0:
+            raise ValueError(f"tighten_at must be in [0, 1], got {tighten_at}")
+        self.alpha = float(alpha)
+        self.threshold = float(threshold)
+        self.initial_threshold = float(threshold)
+        self.tighten_at = float(tighten_at)
+        self.eps = float(eps)
+        self.ema = np.zeros(0, np.float32)
+        self.abs_ema = np.zeros(0, np.float32)
+
+    def init_state(self, size: int) -> None:
+        """Masks at their initial values, EMAs at zero."""
+        super().init_state(size)
+        self.ema = np.zeros(size, np.float32)
+        self.abs_ema = np.zeros(size, np.float32)

@@ -1,0 +1,339 @@
+"""ZeroFL (Qiu et al., ICLR 2022): SWAT on the clients plus a sparsified uplink.
+
+No public code exists; the definitions below are **our reading** of the paper and are
+options of :class:`ZeroFL`:
+
+``uplink``
+    ``topk_weights``: send the local weights at the top-K positions by ``|w_local|``
+    (the weights SWAT keeps active), as values; ``diff_topk_weights``: send the update
+    ``w_local - w_global`` at those same positions; ``topk_diff``: send the top-K
+    entries of the update by ``|w_local - w_global|``.
+``density``
+    Fraction of each sparsified tensor sent: ``(1 - sparsity) + mask_ratio`` (capped
+    at 1), exactly ``ceil(density * numel)`` positions per tensor.
+Which tensors
+    The weights of the SWAT layers (the builder passes their names); biases,
+    BatchNorm parameters/statistics and any layer left dense are sent dense, as values.
+Aggregation (``aggregation``)
+    ``sender_mean`` (default): per position, the ``num-examples``-weighted average over
+    the clients that sent that position; where no client sent it the previous global
+    value is kept. For the diff variants the new value is ``global + weighted average
+    of the sent diffs``. ``zero_fill``: plain FedAvg of the sparse uploads (unsent
+    entries count as 0), under which the global ``topk_weights`` model is sparse.
+
+Wire format (through the codec, :mod:`fl_strategies.codec`): a sparsified tensor
+``name`` travels as ``name:sent-values`` (the sent values, 1-D, in flat C order)
+plus either ``name:sent-mask`` (a boolean mask, packed to 1 bit per element) or
+``name:sent-index`` (uint32 flat indices), whichever is smaller. The positions are
+explicit, so a position sent with the value exactly 0 (an unchanged weight under a
+diff uplink) still counts as sent; a zero-suppressing sparse blob could not tell it
+from "not sent".
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from logging import INFO
+from typing import Any
+
+import numpy as np
+from flwr.app import Message
+from flwr.supercore import log
+
+from .base import ParsedReply, ReplyError, decode_reply_arrays, weighted_mean
+from .swat import Swat, topk_keep_count
+from .wire import ARRAYS_KEY, METRICS_KEY
+
+UPLINKS = ("topk_weights", "diff_topk_weights", "topk_diff")
+AGGREGATIONS = ("sender_mean", "zero_fill")
+VALUES_SUFFIX = ":sent-values"
+MASK_SUFFIX = ":sent-mask"
+INDEX_SUFFIX = ":sent-index"
+#: Client metric: fraction of the sparsified tensors' positions the reply sends.
+UPLINK_DENSITY_KEY = "uplink-density"
+
+
+def uplink_density(sparsity: float, mask_ratio: float) -> float:
+    """Fraction of a sparsified tensor sent: ``(1 - sparsity) + mask_ratio``, at most 1."""
+    return min(1.0, 1.0 - sparsity + mask_ratio)
+
+
+def topk_exact(array: np.ndarray, density: float) -> np.ndarray:
+    """Mask of exactly ``ceil(density * size)`` largest-magnitude entries.
+
+    Unlike SWAT's threshold rule, ties are cut so the uplink budget is exact (e.g. an
+    update that is zero almost everywhere still sends only ``k`` positions).
+    """
+    flat = np.abs(array).reshape(-1)
+    k = topk_keep_count(flat.size, density)
+    mask = np.zeros(flat.size, dtype=bool)
+    # Stable sort so that ties are broken by position, the same on every platform.
+    mask[np.argsort(-flat, kind="stable")[:k]] = True
+    return mask.reshape(array.shape)
+
+
+def select_uplink(
+    local: np.ndarray, global_value: np.ndarray, uplink: str, density: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """What one sparsified tensor sends: ``(values, mask)``, both of the tensor's shape.
+
+    Parameters
+    ----------
+    local, global_value : np.ndarray
+        The client's trained tensor and the global tensor it started from.
+    uplink : str
+        One of :data:`UPLINKS`.
+    density : float
+        Fraction of positions to send.
+
+    Returns
+    -------
+    tuple[np.ndarray, np.ndarray]
+        Values (weights or update, dense shape; only masked entries are sent) and the
+        boolean mask of sent positions.
+
+    """
+    if uplink not in UPLINKS:
+        raise ValueError(f"uplink must be one of {UPLINKS}, got {uplink!r}")
+    diff = (local.astype(np.float64) - global_value.astype(np.float64)).astype(local.dtype)
+    if uplink == "topk_weights":
+        return local, topk_exact(local, density)
+    if uplink == "diff_topk_weights":
+        return diff, topk_exact(local, density)
+    return diff, topk_exact(diff, density)
+
+
+def pack_sent(name: str, values: np.ndarray, mask: np.ndarray) -> dict[str, np.ndarray]:
+    """Wire arrays for one sparsified tensor: its sent values and their positions."""
+    mask = np.asarray(mask, dtype=bool)
+    if mask.shape != values.shape:
+        raise ValueError(f"mask shape {mask.shape} differs from values shape {values.shape}")
+    flat_mask = mask.reshape(-1)
+    out = {name + VALUES_SUFFIX: np.ascontiguousarray(values.reshape(-1)[flat_mask])}
+    nnz = int(flat_mask.sum())
+    if 4 * nnz < (flat_mask.size + 7) // 8:
+        out[name + INDEX_SUFFIX] = np.flatnonzero(flat_mask).astype(np.uint32)
+    else:
+        out[name + MASK_SUFFIX] = mask
+    return out
+
+
+def unpack_sent(
+    arrays: Mapping[str, np.ndarray], name: str, shape: tuple[int, ...]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Inverse of :func:`pack_sent`: dense values (0 where not sent) and the sent mask.
+
+    Raises
+    ------
+    ValueError
+        If the entries are missing, inconsistent or out of range.
+
+    """
+    values_key = name + VALUES_SUFFIX
+    has_mask, has_index = name + MASK_SUFFIX in arrays, name + INDEX_SUFFIX in arrays
+    if values_key not in arrays or has_mask == has_index:
+        raise ValueError(f"'{name}' needs '{values_key}' and one of mask/index")
+    values = np.asarray(arrays[values_key])
+    if values.ndim != 1 or values.dtype.kind != "f":
+        raise ValueError(f"'{values_key}' must be a 1-D float array")
+    size = int(np.prod(shape, dtype=np.int64))
+    if has_mask:
+        mask = np.asarray(arrays[name + MASK_SUFFIX])
+        if mask.dtype != bool or tuple(mask.shape) != tuple(shape):
+            raise ValueError(f"'{name}{MASK_SUFFIX}' must be a boolean array of shape {shape}")
+        positions = np.flatnonzero(mask.reshape(-1))
+    else:
+        positions = np.asarray(arrays[name + INDEX_SUFFIX])
+        if positions.ndim != 1 or positions.dtype.kind not in "ui":
+            raise ValueError(f"'{name}{INDEX_SUFFIX}' must be 1-D integers")
+        positions = positions.astype(np.int64)
+        if positions.size and (positions.min() < 0 or positions.max() >= size):
+            raise ValueError(f"'{name}{INDEX_SUFFIX}' out of range")
+        if np.unique(positions).size != positions.size:
+            raise ValueError(f"'{name}{INDEX_SUFFIX}' repeats positions")
+    if positions.size != values.size:
+        raise ValueError(f"'{name}' sends {values.size} values for {positions.size} positions")
+    dense = np.zeros(size, dtype=values.dtype)
+    dense[positions] = values
+    flat_mask = np.zeros(size, dtype=bool)
+    flat_mask[positions] = True
+    return dense.reshape(shape), flat_mask.reshape(shape)
+
+
+def aggregate_sparse(
+    global_value: np.ndarray,
+    values: list[np.ndarray],
+    masks: list[np.ndarray],
+    weights: list[float],
+    additive: bool,
+    aggregation: str = "sender_mean",
+) -> np.ndarray:
+    """Merge sparse uploads of one tensor.
+
+    ``sender_mean`` (our reading, default): per position, the weighted average of the
+    values of the clients whose mask has it; positions no client sent keep
+    ``global_value``. ``zero_fill``: FedAvg of the uploads with unsent entries counted
+    as 0 (divide by the weight of *all* clients); for ``topk_weights`` positions nobody
+    sent become 0, so the global model is as sparse as the union of the uploads (what
+    the paper's Figure 1 shows after aggregation). ``additive`` (the diff uplinks): the
+    average is an update added to ``global_value``.
+
+    Under ``sender_mean`` the ``topk_weights`` and ``diff_topk_weights`` uplinks give
+    the same model: ``g + sum n_i (w_i - g) / sum n_i = sum n_i w_i / sum n_i`` over
+    the senders of a position; they differ only in bytes (updates have exact zeros).
+    """
+    if aggregation not in AGGREGATIONS:
+        raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
+    num = np.zeros(global_value.shape, dtype=np.float64)
+    den = np.zeros(global_value.shape, dtype=np.float64)
+    for value, mask, weight in zip(values, masks, weights, strict=True):
+        num += np.where(mask, value.astype(np.float64), 0.0) * weight
+        den += mask * float(weight)
+    sent = den > 0
+    if aggregation == "zero_fill":
+        average, sent = num / float(sum(weights)), np.ones_like(sent)
+    else:
+        average = np.divide(num, den, out=np.zeros_like(num), where=sent)
+    base = global_value.astype(np.float64)
+    merged = base + average if additive else np.where(sent, average, base)
+    return merged.astype(global_value.dtype)
+
+
+@dataclass
+class SparseReply(ParsedReply):
+    """A validated ZeroFL reply; ``sent`` holds the sent-position masks."""
+
+    sent: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+class ZeroFL(Swat):
+    """ZeroFL: SWAT-trained clients that upload only part of their sparsified tensors.
+
+    Parameters
+    ----------
+    uplink : str (default: "topk_weights")
+        ``topk_weights``, ``diff_topk_weights`` or ``topk_diff`` (module docstring;
+        our reading of the paper).
+    mask_ratio : float (default: 0.0)
+        Extra fraction sent on top of SWAT's ``1 - sparsity``.
+    aggregation : str (default: "sender_mean")
+        ``sender_mean`` (our reading) or ``zero_fill``; see :func:`aggregate_sparse`.
+    **kwargs
+        Passed to :class:`fl_strategies.swat.Swat` (``sparsity``, ``sparse_keys``,
+        ``eval_topk``) and on to the base strategy.
+
+    """
+
+    method_name = "zerofl"
+
+    def __init__(self, uplink: str = "topk_weights", mask_ratio: float = 0.0,
+                 aggregation: str = "sender_mean", **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        if uplink not in UPLINKS:
+            raise ValueError(f"uplink must be one of {UPLINKS}, got {uplink!r}")
+        if aggregation not in AGGREGATIONS:
+            raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
+        self.aggregation = aggregation
+        if not 0.0 <= mask_ratio <= 1.0:
+            raise ValueError(f"mask_ratio must be in [0, 1], got {mask_ratio}")
+        self.uplink = uplink
+        self.mask_ratio = float(mask_ratio)
+        self.uplink_stats: dict[int, dict[str, float]] = {}
+
+    @property
+    def density(self) -> float:
+        """Fraction of each sparsified tensor a client sends."""
+        return uplink_density(self.sparsity, self.mask_ratio)
+
+    @property
+    def additive(self) -> bool:
+        """Whether clients send updates (diffs) rather than weights."""
+        return self.uplink != "topk_weights"
+
+    def expected_reply_arrays(self, server_round: int) -> dict[str, tuple[int, ...]]:
+        """Dense tensors a reply must carry (the sparsified ones are checked apart)."""
+        return {k: v.shape for k, v in self.global_arrays.items() if k not in self.sparse_keys}
+
+    def parse_train_reply(self, server_round: int, message: Message) -> SparseReply:
+        """Validate a reply: dense tensors as the base does, sparse ones by position."""
+        content = message.content
+        num_examples = self._num_examples(content)
+        arrays = decode_reply_arrays(content, ARRAYS_KEY)
+        dense_expected = self.expected_reply_arrays(server_round)
+        wire_names = set(dense_expected)
+        values: dict[str, np.ndarray] = {}
+        sent: dict[str, np.ndarray] = {}
+        for name in self.sparse_keys:
+            shape = self.global_arrays[name].shape
+            try:
+                values[name], sent[name] = unpack_sent(arrays, name, shape)
+            except ValueError as exc:
+                raise ReplyError(str(exc)) from exc
+            budget = topk_keep_count(sent[name].size, self.density)
+            if int(sent[name].sum()) > budget:
+                raise ReplyError(f"'{name}' sends {int(sent[name].sum())} positions, "
+                                 f"more than the {budget} of density {self.density:.3f}")
+            wire_names |= {n for n in (name + VALUES_SUFFIX, name + MASK_SUFFIX,
+                                       name + INDEX_SUFFIX) if n in arrays}
+        missing = sorted(set(dense_expected) - set(arrays))
+        extra = sorted(set(arrays) - wire_names)
+        if missing or extra:
+            raise ReplyError(f"array keys differ: missing {missing[:3]}, unexpected {extra[:3]}")
+        for name, shape in dense_expected.items():
+            value = arrays[name]
+            if tuple(value.shape) != tuple(shape):
+                raise ReplyError(f"array '{name}' has shape {value.shape}, expected {shape}")
+            if value.dtype.kind != self.global_arrays[name].dtype.kind:
+                raise ReplyError(f"array '{name}' has dtype {value.dtype}, expected "
+                                 f"{self.global_arrays[name].dtype}")
+            values[name] = value
+        for name, value in values.items():
+            if value.dtype.kind == "f" and not np.all(np.isfinite(value)):
+                raise ReplyError(f"array '{name}' has non-finite values")
+        return SparseReply(node_id=message.metadata.src_node_id, num_examples=num_examples,
+                           arrays=values, metrics=content.metric_records[METRICS_KEY],
+                           content=content, sent=sent)
+
+    def aggregate_replies(
+        self, server_round: int, replies: list[ParsedReply]
+    ) -> dict[str, np.ndarray]:
+        """Dense tensors: weighted mean; sparsified ones: :func:`aggregate_sparse`."""
+        self.record_flops(server_round, replies)
+        weights = [float(r.num_examples) for r in replies]
+        dense_keys = [k for k in self.global_arrays if k not in self.sparse_keys]
+        merged = weighted_mean([{k: r.arrays[k] for k in dense_keys} for r in replies],
+                               weights) if dense_keys else {}
+        sent_total, covered, size = 0, 0, 0
+        for name in self.sparse_keys:
+            masks = [r.sent[name] for r in replies]  # type: ignore[attr-defined]
+            merged[name] = aggregate_sparse(self.global_arrays[name],
+                                            [r.arrays[name] for r in replies], masks,
+                                            weights, self.additive, self.aggregation)
+            sent_total += sum(int(m.sum()) for m in masks)
+            covered += int(np.logical_or.reduce(masks).sum())
+            size += masks[0].size
+        if size:
+            self.uplink_stats[server_round] = {
+                "uplink_density": sent_total / (size * len(replies)),
+                "uplink_coverage": covered / size,
+            }
+        return {**self.global_arrays, **merged}
+
+    def method_metrics(self, server_round: int) -> dict[str, float]:
+        """FLOPs (see :class:`Swat`), mean sent fraction and union coverage of the round."""
+        return {**super().method_metrics(server_round),
+                **self.uplink_stats.get(server_round, {})}
+
+    def summary_fields(self) -> dict[str, Any]:
+        """Uplink settings next to SWAT's fields."""
+        return {**super().summary_fields(), "uplink": self.uplink,
+                "aggregation": self.aggregation,
+                "mask_ratio": self.mask_ratio, "uplink_density_target": self.density}
+
+    def summary(self) -> None:
+        """Log the uplink settings."""
+        log(INFO, "\t├──> ZeroFL uplink: %s, density %.3f (mask_ratio %s), aggregation %s",
+            self.uplink, self.density, self.mask_ratio, self.aggregation)
+        super().summary()
+

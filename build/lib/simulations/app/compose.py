@@ -1,0 +1,198 @@
+"""From a resolved config to a runnable plan, and the plan's execution on any Grid.
+
+The same :func:`compose_run` / :func:`execute_plan` pair serves the in-process
+runtime, Flower's Ray simulation and the deployment ServerApp, so a run behaves
+the same whichever runtime carries its messages.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
+from flwr.serverapp import Grid
+from omegaconf import DictConfig, OmegaConf
+
+from clients.flops import count_flops
+from clients.methods import load_arrays, model_arrays
+from clients.models import build_from_dims, count_params, model_dims
+from clients.train import set_torch_threads
+from fl_strategies.base import FedleanStrategy, arrayrecord_to_numpy, numpy_to_arrayrecord
+from methods import BuildContext, get_method
+from simulations.app.config import validate_config
+from simulations.app.results import ResultsWriter
+
+
+def to_dict(cfg: Mapping[str, Any] | DictConfig) -> dict[str, Any]:
+    """A resolved plain-dict copy of a config."""
+    if isinstance(cfg, DictConfig):
+        return OmegaConf.to_container(cfg, resolve=True)  # type: ignore[return-value]
+    return dict(cfg)
+
+
+def client_settings(cfg: Mapping[str, Any]) -> dict[str, Any]:
+    """What clients must know, sent as JSON in every message (clients have no Hydra)."""
+    dataset, partition, opt = cfg["dataset"], cfg["partition"], cfg["optimizer"]
+    root = dataset.get("root")
+    # Ray actors need not share the driver's working directory: pin relative roots.
+    root = os.path.abspath(root) if root else None
+    return {
+        "method": dict(cfg["method"]),
+        "plugins": list(cfg.get("plugins") or []),
+        "data": {
+            "name": dataset["name"],
+            "root": root,
+            "download": bool(dataset.get("download", False)),
+            "resize": dataset.get("resize"),
+            "test_fraction": float(dataset.get("test_fraction", 0.2)),
+            "partition": partition["name"],
+            "alpha": float(partition.get("alpha", 0.5)),
+            "classes_per_partition": int(partition.get("classes_per_partition", 2)),
+            "seed": int(cfg["seed"]),
+        },
+        "model": model_dims(cfg),
+        "train": {
+            "epochs": int(cfg["local_epochs"]),
+            "batch_size": int(cfg["batch_size"]),
+            "optimizer": opt["name"],
+            "lr": float(opt["lr"]),
+            "momentum": float(opt.get("momentum", 0.0)),
+            "weight_decay": float(opt.get("weight_decay", 0.0)),
+        },
+        "seed": int(cfg["seed"]),
+        "device": cfg.get("device", "auto"),
+        "torch_threads": cfg.get("torch_threads"),
+    }
+
+
+@dataclass
+class RunPlan:
+    """A composed run: strategy, initial model, central evaluation, output place."""
+
+    cfg: dict[str, Any]
+    strategy: FedleanStrategy
+    initial_arrays: ArrayRecord
+    out_dir: Path
+    evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None
+    model_info: dict[str, Any] = field(default_factory=dict)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python (Flower's node sampling), numpy and torch."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def central_evaluator(cfg: Mapping[str, Any]) -> Callable[[int, ArrayRecord], MetricRecord]:
+    """Server-side evaluation of the global model on the dataset's test split."""
+    from torch.utils.data import DataLoader
+
+    from clients.data import load_central_testset
+    from clients.train import evaluate_model, pick_device
+
+    settings = client_settings(cfg)
+    model = build_from_dims(settings["model"])
+    testset = load_central_testset(settings["data"])
+    device = pick_device(settings["device"])
+
+    def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
+        load_arrays(model, arrayrecord_to_numpy(arrays))
+        stats = evaluate_model(model, DataLoader(testset, batch_size=512), device)
+        return MetricRecord({"loss": stats.loss, "accuracy": stats.accuracy})
+
+    return evaluate
+
+
+def _plausible_max_examples(cfg: Mapping[str, Any]) -> int | None:
+    """The dataset's train size, when the server holds the data (central evaluation)."""
+    if not cfg.get("central_eval", True):
+        return None
+    from clients.data import train_set_size
+
+    return train_set_size(client_settings(cfg)["data"])
+
+
+def compose_run(cfg: Mapping[str, Any] | DictConfig, out_dir: str | Path) -> RunPlan:
+    """Validate the config and build everything the server side of a run needs.
+
+    The method's registry entry (:mod:`methods`) builds its strategy from the typed
+    method config and a :class:`~methods.BuildContext` that holds the run's model,
+    built once here.
+    """
+    typed = validate_config(cfg)
+    cfg = typed.cfg
+    seed_everything(int(cfg["seed"]))
+    # The initial weights come first from the seeded generator, as in every earlier release.
+    ctx = BuildContext(run=cfg, common={}, dims=model_dims(cfg))
+    model = ctx.model()
+    initial_arrays = numpy_to_arrayrecord(model_arrays(model))
+    dims = ctx.dims
+    sample = torch.zeros(1, dims["in_channels"], dims["image_size"], dims["image_size"])
+    model_info = {
+        "model_params": count_params(model),
+        "model_flops_forward": count_flops(model, sample, training=False),
+        "model_flops_train": count_flops(model, sample, training=True),
+    }
+    num_clients = int(cfg["num_clients"])
+    ctx.common = {
+        "fraction_train": float(cfg["fraction_train"]),
+        "fraction_evaluate": float(cfg["fraction_evaluate"]),
+        "min_train_nodes": max(1, int(cfg["fraction_train"] * num_clients)),
+        "min_evaluate_nodes": (max(1, int(cfg["fraction_evaluate"] * num_clients))
+                               if cfg["fraction_evaluate"] > 0 else 0),
+        "min_available_nodes": num_clients,
+        "client_config": client_settings(cfg),
+        "max_num_examples": _plausible_max_examples(cfg),
+    }
+    entry = get_method(cfg["method"]["name"], cfg["plugins"])
+    strategy = entry.build(typed.method, ctx)
+    return RunPlan(
+        cfg=cfg,
+        strategy=strategy,
+        initial_arrays=initial_arrays,
+        out_dir=Path(out_dir),
+        evaluate_fn=central_evaluator(cfg) if cfg.get("central_eval", True) else None,
+        model_info=model_info,
+    )
+
+
+def execute_plan(plan: RunPlan, grid: Grid, quiet: bool = False) -> dict[str, Any]:
+    """Run the strategy over ``grid`` and write the results; returns the summary."""
+    cfg = plan.cfg
+    if not cfg.get("verbose", False):
+        logging.getLogger("flwr").setLevel(logging.WARNING)
+    seed_everything(int(cfg["seed"]))
+    set_torch_threads(cfg.get("torch_threads"))
+    writer = ResultsWriter(plan.out_dir, int(cfg["num_rounds"]), quiet=quiet)
+    result = plan.strategy.start(
+        grid,
+        plan.initial_arrays,
+        num_rounds=int(cfg["num_rounds"]),
+        timeout=float(cfg.get("timeout", 3600)),
+        train_config=ConfigRecord(),
+        evaluate_config=ConfigRecord(),
+        evaluate_fn=plan.evaluate_fn,
+        on_round_end=writer.on_round,
+    )
+    summary = {
+        "method": cfg["method"]["name"],
+        "dataset": cfg["dataset"]["name"],
+        "model": cfg["model"]["name"],
+        "partition": cfg["partition"]["name"],
+        "backend": cfg["backend"]["name"],
+        "seed": int(cfg["seed"]),
+        "num_clients": int(cfg["num_clients"]),
+        **plan.model_info,
+        **plan.strategy.summary_fields(),
+    }
+    final = arrayrecord_to_numpy(result.arrays) if result.arrays is not None else None
+    return writer.finish(summary, final if cfg.get("save_model", True) else None)

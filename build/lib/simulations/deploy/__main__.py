@@ -1,0 +1,7 @@
+"""``python -m simulations.deploy``."""
+
+import sys
+
+from .cli import main
+
+sys.exit(main())

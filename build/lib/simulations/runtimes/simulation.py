@@ -1,0 +1,126 @@
+"""Run a composed plan on one of the two simulation runtimes.
+
+``inline``: :class:`simulations.runtimes.inline.InlineGrid`, in this process.
+``ray``: Flower's Simulation Runtime with the Ray backend; each virtual client gets
+``client_resources`` (``num_cpus``, fractional ``num_gpus`` to share a GPU).
+Flower's ``run_simulation`` passes an empty run_config, so the plan reaches the
+ServerApp by closure.
+"""
+
+from __future__ import annotations
+
+import inspect
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from flwr.app import Context
+from flwr.serverapp import Grid, ServerApp
+
+from simulations.app.compose import RunPlan, compose_run, execute_plan
+from simulations.app.config import ConfigError
+from simulations.runtimes.inline import InlineGrid
+
+log = logging.getLogger(__name__)
+
+
+class SimulationFailedError(RuntimeError):
+    """The simulation ended without writing its results."""
+
+
+def run_inline(plan: RunPlan, quiet: bool = False) -> dict[str, Any]:
+    """Run the plan with the in-process Grid."""
+    from clients.client_app import app as client_app
+
+    grid = InlineGrid(client_app, int(plan.cfg["num_clients"]))
+    return execute_plan(plan, grid, quiet=quiet)
+
+
+def ray_backend_config(backend: dict[str, Any]) -> dict[str, Any]:
+    """Flower's backend_config from ``backend.*`` (client resources, Ray init)."""
+    init_args: dict[str, Any] = {"include_dashboard": False,
+                                 "num_cpus": int(backend.get("total_cpus") or os.cpu_count() or 1)}
+    if backend.get("total_gpus") is not None:
+        init_args["num_gpus"] = int(backend["total_gpus"])
+    return {
+        "client_resources": {"num_cpus": float(backend["num_cpus"]),
+                             "num_gpus": float(backend["num_gpus"])},
+        "init_args": init_args,
+    }
+
+
+def shorten_engine_polling(interval: float) -> bool:
+    """Make Flower's simulation engine look for new messages every ``interval`` s.
+
+    Flower 1.41's engine (``vce_api.add_messages_to_queue``) polls its LinkState with
+    a hard-coded 0.1 s sleep, i.e. about 50 ms of idle latency per exchange, which
+    dominates rounds of small models. This swaps in the same loop with a shorter
+    wait. If Flower's function no longer has the expected signature, nothing is
+    changed and ``False`` is returned.
+    """
+    from flwr.server.superlink.fleet.vce import vce_api
+
+    original = vce_api.add_messages_to_queue
+    expected = ["state", "queue", "nodes_mapping", "f_stop"]
+    if list(inspect.signature(original).parameters) != expected:
+        return False
+
+    def add_messages_to_queue(state: Any, queue: Any, nodes_mapping: Any, f_stop: Any) -> None:
+        while not f_stop.is_set():
+            for node_id in nodes_mapping.keys():
+                for message in state.get_message_ins(node_id=node_id, limit=1):
+                    queue.put(message)
+            f_stop.wait(interval)
+
+    vce_api.add_messages_to_queue = add_messages_to_queue
+    return True
+
+
+def run_ray(plan: RunPlan, quiet: bool = False) -> dict[str, Any]:
+    """Run the plan with Flower's Simulation Runtime on Ray."""
+    from flwr.simulation import run_simulation
+
+    from clients.client_app import app as client_app
+
+    summaries: list[dict[str, Any]] = []
+    server_app = ServerApp()
+
+    @server_app.main()
+    def main(grid: Grid, context: Context) -> None:
+        # Flower's in-memory grid polls for replies every 0.1 s by default; a short
+        # interval keeps that sleep from dominating rounds of small models.
+        if hasattr(grid, "pull_interval"):
+            grid.pull_interval = float(plan.cfg["backend"].get("pull_interval", 0.01))
+        summaries.append(execute_plan(plan, grid, quiet=quiet))
+
+    if not plan.cfg.get("verbose", False):
+        for name in ("flwr", "alembic"):
+            logging.getLogger(name).setLevel(logging.WARNING)
+    os.environ.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    engine_poll = plan.cfg["backend"].get("engine_poll_interval")
+    if engine_poll and not shorten_engine_polling(float(engine_poll)):
+        log.warning("backend.engine_poll_interval ignored: Flower's engine changed")
+    run_simulation(
+        server_app=server_app,
+        client_app=client_app,
+        num_supernodes=int(plan.cfg["num_clients"]),
+        backend_name="ray",
+        backend_config=ray_backend_config(plan.cfg["backend"]),
+        verbose_logging=bool(plan.cfg.get("verbose", False)),
+    )
+    if not summaries:
+        raise SimulationFailedError(
+            f"the Ray simulation ended without results in {plan.out_dir}; see the log above"
+        )
+    return summaries[0]
+
+
+def run_from_config(cfg: Any, out_dir: str | Path, quiet: bool = False) -> dict[str, Any]:
+    """Compose (validating first) and run; returns the run's summary."""
+    plan = compose_run(cfg, out_dir)
+    if plan.cfg["backend"]["name"] == "deployment":
+        raise ConfigError("backend=deployment runs under `flwr run` on a SuperLink "
+                          "(see README.md (section Deploy on devices)), not in `simulations.run`")
+    runner = {"inline": run_inline, "ray": run_ray}[plan.cfg["backend"]["name"]]
+    return runner(plan, quiet=quiet)
