@@ -42,8 +42,9 @@ class StabilityFreezingConfig(MethodConfig):
 
 @dataclass
 class GWPFConfig(StabilityFreezingConfig):
-    """GWPF (gradient-wise parameter freezing with thawing); reference defaults from
-    Dora233/GWPF ``sync_manager.py``. ``docs/gwpf.md`` explains each knob.
+    """GWPF (gradient-wise parameter freezing with thawing).
+
+    Reference defaults from Dora233/GWPF ``sync_manager.py``; ``docs/gwpf.md`` explains each knob.
     """
 
     name: str = "gwpf"

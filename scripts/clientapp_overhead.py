@@ -30,7 +30,7 @@ def _since(start: tuple[float, float]) -> dict[str, float]:
 def main(overrides: list[str]) -> dict[str, dict[str, float]]:
     """Time the import, a cold call and a warm call of the ClientApp in this process."""
     start = _now()
-    from clients.client_app import app
+    from simulations.app.client_app import app
 
     result = {"import": _since(start)}
     from flwr.app import ConfigRecord

@@ -32,6 +32,15 @@ def reply(node_id: int, num_examples: int, **arrays: np.ndarray) -> ParsedReply:
                        metrics=MetricRecord({"num-examples": num_examples}))
 
 
+def method_defaults(method_settings):
+    """A method's settings as clients get them: the entry's defaults, then ``method_settings``."""
+    import dataclasses
+
+    from methods import get_method
+
+    return {**dataclasses.asdict(get_method(method_settings["name"]).config()), **method_settings}
+
+
 def run_real_clients(strategy, client_cls, method_settings, num_nodes=3, rounds=4,
                      on_receive=None):
     """Run a strategy with real client classes on a tiny model; return records and grid.
@@ -39,7 +48,7 @@ def run_real_clients(strategy, client_cls, method_settings, num_nodes=3, rounds=
     ``on_receive(strategy, job, client)`` is called right after each client applied a
     training message.
     """
-    settings = {**SETTINGS, "method": method_settings}
+    settings = {**SETTINGS, "method": method_defaults(method_settings)}
     generator = torch.Generator().manual_seed(1)
     data = [TensorDataset(torch.randn(24, 4, generator=generator),
                           torch.randint(0, 3, (24,), generator=generator))

@@ -12,7 +12,6 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-from clients.client_app import app as client_app
 from clients.methods.base import ClientJob
 from clients.methods.fedgkt import (
     EDGE_STATE_KEY,
@@ -42,6 +41,7 @@ from fl_strategies.fedgkt import (
 )
 from methods import BuildContext, get_method
 from simulations import CONF_DIR
+from simulations.app.client_app import app as client_app
 from simulations.app.compose import client_settings
 from simulations.app.config import ConfigError
 from simulations.runtimes.inline import InlineGrid

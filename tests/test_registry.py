@@ -127,11 +127,11 @@ def test_a_plugin_method_runs_with_no_edit_outside_its_own_files(toy_method, tmp
     frozen = run_from_config(_compose(toy_method, *toy, "method.server_step=0.0"), tmp_path / "s0",
                              quiet=True)
     full = run_from_config(_compose(toy_method, *toy), tmp_path / "s1", quiet=True)
-    fedavg = run_from_config(_compose(toy_method, "method=fedavg"), tmp_path / "avg", quiet=True)
+    run_from_config(_compose(toy_method, "method=fedavg"), tmp_path / "avg", quiet=True)
     assert frozen["method"] == full["method"] == "toy_step"
     initial = compose_run(_compose(toy_method, *toy), tmp_path / "init").initial_arrays
-    with np.load(tmp_path / "s0" / "final_model.npz") as s0, np.load(tmp_path / "s1" / "final_model.npz") as s1, \
-            np.load(tmp_path / "avg" / "final_model.npz") as avg:
+    s0, s1, avg = (np.load(tmp_path / run / "final_model.npz") for run in ("s0", "s1", "avg"))
+    with s0, s1, avg:
         for key in avg.files:
             np.testing.assert_array_equal(s0[key], initial[key].numpy())  # step 0: the model never moves
             np.testing.assert_allclose(s1[key], avg[key], rtol=1e-6, atol=1e-7)  # step 1: FedAvg

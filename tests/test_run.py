@@ -95,7 +95,7 @@ def test_fedprox_proximal_term_pulls_clients_towards_the_global_model(tmp_path):
 
 
 def test_client_with_unusable_node_config_is_dropped_and_round_completes(tmp_path, caplog):
-    from clients.client_app import app
+    from simulations.app.client_app import app
     from simulations.app.compose import compose_run, execute_plan
     from simulations.runtimes.inline import InlineGrid
 

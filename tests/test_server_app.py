@@ -104,7 +104,7 @@ def test_polling_grid_polls_until_all_replies():
 
 def test_server_app_runs_a_composed_config_on_any_grid(tmp_path):
     """The ServerApp itself, with the in-process grid standing in for SuperNodes."""
-    from clients.client_app import app as client_app
+    from simulations.app.client_app import app as client_app
 
     out = tmp_path / "results"
     context = Context(run_id=7, node_id=0, node_config={}, state=RecordDict(), run_config={
@@ -146,8 +146,8 @@ def test_supernode_keys_are_what_flower_loads(tmp_path):
 
 
 def test_exported_partition_is_what_the_device_trains_on(tmp_path):
-    from clients.client_app import client_data
     from clients.data import load_partition
+    from simulations.app.client_app import client_data
     from simulations.app.compose import client_settings, to_dict
 
     path = export_partition(tmp_path / "dev.npz", 1, 3, ["dataset=digits"])
@@ -166,7 +166,7 @@ def test_exported_partition_is_what_the_device_trains_on(tmp_path):
 
 
 def test_missing_device_data_is_a_clear_error(tmp_path):
-    from clients.client_app import client_data
+    from simulations.app.client_app import client_data
 
     settings = {"data": {"name": "digits", "test_fraction": 0.2}, "seed": 0}
     with pytest.raises(FileNotFoundError, match="missing.npz"):

@@ -230,8 +230,9 @@ def test_swat_central_evaluation_sees_topk_weights():
 
 def _client_job(method_settings, model):
     from clients.methods import ClientJob
+    from tests.freezing_helpers import method_defaults
 
-    settings = {"method": method_settings, "seed": 0,
+    settings = {"method": method_defaults(method_settings), "seed": 0,
                 "model": {"name": "mlp", "in_channels": 1, "num_classes": 10, "image_size": 8},
                 "train": {"epochs": 1, "batch_size": 16, "optimizer": "sgd", "lr": 0.1,
                           "momentum": 0.0, "weight_decay": 0.0}}

@@ -31,7 +31,7 @@ class SimulationFailedError(RuntimeError):
 
 def run_inline(plan: RunPlan, quiet: bool = False) -> dict[str, Any]:
     """Run the plan with the in-process Grid."""
-    from clients.client_app import app as client_app
+    from simulations.app.client_app import app as client_app
 
     grid = InlineGrid(client_app, int(plan.cfg["num_clients"]))
     return execute_plan(plan, grid, quiet=quiet)
@@ -81,7 +81,7 @@ def run_ray(plan: RunPlan, quiet: bool = False) -> dict[str, Any]:
     """Run the plan with Flower's Simulation Runtime on Ray."""
     from flwr.simulation import run_simulation
 
-    from clients.client_app import app as client_app
+    from simulations.app.client_app import app as client_app
 
     summaries: list[dict[str, Any]] = []
     server_app = ServerApp()

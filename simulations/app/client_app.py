@@ -21,13 +21,12 @@ from flwr.app import Context, Message
 from flwr.clientapp import ClientApp
 from torch import nn
 
+from clients.data import load_local_data, load_partition
+from clients.methods import ClientJob
+from clients.models import build_model
+from clients.train import pick_device, set_torch_threads
 from fl_strategies.wire import CONFIG_KEY, RUN_CONFIG_KEY
 from methods import get_method
-
-from .data import load_local_data, load_partition
-from .methods import ClientJob
-from .models import build_model
-from .train import pick_device, set_torch_threads
 
 PARTITION_ID_KEY = "partition-id"
 NUM_PARTITIONS_KEY = "num-partitions"

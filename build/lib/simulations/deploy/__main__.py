@@ -1,7 +1,0 @@
-"""``python -m simulations.deploy``."""
-
-import sys
-
-from .cli import main
-
-sys.exit(main())
