@@ -54,7 +54,7 @@ class ScheduledPruningConfig(PruningConfig):
     t_0: int = 1                # first pruning round
     t_end: int | None = None    # round where s_f is reached (T of eq. 1); None = num_rounds
     frequency: int = 1          # prune every f rounds
-    exponent: float = 3.0       # n of eq. 1
+    exponent: Any = 3           # n of eq. 1 (int or float; Any keeps an int an int on the wire)
 
     def check(self, run: Mapping[str, Any]) -> None:  # noqa: D102
         super().check(run)
@@ -66,12 +66,13 @@ class ScheduledPruningConfig(PruningConfig):
         else:
             require(self.t_end >= self.t_0, "method.t_end", self.t_end, f"must be >= method.t_0={self.t_0}")
         require(self.frequency >= 1, "method.frequency", self.frequency, "must be an integer >= 1")
-        require(self.exponent > 0, "method.exponent", self.exponent, "must be > 0")
+        require(isinstance(self.exponent, int | float) and not isinstance(self.exponent, bool)
+                and self.exponent > 0, "method.exponent", self.exponent, "must be a number > 0")
 
     def schedule_kwargs(self) -> dict[str, Any]:
         """The schedule's constructor arguments."""
         return {"t_0": self.t_0, "t_end": self.t_end, "frequency": self.frequency,
-                "exponent": self.exponent}
+                "exponent": float(self.exponent)}
 
 
 @dataclass

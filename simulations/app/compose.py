@@ -44,9 +44,8 @@ def client_settings(cfg: Mapping[str, Any]) -> dict[str, Any]:
     root = dataset.get("root")
     # Ray actors need not share the driver's working directory: pin relative roots.
     root = os.path.abspath(root) if root else None
-    return {
+    settings: dict[str, Any] = {
         "method": dict(cfg["method"]),
-        "plugins": list(cfg.get("plugins") or []),
         "data": {
             "name": dataset["name"],
             "root": root,
@@ -71,6 +70,9 @@ def client_settings(cfg: Mapping[str, Any]) -> dict[str, Any]:
         "device": cfg.get("device", "auto"),
         "torch_threads": cfg.get("torch_threads"),
     }
+    if cfg.get("plugins"):  # only then: every message carries these settings
+        settings["plugins"] = list(cfg["plugins"])
+    return settings
 
 
 @dataclass
