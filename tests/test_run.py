@@ -137,3 +137,33 @@ def test_multirun_over_two_methods_and_report(tmp_path):
     assert report.returncode == 0, report.stderr[-2000:]
     assert "| fedavg |" in report.stdout and "| fedprox |" in report.stdout
     assert (sweep / "report.md").exists() and (sweep / "accuracy_vs_mb.png").exists()
+
+
+def test_results_are_atomic_and_a_finished_directory_is_not_overwritten(tmp_path):
+    summary = run_from_config(config("num_rounds=1"), tmp_path, quiet=True)
+    assert json.loads((tmp_path / "status.json").read_text())["status"] == "finished"
+    assert not list(tmp_path.glob(".*.tmp"))
+    before = (tmp_path / "summary.json").read_bytes()
+    with pytest.raises(ConfigError, match="holds a finished run"):
+        run_from_config(config("num_rounds=1"), tmp_path, quiet=True)
+    assert (tmp_path / "summary.json").read_bytes() == before and summary["rounds"] == 1
+
+
+def test_an_interrupted_run_says_so_and_non_finite_numbers_are_null(tmp_path, monkeypatch):
+    from fl_strategies.base import FedleanStrategy
+
+    original = FedleanStrategy.round_record
+
+    def nan_then_stop(self, server_round, central):
+        if server_round == 2:
+            raise KeyboardInterrupt
+        return {**original(self, server_round, central), "train_loss": float("nan")}
+
+    monkeypatch.setattr(FedleanStrategy, "round_record", nan_then_stop)
+    with pytest.raises(KeyboardInterrupt):
+        run_from_config(config("num_rounds=3"), tmp_path, quiet=True)
+    status = json.loads((tmp_path / "status.json").read_text())
+    assert status["status"] == "interrupted" and status["rounds_completed"] == 1
+    assert "KeyboardInterrupt" in status["reason"] and not (tmp_path / "summary.json").exists()
+    text = (tmp_path / "rounds.jsonl").read_text()
+    assert "NaN" not in text and [json.loads(line)["train_loss"] for line in text.splitlines()] == [None, None]

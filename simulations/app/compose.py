@@ -175,16 +175,20 @@ def execute_plan(plan: RunPlan, grid: Grid, quiet: bool = False) -> dict[str, An
     seed_everything(int(cfg["seed"]))
     set_torch_threads(cfg.get("torch_threads"))
     writer = ResultsWriter(plan.out_dir, int(cfg["num_rounds"]), quiet=quiet)
-    result = plan.strategy.start(
-        grid,
-        plan.initial_arrays,
-        num_rounds=int(cfg["num_rounds"]),
-        timeout=float(cfg.get("timeout", 3600)),
-        train_config=ConfigRecord(),
-        evaluate_config=ConfigRecord(),
-        evaluate_fn=plan.evaluate_fn,
-        on_round_end=writer.on_round,
-    )
+    try:
+        result = plan.strategy.start(
+            grid,
+            plan.initial_arrays,
+            num_rounds=int(cfg["num_rounds"]),
+            timeout=float(cfg.get("timeout", 3600)),
+            train_config=ConfigRecord(),
+            evaluate_config=ConfigRecord(),
+            evaluate_fn=plan.evaluate_fn,
+            on_round_end=writer.on_round,
+        )
+    except BaseException as exc:  # Ctrl-C included: the directory must say the run did not finish
+        writer.interrupted(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".strip())
+        raise
     summary = {
         "method": cfg["method"]["name"],
         "dataset": cfg["dataset"]["name"],

@@ -3,11 +3,17 @@
 Every method's run goes through :class:`ResultsWriter`: one JSON line per round
 (round 0 is the initial model), a summary at the end, and a plot of accuracy
 against cumulative measured megabytes. It also prints one progress line per round.
+Every file is replaced atomically; ``status.json`` says whether the run is running,
+was interrupted or finished, and a directory holding a finished run is never
+written into again.
 """
 
 from __future__ import annotations
 
+import io
 import json
+import math
+import os
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -16,6 +22,9 @@ from typing import Any
 import numpy as np
 
 MB = 1e6  # results use decimal megabytes (10^6 bytes)
+SUMMARY_FILE = "summary.json"
+#: ``running`` | ``interrupted`` | ``finished``, with the rounds completed so far.
+STATUS_FILE = "status.json"
 
 
 def accuracy_of(record: Mapping[str, Any]) -> float | None:
@@ -49,20 +58,40 @@ class ResultsWriter:
 
     def __init__(self, out_dir: str | Path, num_rounds: int, quiet: bool = False) -> None:
         self.out_dir = Path(out_dir)
+        if (self.out_dir / SUMMARY_FILE).exists():
+            from simulations.app.config import ConfigError
+
+            raise ConfigError(f"output dir {str(self.out_dir)!r}: holds a finished run ({SUMMARY_FILE}); "
+                              "choose another (hydra.run.dir=...) or move it away")
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.rounds_path = self.out_dir / "rounds.jsonl"
-        self.rounds_path.write_text("")
         self.num_rounds = num_rounds
         self.quiet = quiet
         self.records: list[dict[str, Any]] = []
         self.start = time.perf_counter()
+        write_atomic(self.rounds_path, b"")
+        self._status("running")
+
+    def _status(self, status: str, **fields: Any) -> None:
+        rounds = max(len(self.records) - 1, 0)
+        write_atomic(self.out_dir / STATUS_FILE, json.dumps(
+            {"status": status, "rounds_completed": rounds, "num_rounds": self.num_rounds, **fields},
+            indent=2).encode())
+
+    def interrupted(self, reason: str) -> None:
+        """Mark the directory as holding an interrupted run (the rounds so far stay readable)."""
+        self._status("interrupted", reason=reason)
 
     def on_round(self, record: Mapping[str, Any]) -> None:
-        """Append one round's record (adds wall seconds since the start)."""
-        record = {**record, "wall_seconds": round(time.perf_counter() - self.start, 4)}
+        """Append one round's record (adds wall seconds since the start).
+
+        The file is replaced atomically, so a killed run leaves whole records only;
+        non-finite numbers are written as ``null`` (JSON has no NaN).
+        """
+        record = finite_or_none({**record, "wall_seconds": round(time.perf_counter() - self.start, 4)})
         self.records.append(record)
-        with self.rounds_path.open("a") as fh:
-            fh.write(json.dumps(record) + "\n")
+        write_atomic(self.rounds_path, "".join(json.dumps(r) + "\n" for r in self.records).encode())
+        self._status("running")
         if not self.quiet:
             self._print_progress(record)
 
@@ -100,12 +129,37 @@ class ResultsWriter:
             "eval_bytes": int(last.get("cum_eval_bytes_up", 0)) + int(last.get("cum_eval_bytes_down", 0)),
             "wall_seconds": round(time.perf_counter() - self.start, 3),
         }
-        (self.out_dir / "summary.json").write_text(json.dumps(full, indent=2, default=_jsonable))
+        full = finite_or_none(full)
         if final_arrays is not None:
-            np.savez_compressed(self.out_dir / "final_model.npz", **final_arrays)
+            buffer = io.BytesIO()
+            np.savez_compressed(buffer, **final_arrays)
+            write_atomic(self.out_dir / "final_model.npz", buffer.getvalue())
+        write_atomic(self.out_dir / SUMMARY_FILE, json.dumps(full, indent=2, default=_jsonable).encode())
+        self._status("finished")
         if len(self.records) > 1:
             plot_runs({full.get("method", "run"): self.records}, self.out_dir / "accuracy_vs_mb.png")
         return full
+
+
+def write_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a part."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    with tmp.open("wb") as fh:
+        fh.write(data)
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+
+
+def finite_or_none(value: Any) -> Any:
+    """``value`` with every non-finite float (NaN, inf) replaced by None, recursively."""
+    if isinstance(value, float | np.floating):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, Mapping):
+        return {k: finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite_or_none(v) for v in value]
+    return value
 
 
 def _jsonable(value: Any) -> Any:
