@@ -1,4 +1,4 @@
-"""What a fresh ClientApp process costs per message in deployment (README.md (section Deploy on devices)).
+"""What a fresh ClientApp process costs per message in deployment (docs/deploy.md).
 
 Flower's default (subprocess) isolation starts a new ``flwr-clientapp`` process for
 every message, so per-process caches (dataset, partitions, model template) start

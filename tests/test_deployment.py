@@ -34,7 +34,7 @@ ROUNDS = 2
 BYTES_TOLERANCE = 0.05
 #: Bound on that envelope per message (measured: about 1.2 KB down, 1.6 KB up).
 ENVELOPE_MAX = 4096
-#: Logs the SuperLink's traffic records by Fleet API call (diagnostic; README: Deploy on devices).
+#: Logs the SuperLink's traffic records by Fleet API call (diagnostic; docs/deploy.md).
 PROBE = REPO / "scripts" / "traffic_probe"
 
 pytestmark = [

@@ -1,4 +1,4 @@
-"""Diagnostic: log every traffic record of a ``flower-superlink`` (README.md (section Deploy on devices)).
+"""Diagnostic: log every traffic record of a ``flower-superlink`` (docs/deploy.md).
 
 Put this directory on ``PYTHONPATH`` and set ``TRAFFIC_LOG=/path/traffic.jsonl`` for
 the SuperLink process only; each call of the link state's ``store_traffic`` then

@@ -94,7 +94,7 @@ def find_conf_dir(explicit: str | Path | None = None) -> Path:
 
 
 def compose_config(overrides: Sequence[str], conf_dir: str | Path | None = None) -> DictConfig:
-    """Compose ``conf/config.yaml`` with overrides, as ``python -m simulations.run`` would."""
+    """Compose ``simulations/conf/config.yaml`` with overrides, as ``python -m simulations.run`` would."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.errors import HydraException

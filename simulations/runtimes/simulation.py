@@ -121,6 +121,6 @@ def run_from_config(cfg: Any, out_dir: str | Path, quiet: bool = False) -> dict[
     plan = compose_run(cfg, out_dir)
     if plan.cfg["backend"]["name"] == "deployment":
         raise ConfigError("backend=deployment runs under `flwr run` on a SuperLink "
-                          "(see README.md (section Deploy on devices)), not in `simulations.run`")
+                          "(see docs/deploy.md), not in `simulations.run`")
     runner = {"inline": run_inline, "ray": run_ray}[plan.cfg["backend"]["name"]]
     return runner(plan, quiet=quiet)
