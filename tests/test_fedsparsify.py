@@ -346,6 +346,7 @@ SPARSE_REPLY_METHODS = {
     "random_prune": [],
     "snip": ["method.score_batches=2"],
     "grasp": ["method.score_batches=2"],
+    "prunefl": ["method.score_batches=2", "method.readjust_every=2"],
 }
 
 
@@ -361,6 +362,7 @@ def test_real_clients_reply_exactly_as_sparse_as_the_mask_sent(tmp_path: Path, m
     from hydra import compose, initialize_config_dir
 
     from clients.client_app import app as client_app
+    from fl_strategies.prunefl import split_keep
     from fl_strategies.pruning import prunable_names
     from simulations.app.compose import compose_run, execute_plan
 
@@ -385,15 +387,18 @@ def test_real_clients_reply_exactly_as_sparse_as_the_mask_sent(tmp_path: Path, m
         if "prune-score" in config or not config.get("mask-from-zeros", False):
             continue
         assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
-        down = decode_arrays(message.content.array_records["arrays"])
+        # PruneFL sends its mask explicitly (regrown weights re-enter at 0); the others
+        # send it as the zeros of the model.
+        down, explicit = split_keep(decode_arrays(message.content.array_records["arrays"]))
         up = decode_arrays(reply.content.array_records["arrays"])
         names = prunable_names(down, config["prune-scope"])
         assert names and set(names) == set(sent_keep)
+        assert not explicit or set(explicit) == set(names)
         for name in names:
-            pruned = down[name] == 0
-            # The zeros the client reads are the server's mask, exactly.
+            pruned = ~explicit[name] if explicit else down[name] == 0
+            # The mask the client reads is the server's mask, exactly.
             np.testing.assert_array_equal(pruned, ~sent_keep[name])
-            assert pruned.any()
+            assert pruned.any() and not down[name][pruned].any()
             revived = pruned & (up[name] != 0)
             assert not revived.any(), (f"round {config['server-round']} node "
                                        f"{message.metadata.dst_node_id} {name}: "
@@ -402,7 +407,7 @@ def test_real_clients_reply_exactly_as_sparse_as_the_mask_sent(tmp_path: Path, m
         checked.add(int(config["server-round"]))
     # Not vacuous: the masked rounds of each method were checked (3 replies each).
     expected_rounds = {"fedsparsify_global": {3}, "oneshot": {3}, "random_prune": {3},
-                       "snip": {1, 2, 3}, "grasp": {1, 2, 3}}[method]
+                       "snip": {1, 2, 3}, "grasp": {1, 2, 3}, "prunefl": {1, 2, 3}}[method]
     assert expected_rounds <= checked
 
 
