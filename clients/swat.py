@@ -11,13 +11,17 @@ A SWAT layer is a ``Conv2d`` or ``Linear`` whose training step is sparse on both
   so every weight keeps training and the model stays dense.
 
 Top-K is SWAT's reference rule: ``k = ceil(keep * numel)``, threshold = the k-th
-largest magnitude, keep every entry with ``|x| >= threshold`` (ties are kept). As in
-the reference (``topk_period`` and ``warmup`` of AamirRaihan/SWAT), the two
-thresholds are recomputed every ``period`` training batches and at every batch of a
-warm-up; in between the previous thresholds are reused, so the kept fraction drifts
-a little. Evaluation (``model.eval()``) also uses the top-K weights, as the reference
-does at test time. The reference's file-based per-layer thresholds and compiled
-kernels are not copied: thresholds live on the module (not in its state dict).
+largest magnitude, keep every entry with ``|x| >= threshold`` (ties are kept). By
+default (``period = 1``) both thresholds are recomputed at every training batch, in
+Linear and Conv2d layers alike, as the reference's Linear layer does
+(AamirRaihan/SWAT ``custom_linear.py`` runs its top-K on every forward). ``period > 1``
+is an option of ours that applies the reference Conv layer's ``topk_period`` (and
+``warmup``) rule to both layer types: thresholds are recomputed every ``period``
+training batches and at every batch of a warm-up, and reused in between, so the kept
+fraction drifts a little and the top-K cost falls. Evaluation (``model.eval()``) also
+uses the top-K weights, as the reference does at test time. The reference's file-based
+per-layer thresholds and compiled kernels are not copied: thresholds live on the module
+(not in its state dict).
 
 The replacements subclass ``nn.Conv2d``/``nn.Linear`` and keep the *same* Parameter
 objects, so parameter names (``weight``/``bias``) and state dicts are unchanged:
@@ -82,8 +86,10 @@ class SwatConfig:
     sparsity : float
         Fraction of weights (and of saved activations) dropped, in [0, 1).
     period : int
-        Recompute the top-K thresholds every ``period`` training batches
-        (reference ``topk_period``: 10).
+        Recompute the top-K thresholds every ``period`` training batches. 1 (the
+        default) = every batch, as the reference's Linear layer; > 1 reuses them in
+        between (the reference Conv layer's ``topk_period``; an option of ours for both
+        layer types).
     warmup : int
         Recompute them at every one of the first ``warmup`` training batches of the
         layer's life (a client's round, in FL: layers are made fresh each round).
@@ -91,7 +97,7 @@ class SwatConfig:
     """
 
     sparsity: float = 0.9
-    period: int = 10
+    period: int = 1
     warmup: int = 0
 
     def __post_init__(self) -> None:
@@ -170,6 +176,8 @@ class SwatMixin:
         The layer's settings.
     steps : int
         Training forwards seen (batches).
+    refreshes : int
+        Times the two top-K thresholds were computed (training forwards only).
     flops_dense, flops_swat : int
         FLOPs of the training forwards+backwards seen since :meth:`reset_stats`, as
         dense kernels count them and as sparse kernels would need them.
@@ -182,6 +190,7 @@ class SwatMixin:
     def _init_swat(self, config: SwatConfig) -> None:
         self.swat = config
         self.steps = 0
+        self.refreshes = 0
         self.weight_threshold: Tensor | None = None
         self.act_threshold: Tensor | None = None
         self.reset_stats()
@@ -202,6 +211,7 @@ class SwatMixin:
         if refresh:
             self.weight_threshold = topk_threshold(self.weight, self.swat.keep)
             self.act_threshold = topk_threshold(x, self.swat.keep)
+            self.refreshes += 1
         self.steps += 1
         with torch.no_grad():
             mask = self.weight.abs() >= self.weight_threshold

@@ -48,6 +48,11 @@ REPLY_KEYS = (FEATURES_KEY, LOGITS_KEY, LABELS_KEY, INDICES_KEY, TEST_FEATURES_K
 EDGE_ACCURACY_KEY = "edge-accuracy"
 EDGE_LOSS_KEY = "edge-loss"
 KD_ACTIVE_KEY = "kd-active"
+# Edge FLOPs of the client's round: training, and eval-mode feature extraction over its
+# train and test images (uploads need features of every image, each round).
+EDGE_FLOPS_TRAIN_KEY = "edge-flops-train"
+EDGE_FLOPS_EXTRACT_KEY = "edge-flops-extract"
+EDGE_FLOPS_SAMPLE_KEY = "edge-flops-train-per-sample"
 
 
 class DistillationServer(Protocol):
@@ -134,6 +139,7 @@ class FedGKT(FedleanStrategy):
         self.server_logits: dict[int, tuple[np.ndarray, np.ndarray]] = {}
         self.round_stats: dict[int, dict[str, float]] = {}
         self.server_seconds = 0.0
+        self.edge_flops_per_sample = 0.0
 
     # ------------------------------------------------------------------ hooks
     def parse_train_reply(self, server_round: int, message: Message) -> ParsedReply:
@@ -194,6 +200,10 @@ class FedGKT(FedleanStrategy):
         self.server_seconds += seconds
         stats["server_seconds"] = seconds
         stats.update(self._edge_stats(replies))
+        for key in (EDGE_FLOPS_TRAIN_KEY, EDGE_FLOPS_EXTRACT_KEY):  # summed over the round's clients
+            stats[key.replace("-", "_")] = float(sum(float(r.metrics.get(key, 0)) for r in replies))
+        self.edge_flops_per_sample = max([float(r.metrics.get(EDGE_FLOPS_SAMPLE_KEY, 0)) for r in replies]
+                                         + [self.edge_flops_per_sample])
         stats["upload_feature_bytes"] = sum(
             encoded_bytes(r.content.array_records[ARRAYS_KEY], (FEATURES_KEY, TEST_FEATURES_KEY))
             for r in replies)
@@ -206,9 +216,14 @@ class FedGKT(FedleanStrategy):
 
     def summary_fields(self) -> dict[str, Any]:
         """The server model's facts; ``final_model.npz`` holds the server model."""
+        rounds = list(self.round_stats.values()) or [{}]
+        edge = {f"{key}_per_round": sum(r.get(key, 0.0) for r in rounds) / len(rounds)
+                for key in ("edge_flops_train", "edge_flops_extract")}
+        edge["edge_flops_per_round"] = sum(edge.values())
         return {**self.server.describe(), "final_model_is": "server model",
                 "server_seconds_total": round(self.server_seconds, 3),
-                "feature_shape": list(self.feature_shape)}
+                "feature_shape": list(self.feature_shape),
+                "edge_flops_train_per_sample": self.edge_flops_per_sample, **edge}
 
     # ------------------------------------------------------- Flower's methods
     def configure_train(

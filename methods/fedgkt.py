@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -22,7 +23,11 @@ from .registry import BuildContext, ConfigError, MethodConfig, MethodEntry, regi
 
 @dataclass
 class FedGKTConfig(MethodConfig):
-    """FedGKT (He et al., 2020); defaults as FedML's ``simulation/mpi/fedgkt``."""
+    """FedGKT (He et al., 2020); defaults as FedML's ``simulation/mpi/fedgkt``.
+
+    One difference stays by default: FedML initialises the edge stem from a pretrained
+    ResNet-56, fedlean from random weights (``edge_stem_checkpoint`` to match FedML).
+    """
 
     name: str = "fedgkt"
     temperature: float = 3.0              # KD temperature T, both directions
@@ -38,6 +43,9 @@ class FedGKTConfig(MethodConfig):
     server_weight_decay: float = 0.0001
     server_batch_size: int | None = None  # None = batch_size
     server_device: str | None = None      # None = the run's device (auto: CUDA when available)
+    # State-dict file whose conv1/bn1/layer1 parameters initialise every edge model. FedML copies
+    # them from a ResNet-56 pretrained on the dataset; None = random init (fedlean's default).
+    edge_stem_checkpoint: str | None = None
 
     def check(self, run: Mapping[str, Any]) -> None:  # noqa: D102
         require(self.temperature > 0, "method.temperature", self.temperature, "must be > 0")
@@ -51,6 +59,10 @@ class FedGKTConfig(MethodConfig):
         require(self.server_lr > 0, "method.server_lr", self.server_lr, "must be > 0")
         require(self.server_batch_size is None or self.server_batch_size >= 1,
                 "method.server_batch_size", self.server_batch_size, "must be null or an integer >= 1")
+        # Deployed clients read their own copy; only a local run can check the server's.
+        local = str(run.get("backend", {}).get("name", "inline")) != "deployment"
+        require(self.edge_stem_checkpoint is None or not local or Path(self.edge_stem_checkpoint).is_file(),
+                "method.edge_stem_checkpoint", self.edge_stem_checkpoint, "no such file")
 
 
 def edge_feature_shape(edge: torch.nn.Module, dims: Mapping[str, Any]) -> tuple[int, ...]:

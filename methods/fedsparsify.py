@@ -3,7 +3,9 @@
 ``fedsparsify_global``/``fedsparsify_local`` follow the schedule of eq. 1
 (:func:`fl_strategies.pruning.sparsity_at`); ``oneshot`` prunes once and fine-tunes;
 ``random_prune`` prunes at random on the same schedule; ``snip``/``grasp`` prune at
-initialisation from one client's scores. ``docs/fedsparsify.md`` explains each knob.
+initialisation from one client's scores; ``prunefl`` starts from one client's mask and
+readjusts it from aggregated squared gradients. ``docs/fedsparsify.md`` and
+``docs/prunefl.md`` explain each knob.
 """
 
 from __future__ import annotations
@@ -13,11 +15,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from clients.methods.fedsparsify import FedSparsifyClient
+from clients.methods.prunefl import PruneFLClient
 from clients.sparse_inference import final_model_benchmark
 from fl_strategies.fedsparsify import FedSparsifyGlobal
 from fl_strategies.fedsparsify_local import FedSparsifyLocal
 from fl_strategies.oneshot import OneShot
 from fl_strategies.prune_at_init import Grasp, Snip
+from fl_strategies.prunefl import PruneFL
 from fl_strategies.random_prune import RandomPrune
 
 from .registry import BuildContext, MethodConfig, MethodEntry, register, require
@@ -142,6 +146,24 @@ class GraspConfig(SnipConfig):
                 "must be > 0")
 
 
+@dataclass
+class PruneFLConfig(SnipConfig):
+    """PruneFL: one client's initial mask, readjusted from aggregated squared gradients.
+
+    ``s_f`` is the sparsity kept throughout (FedSparsify reports PruneFL at 0.3, its
+    recommended value); ``score_batches`` are the initial client's batches.
+    """
+
+    name: str = "prunefl"
+    s_f: float = 0.3
+    readjust_every: int = 50   # rounds between mask readjustments (FedSparsify's setting)
+
+    def check(self, run: Mapping[str, Any]) -> None:  # noqa: D102
+        super().check(run)
+        require(self.readjust_every >= 1, "method.readjust_every", self.readjust_every,
+                "must be an integer >= 1")
+
+
 def _at_init(cls: type[Snip] | type[Grasp]) -> Any:
     def build(cfg: SnipConfig, ctx: BuildContext) -> Snip | Grasp:
         return cls(score_batches=cfg.score_batches,
@@ -172,3 +194,8 @@ register(MethodEntry(name="snip", config=SnipConfig, client=FedSparsifyClient,
                      summary="SNIP pruning at initialisation", build=_at_init(Snip)))
 register(MethodEntry(name="grasp", config=GraspConfig, client=FedSparsifyClient,
                      summary="GraSP pruning at initialisation", build=_at_init(Grasp)))
+register(MethodEntry(
+    name="prunefl", config=PruneFLConfig, client=PruneFLClient,
+    summary="one client's initial mask, readjusted from aggregated squared gradients",
+    build=lambda cfg, ctx: PruneFL(readjust_every=cfg.readjust_every, score_batches=cfg.score_batches,
+                                   **cfg.strategy_kwargs(ctx))))

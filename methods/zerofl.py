@@ -25,7 +25,8 @@ class SwatMethodConfig(MethodConfig):
 
     name: str = "swat"
     sparsity: float = 0.9          # fraction of weights and saved activations dropped per SWAT layer
-    topk_period: int = 10          # recompute the top-K thresholds every N batches (reference: 10)
+    topk_period: int = 1           # recompute top-K every N batches: 1 = every batch, as the reference's
+    #                                Linear (custom_linear.py); > 1 = ours: reuse in between (ref. Conv: 10)
     topk_warmup: int = 0           # ... and at each of the first N batches of a round (reference: none)
     sparsify_first: bool = False   # SWAT the first Conv/Linear too (reference: false)
     sparsify_last: bool = True     # SWAT the last Conv/Linear, the classifier (reference: true)

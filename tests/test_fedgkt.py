@@ -210,6 +210,14 @@ def test_two_client_round_trip_each_client_gets_only_its_own_logits():
     assert records[2]["bytes_up"] > 20 * records[2]["bytes_down"]  # features dominate
     assert 0.0 <= records[2]["accuracy"] <= 1.0 and "edge_accuracy" in records[2]
     assert set(result.arrays.keys()) == set(model.state_dict().keys())  # final = server model
+    # Edge FLOPs per round: the clients' training and eval-mode extraction, summed over clients.
+    for t in (1, 2):
+        for key in ("edge-flops-train", "edge-flops-extract"):
+            assert records[t][key.replace("-", "_")] == sum(replies[(t, n)][key] for n in (a, b)) > 0
+    summary = strategy.summary_fields()
+    assert summary["edge_flops_per_round"] == pytest.approx(
+        summary["edge_flops_train_per_round"] + summary["edge_flops_extract_per_round"])
+    assert summary["edge_flops_train_per_sample"] == replies[(1, a)]["edge-flops-train-per-sample"] > 0
 
 
 def test_logits_sent_to_each_node_are_that_nodes_own():
@@ -365,3 +373,141 @@ def test_loader_with_indices_yields_positions():
     data = TensorDataset(torch.zeros(5, 1), torch.zeros(5, dtype=torch.long))
     (batch,) = list(DataLoader(with_indices(data), batch_size=5))
     assert batch[2].tolist() == [0, 1, 2, 3, 4]
+
+
+# ------------------------------------------------ server loss, extraction, costs
+def test_server_loss_is_kd_plus_alpha_times_ce_as_in_fedml():
+    """One full-batch SGD step of ``GKTServer.fit`` equals a step on ``KD + alpha * CE``."""
+    torch.manual_seed(0)
+    n, alpha, temperature, lr = 12, 0.3, 2.0, 0.5
+    features = torch.randn(n, 4)
+    labels = torch.randint(0, 3, (n,))
+    client_logits = 3 * torch.randn(n, 3)
+    model = nn.Linear(4, 3)
+    start = {k: v.clone() for k, v in model.state_dict().items()}
+
+    def stepped(loss_fn):
+        ref = nn.Linear(4, 3)
+        ref.load_state_dict(start)
+        loss = loss_fn(ref(features))
+        grads = torch.autograd.grad(loss, list(ref.parameters()))
+        return [p.detach() - lr * g for p, g in zip(ref.parameters(), grads, strict=True)]
+
+    fedml = stepped(lambda z: kd_loss(z, client_logits, temperature)
+                    + alpha * nn.functional.cross_entropy(z, labels))
+    swapped = stepped(lambda z: alpha * kd_loss(z, client_logits, temperature)
+                      + nn.functional.cross_entropy(z, labels))
+    server = GKTServer(model, make_optimizer(model.parameters(), "sgd", lr), torch.device("cpu"),
+                       temperature=temperature, alpha=alpha, epochs=1, batch_size=n, feature_shape=(4,))
+    server.fit(features.numpy(), labels.numpy(), client_logits.numpy(), server_round=1)
+    for got, want, other in zip(model.parameters(), fedml, swapped, strict=True):
+        torch.testing.assert_close(got.detach(), want, rtol=1e-5, atol=1e-6)
+        assert not torch.allclose(got.detach(), other, atol=1e-4)  # the weighting is observable
+
+
+def _edge_job(settings, n_train=20, n_test=7, state=None):
+    torch.manual_seed(1)
+    train = TensorDataset(torch.randn(n_train, 1, 8, 8) * 2 + 1, torch.randint(0, NUM_CLASSES, (n_train,)))
+    test = TensorDataset(torch.randn(n_test, 1, 8, 8) * 2 + 1, torch.randint(0, NUM_CLASSES, (n_test,)))
+    content = RecordDict({"arrays": encode_arrays({}), "config": ConfigRecord({"server-round": 1})})
+    return ClientJob(settings=settings, model=nn.Identity(), train_set=train, test_set=test,
+                     device=torch.device("cpu"), content=content,
+                     context=Context(run_id=1, node_id=3, node_config={}, state=state or RecordDict(),
+                                     run_config={}),
+                     server_round=1, partition_id=0)
+
+
+def test_features_are_extracted_in_eval_mode_and_leave_batchnorm_statistics_alone():
+    from clients.models import build_from_dims
+
+    settings = _settings(float16=False)
+    job = _edge_job(settings)
+    reply = FedGKTClient(settings).train(job)
+    saved = from_record(job.context.state.array_records[EDGE_STATE_KEY])
+    # Extraction ran after the edge model was saved: it must not have moved BatchNorm's statistics.
+    for name, value in job.model.state_dict().items():
+        if "running" in name or "num_batches" in name:
+            np.testing.assert_array_equal(value.numpy(), saved[name], err_msg=name)
+    # The uploaded features are the saved edge model's eval-mode outputs, sample by sample.
+    edge = build_from_dims(settings["model"])
+    edge.load_state_dict({k: torch.from_numpy(np.array(v)) for k, v in saved.items()})
+    edge.eval()
+    up = decode_arrays(reply.array_records["arrays"])
+    with torch.no_grad():
+        logits, features = edge(job.train_set.tensors[0])
+        _, test_features = edge(job.test_set.tensors[0])
+    np.testing.assert_allclose(up[FEATURES_KEY], features.numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(up[LOGITS_KEY], logits.numpy(), rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(up["test-features"], test_features.numpy(), rtol=1e-4, atol=1e-5)
+
+
+def test_edge_flops_of_a_round_include_extraction_over_train_and_test_images():
+    from clients.flops import count_flops
+    from clients.models import build_from_dims
+    from fl_strategies.fedgkt import EDGE_FLOPS_EXTRACT_KEY, EDGE_FLOPS_SAMPLE_KEY, EDGE_FLOPS_TRAIN_KEY
+
+    settings = _settings(epochs_client=2)
+    job = _edge_job(settings, n_train=20, n_test=7)
+    metrics = FedGKTClient(settings).train(job).metric_records["metrics"]
+    sample = torch.zeros(1, 1, 8, 8)
+    model = build_from_dims(settings["model"])
+    forward, train = count_flops(model, sample, training=False), count_flops(model, sample, training=True)
+    assert metrics[EDGE_FLOPS_SAMPLE_KEY] == train
+    assert metrics[EDGE_FLOPS_TRAIN_KEY] == train * 20 * 2
+    assert metrics[EDGE_FLOPS_EXTRACT_KEY] == forward * (20 + 7)
+    # The cost tool's per-round table counts the same way.
+    from simulations.tools.gkt_costs import edge_round_flops
+
+    rows = [{"model": "edge", "flops_train": train, "flops_forward": forward},
+            {"model": "big", "flops_train": 10 * train, "flops_forward": 10 * forward}]
+    edge, big = edge_round_flops(rows, 20, 7, epochs=2)
+    assert (edge["train_flops"], edge["extract_flops"]) == (train * 40, forward * 27)
+    assert big["extract_flops"] == 0 and big["round_ratio"] == pytest.approx(
+        10 * train * 40 / (train * 40 + forward * 27))
+
+
+def test_edge_stem_checkpoint_loads_matching_stem_parameters_only(tmp_path):
+    from clients.models import build_from_dims
+
+    settings = _settings()
+    torch.manual_seed(123)
+    donor = build_from_dims(settings["model"])
+    for p in donor.parameters():
+        p.data.add_(1.0)  # unlike any random init
+    # FedML's checkpoint layout: {"state_dict": ...} with DataParallel's "module." prefix.
+    state = {f"module.{k}": v for k, v in donor.state_dict().items()}
+    state["module.layer1.0.conv1.weight"] = torch.zeros(3, 3)  # wrong shape: skipped
+    path = tmp_path / "best.pth"
+    torch.save({"state_dict": state, "epoch": 7}, path)
+
+    plain = FedGKTClient(settings)
+    job0 = _edge_job(settings)
+    plain.restore_edge(job0)
+    loaded = FedGKTClient(_settings(edge_stem_checkpoint=str(path)))
+    job1 = _edge_job(settings)
+    loaded.restore_edge(job1)
+    random_init, got, want = (dict(m.named_parameters()) for m in (job0.model, job1.model, donor))
+    for name, value in got.items():
+        stem = name.split(".")[0] in ("conv1", "bn1", "layer1") and name != "layer1.0.conv1.weight"
+        expected = want[name] if stem else random_init[name]
+        torch.testing.assert_close(value, expected, msg=name)
+    assert any(n.startswith("layer1") for n in got) and "fc.weight" in got
+    # Buffers (BatchNorm statistics) are not copied, as in FedML.
+    torch.testing.assert_close(job1.model.bn1.running_var, job0.model.bn1.running_var)
+    torch.save({"state_dict": {"fc.weight": torch.zeros(1)}}, tmp_path / "other.pth")
+    with pytest.raises(ValueError, match="no tensor matches"):
+        FedGKTClient(_settings(edge_stem_checkpoint=str(tmp_path / "other.pth"))).restore_edge(
+            _edge_job(settings))
+
+
+def test_edge_stem_checkpoint_must_exist():
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    from simulations.app.config import validate_config
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+        cfg = OmegaConf.to_container(compose("config", overrides=[
+            "method=fedgkt", "model=resnet8_56", "method.edge_stem_checkpoint=/nonexistent/best.pth"]))
+    with pytest.raises(ConfigError, match=r"^method.edge_stem_checkpoint='/nonexistent/best.pth': no such"):
+        validate_config(cfg)

@@ -172,15 +172,21 @@ def test_local_majority_vote_with_mask_bits_and_no_revival():
         return out
 
     strategy.aggregate_replies = spy
-    _, records = _run(strategy, client_app, n_clients, 4)
+    grid = InlineGrid(client_app, n_clients)
+    records = []
+    strategy.start(grid, numpy_to_arrayrecord(GLOBAL), num_rounds=4, on_round_end=records.append)
     for t in (2, 3, 4):
         replies, old_keep, new_keep, out = captured[t]
         masks = [r.mask for r in replies]
         merged, keep = majority_vote([r.arrays for r in replies], masks,
                                      [r.num_examples for r in replies], "nnz")
+        # Reply order is not partition order: find the reviving client by its node.
+        partition = {r.node_id: grid.contexts[r.node_id].node_config["partition-id"] for r in replies}
+        reviver = next(r for r in replies if partition[r.node_id] == 0)
+        assert sorted(partition.values()) == list(range(n_clients))
         for name in ("l1.weight", "l2.weight"):
             # The reviving client's mask was cut to the global mask before voting.
-            assert not (masks[0][name] & ~old_keep[name]).any()
+            assert not (reviver.mask[name] & ~old_keep[name]).any()
             np.testing.assert_array_equal(new_keep[name], keep[name] & old_keep[name])
             np.testing.assert_allclose(out[name], merged[name] * new_keep[name])
     # One bit per prunable parameter per reply, plus Flower's per-record overhead.
@@ -330,6 +336,79 @@ def test_real_run_on_digits(tmp_path: Path, method: str):
     assert summary["final_model_sparse_mb"] < summary["final_model_dense_mb"]
     assert summary["inference_csr_max_abs_diff"] < 1e-4
     assert summary["inference_csr_b64_items_s"] > 0
+
+
+# ------------------------------- real clients: every reply as sparse as the mask sent
+#: Per method, overrides that make the mask exist after round 1 of a 3-round run.
+SPARSE_REPLY_METHODS = {
+    "fedsparsify_global": [],
+    "oneshot": ["method.ft_rounds=1"],
+    "random_prune": [],
+    "snip": ["method.score_batches=2"],
+    "grasp": ["method.score_batches=2"],
+    "prunefl": ["method.score_batches=2", "method.readjust_every=2"],
+}
+
+
+@pytest.mark.parametrize("method", sorted(SPARSE_REPLY_METHODS))
+def test_real_clients_reply_exactly_as_sparse_as_the_mask_sent(tmp_path: Path, method: str):
+    """Real ``FedSparsifyClient`` s on digits: reply zeros contain the global mask's zeros.
+
+    Every message is recorded at the client seam of the in-process grid, with the
+    server's mask at the moment the message was sent (the grid calls the client
+    synchronously), so the check covers every reply of every round once the mask
+    exists, per tensor.
+    """
+    from hydra import compose, initialize_config_dir
+
+    from clients.client_app import app as client_app
+    from fl_strategies.prunefl import split_keep
+    from fl_strategies.pruning import prunable_names
+    from simulations.app.compose import compose_run, execute_plan
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+        cfg = compose("config", overrides=[
+            f"method={method}", "num_clients=3", "num_rounds=3", "local_epochs=1",
+            "fraction_evaluate=0", "central_eval=false", "method.s_f=0.6",
+            "method.benchmark_seconds=0", *SPARSE_REPLY_METHODS[method]])
+    plan = compose_run(cfg, tmp_path)
+    exchanges = []
+
+    def recording_client(message, context):
+        sent_keep = {k: v.copy() for k, v in getattr(plan.strategy, "keep", {}).items()}
+        reply = client_app(message, context)
+        exchanges.append((message, reply, sent_keep))
+        return reply
+
+    execute_plan(plan, InlineGrid(recording_client, 3), quiet=True)
+    checked = set()
+    for message, reply, sent_keep in exchanges:
+        config = message.content.config_records["config"]
+        if "prune-score" in config or not config.get("mask-from-zeros", False):
+            continue
+        assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
+        # PruneFL sends its mask explicitly (regrown weights re-enter at 0); the others
+        # send it as the zeros of the model.
+        down, explicit = split_keep(decode_arrays(message.content.array_records["arrays"]))
+        up = decode_arrays(reply.content.array_records["arrays"])
+        names = prunable_names(down, config["prune-scope"])
+        assert names and set(names) == set(sent_keep)
+        assert not explicit or set(explicit) == set(names)
+        for name in names:
+            pruned = ~explicit[name] if explicit else down[name] == 0
+            # The mask the client reads is the server's mask, exactly.
+            np.testing.assert_array_equal(pruned, ~sent_keep[name])
+            assert pruned.any() and not down[name][pruned].any()
+            revived = pruned & (up[name] != 0)
+            assert not revived.any(), (f"round {config['server-round']} node "
+                                       f"{message.metadata.dst_node_id} {name}: "
+                                       f"{int(revived.sum())} pruned weights came back nonzero")
+            assert (up[name][~pruned] != 0).any()  # it trained and sent real values
+        checked.add(int(config["server-round"]))
+    # Not vacuous: the masked rounds of each method were checked (3 replies each).
+    expected_rounds = {"fedsparsify_global": {3}, "oneshot": {3}, "random_prune": {3},
+                       "snip": {1, 2, 3}, "grasp": {1, 2, 3}, "prunefl": {1, 2, 3}}[method]
+    assert expected_rounds <= checked
 
 
 # --------------------------------------------------- the paper's setups compose

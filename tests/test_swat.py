@@ -204,3 +204,58 @@ def test_swat_model_trains_with_one_loop():
     after = model.state_dict()["net.3.weight"]
     changed = (after != before).float().mean()
     assert stats.steps == 4 and changed > 0.5  # dense weight gradient: most weights move
+
+
+@pytest.mark.parametrize("kind", ["linear", "conv"])
+@pytest.mark.parametrize("period", [None, 1, 10])
+def test_both_layer_types_compute_thresholds_as_often_as_the_period_says(kind, period, monkeypatch):
+    import clients.swat as swat_module
+
+    calls = []
+    real = swat_module.topk_threshold
+
+    def counting(tensor, keep):
+        calls.append(tuple(tensor.shape))
+        return real(tensor, keep)
+
+    monkeypatch.setattr(swat_module, "topk_threshold", counting)
+    config = SwatConfig(sparsity=0.5) if period is None else SwatConfig(sparsity=0.5, period=period)
+    torch.manual_seed(0)
+    if kind == "linear":
+        layer = SwatLinear(6, 3, config=config)
+        batch = (4, 6)
+    else:
+        layer = SwatConv2d(2, 3, 3, padding=1, config=config)
+        batch = (4, 2, 5, 5)
+    optimizer = torch.optim.SGD(layer.parameters(), lr=0.1)
+    n_batches = 25
+    for _ in range(n_batches):
+        optimizer.zero_grad()
+        layer(torch.randn(*batch)).square().mean().backward()
+        optimizer.step()
+    expected = -(-n_batches // config.period)  # batches 0, p, 2p, ...
+    if period is None:
+        assert expected == n_batches  # the default refreshes at every batch
+    assert layer.refreshes == expected
+    # Each refresh computes the weight and the activation threshold, nothing else does.
+    assert len(calls) == 2 * expected
+    assert calls[0] == tuple(layer.weight.shape) and calls[1] == batch
+    layer.eval()
+    with torch.no_grad():
+        layer(torch.randn(*batch))
+    # Evaluation takes the current top-K weights (one weight threshold) and is no refresh.
+    assert layer.refreshes == expected and calls[2 * expected:] == [tuple(layer.weight.shape)]
+
+
+def test_swat_method_default_is_a_refresh_every_batch():
+    from hydra import compose, initialize_config_dir
+
+    from clients.methods.swat import swat_config
+    from simulations import CONF_DIR
+
+    for method in ("swat", "zerofl"):
+        with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+            cfg = compose("config", overrides=[f"method={method}"])
+        assert cfg.method.topk_period == 1
+        assert swat_config(dict(cfg.method)).period == 1
+    assert SwatConfig().period == 1

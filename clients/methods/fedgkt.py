@@ -11,6 +11,19 @@ loop (:func:`clients.train.train_loop`) with the same KD loss. ``simulations`` b
 it and injects it into :class:`fl_strategies.fedgkt.FedGKT`, which never imports
 ``clients``.
 
+**Edge initialisation.** FedML's ``main_fedgkt.py`` copies the stem of a ResNet-56
+pretrained on the same dataset (``conv1``, ``bn1``, ``layer1`` parameters, from
+``fedml_api/model/cv/pretrained/<DATASET>/resnet56/best.pth``) into every client's
+``resnet8_56`` (and freezes it unless ``whether_training_on_client``). fedlean starts
+the edge model from random initialisation; ``method.edge_stem_checkpoint`` (a
+state-dict file) loads the matching stem parameters the same way (:func:`load_stem`),
+without freezing them.
+
+**Edge FLOPs.** Besides training, each round the client runs the edge model in eval
+mode over all its train and test images to upload their features; both are reported
+(``edge-flops-train``, ``edge-flops-extract``, from the per-sample FLOPs of
+:func:`clients.flops.count_flops`).
+
 Unlike the reference (FedML), KD targets are keyed **per sample**: a sample's index
 is its position in the client's training split, stable across rounds (partitions are
 seeded), and the loader yields ``(x, y, index)`` so the KD term looks its targets up
@@ -19,9 +32,11 @@ by index however the batches are shuffled.
 
 from __future__ import annotations
 
+import json
 import time
 from collections import defaultdict
 from collections.abc import Mapping
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -34,6 +49,9 @@ from torch.utils.data import DataLoader, TensorDataset
 from fl_strategies.codec import decode_arrays, encode_arrays
 from fl_strategies.fedgkt import (
     EDGE_ACCURACY_KEY,
+    EDGE_FLOPS_EXTRACT_KEY,
+    EDGE_FLOPS_SAMPLE_KEY,
+    EDGE_FLOPS_TRAIN_KEY,
     EDGE_LOSS_KEY,
     FEATURES_KEY,
     INDICES_KEY,
@@ -55,6 +73,8 @@ EDGE_STATE_KEY = "fedgkt-edge"
 OPTIMIZER_STATE_KEY = "fedgkt-optimizer"
 # Batch size of feature extraction and server-side prediction (no gradients).
 INFERENCE_BATCH = 256
+# Edge parameters FedML copies from a pretrained ResNet-56 (its ``create_client_model``).
+STEM_PREFIXES = ("conv1.", "bn1.", "layer1.")
 
 
 # ----------------------------------------------------------------- pure helpers
@@ -155,6 +175,58 @@ def batched_outputs(model: nn.Module, inputs: Tensor, device: torch.device,
     return tuple(torch.cat(column) for column in zip(*parts, strict=True))
 
 
+def load_stem(model: nn.Module, path: str) -> list[str]:
+    """Copy the stem parameters (``conv1``, ``bn1``, ``layer1``) of a checkpoint into ``model``.
+
+    As FedML does from a pretrained ResNet-56: only parameters (not BatchNorm running
+    statistics) whose name and shape match the edge model's are copied.
+
+    Parameters
+    ----------
+    model : nn.Module
+        The edge model, changed in place.
+    path : str
+        A ``torch.save`` file holding a state dict, or a dict with a ``state_dict``
+        entry (FedML's checkpoints); a DataParallel ``module.`` prefix is dropped.
+
+    Returns
+    -------
+    list[str]
+        The names of the parameters loaded.
+
+    Raises
+    ------
+    ValueError
+        If the file holds no state dict or no tensor of it matches the stem.
+
+    """
+    loaded_obj = torch.load(path, map_location="cpu", weights_only=True)
+    state = loaded_obj.get("state_dict", loaded_obj) if isinstance(loaded_obj, Mapping) else None
+    if not isinstance(state, Mapping):
+        raise ValueError(f"method.edge_stem_checkpoint={path!r}: not a state dict")
+    state = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
+    loaded = []
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            value = state.get(name)
+            if name.startswith(STEM_PREFIXES) and torch.is_tensor(value) and value.shape == param.shape:
+                param.copy_(value)
+                loaded.append(name)
+    if not loaded:
+        raise ValueError(f"method.edge_stem_checkpoint={path!r}: no tensor matches the edge "
+                         f"model's stem ({', '.join(p.rstrip('.') for p in STEM_PREFIXES)})")
+    return loaded
+
+
+@lru_cache(maxsize=8)
+def edge_flops_per_sample(model_json: str) -> tuple[int, int]:
+    """Forward and forward+backward FLOPs of one sample of the edge model ``dims``."""
+    dims = json.loads(model_json)
+    sample = torch.zeros(1, int(dims["in_channels"]), int(dims["image_size"]), int(dims["image_size"]))
+    model = build_from_dims(dims)
+    return count_flops(model, sample, training=False), count_flops(model, sample, training=True)
+
+
 def optimizer_arrays(optimizer: torch.optim.Optimizer) -> dict[str, np.ndarray]:
     """The optimizer's per-parameter state (momentum, Adam moments, step) as arrays."""
     out = {}
@@ -228,6 +300,9 @@ class FedGKTClient(ClientMethod):
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(int(self.settings["seed"]))
             job.model = build_from_dims(dims)
+        checkpoint = self.method.get("edge_stem_checkpoint")
+        if checkpoint:
+            load_stem(job.model, str(checkpoint))
 
     def train_hooks(self, job: ClientJob) -> TrainHooks:
         """KD toward the server's logits, looked up by sample index (once they exist)."""
@@ -272,6 +347,10 @@ class FedGKTClient(ClientMethod):
             "seconds": stats.seconds, "extract-seconds": time.perf_counter() - start,
             KD_ACTIVE_KEY: int(bool(hooks.loss_terms)),
         }
+        forward, train = edge_flops_per_sample(json.dumps(self.settings["model"], sort_keys=True))
+        metrics[EDGE_FLOPS_SAMPLE_KEY] = train
+        metrics[EDGE_FLOPS_TRAIN_KEY] = train * len(y) * self.epochs
+        metrics[EDGE_FLOPS_EXTRACT_KEY] = forward * (len(y) + len(test_y))
         if len(test_y):
             metrics[EDGE_LOSS_KEY] = float(F.cross_entropy(test_logits, test_y))
             metrics[EDGE_ACCURACY_KEY] = float((test_logits.argmax(1) == test_y).float().mean())

@@ -8,8 +8,8 @@ One client serves them all; the server's ConfigRecord says what to do:
 * ``local-sparsity`` (FedSparsify-Local): after training, prune the local model to
   this sparsity by global magnitude pruning and send the keep mask as packed bits
   (``mask`` ArrayRecord) next to the values;
-* ``prune-score`` (round 0 of SNIP/GraSP): do not train; return the importance of
-  every prunable weight of the received model on the local data (``scores``).
+* ``prune-score`` (round 0 of SNIP/GraSP/PruneFL): do not train; return the importance
+  of every prunable weight of the received model on the local data (``scores``).
 
 What is prunable is decided by :func:`fl_strategies.pruning.is_prunable` with the
 server's ``prune-scope``, the same rule as on the server.
@@ -87,6 +87,21 @@ def snip_scores(model: nn.Module, batches: list[Sequence[Tensor]], names: Sequen
     return {n: (g * p).abs().detach() for n, g, p in zip(names, grads, chosen, strict=True)}
 
 
+def squared_gradient_scores(model: nn.Module, batches: list[Sequence[Tensor]], names: Sequence[str],
+                            device: torch.device) -> dict[str, Tensor]:
+    """PruneFL's importance: the squared gradient of each batch's loss, summed over the batches."""
+    model.to(device).train()
+    params = dict(model.named_parameters())
+    chosen = [params[n] for n in names]
+    acc = [torch.zeros_like(p) for p in chosen]
+    for batch in batches:
+        inputs, labels = batch[0].to(device), batch[1].to(device)
+        loss = F.cross_entropy(logits_of(model, inputs), labels)
+        for total, g in zip(acc, torch.autograd.grad(loss, chosen), strict=True):
+            total += g.square()
+    return {n: a.detach() for n, a in zip(names, acc, strict=True)}
+
+
 def grasp_scores(model: nn.Module, batches: list[Sequence[Tensor]], names: Sequence[str],
                  device: torch.device, temperature: float = 200.0) -> dict[str, Tensor]:
     """GraSP's importance ``w * Hg`` (GraSP prunes the largest ``-w * Hg``).
@@ -159,8 +174,10 @@ class FedSparsifyClient(ClientMethod):
         elif kind == "grasp":
             scores = grasp_scores(job.model, batches, self.names, job.device,
                                   float(job.config.get(GRASP_TEMPERATURE_KEY, 200.0)))
+        elif kind == "prunefl":
+            scores = squared_gradient_scores(job.model, batches, self.names, job.device)
         else:
-            raise ValueError(f"unknown {SCORE_KEY} {kind!r}; known: snip, grasp")
+            raise ValueError(f"unknown {SCORE_KEY} {kind!r}; known: snip, grasp, prunefl")
         job.model.cpu()
         arrays = {n: s.cpu().numpy() for n, s in scores.items()}
         seen = sum(int(b[1].shape[0]) for b in batches)
