@@ -361,7 +361,7 @@ def test_real_clients_reply_exactly_as_sparse_as_the_mask_sent(tmp_path: Path, m
     """
     from hydra import compose, initialize_config_dir
 
-    from clients.client_app import app as client_app
+    from simulations.app.client_app import app as client_app
     from fl_strategies.prunefl import split_keep
     from fl_strategies.pruning import prunable_names
     from simulations.app.compose import compose_run, execute_plan
