@@ -22,6 +22,7 @@ import clients.data as data
 from clients.data import federated as fed_mod
 from clients.data.loaders import CINIC10_CLASSES, FEMNIST_CLASSES
 from clients.data.specs import BUNDLED_DATASETS
+from tests.audio_fixture import SPEAKERS, make_speech_commands, write_wav
 
 RNG = np.random.default_rng(1234)
 
@@ -349,6 +350,87 @@ def test_sample_input_matches_the_data_shape():
     spec = data.get_spec("mnist5k")
     assert tuple(spec.sample_input().shape) == (1, 1, 28, 28)
     assert tuple(data.get_spec("cifar10").sample_input(resize=16, batch=2).shape) == (2, 3, 16, 16)
+
+
+# --------------------------------------------------------------------------
+# Speech Commands (tiny generated tree in the real v2 layout)
+# --------------------------------------------------------------------------
+@pytest.fixture
+def speech_root(tmp_path):
+    pytest.importorskip("torchaudio")
+    root = tmp_path / "speech_commands_v0.02"
+    return root, make_speech_commands(root)
+
+
+def test_speech_commands_35_classes_follow_the_lists(speech_root, data_cache_cleared):
+    from clients.data.audio import SPEECH_COMMANDS_V2_WORDS
+
+    root, files = speech_root
+    data.validate_data_source("speech_commands", str(root), download=False)
+    b = data.load_dataset("speech_commands", root=str(root))
+    _check_bundle(b, "speech_commands", len(files["train"]), len(files["test"]))
+    expected_train = sorted(files["train"])  # the loader reads folders in sorted order
+    assert b.y_train.tolist() == [SPEECH_COMMANDS_V2_WORDS.index(f.split("/")[0]) for f in expected_train]
+    expected_test = sorted(files["test"])
+    assert b.y_test.tolist() == [SPEECH_COMMANDS_V2_WORDS.index(f.split("/")[0]) for f in expected_test]
+    assert list(b.writer_ids) == [f.split("/")[1].split("_nohash_")[0] for f in expected_train]
+    assert abs(float(b.x_train.mean())) < 1e-4 and abs(float(b.x_train.std()) - 1.0) < 1e-3
+    assert torch.isfinite(b.x_test).all()
+    # The validation clips are in neither split.
+    assert len(b.y_train) + len(b.y_test) + len(files["valid"]) == 4 * 3 * 2
+
+
+def test_speech_commands_12_classes_add_silence_and_unknown(speech_root, data_cache_cleared):
+    from clients.data.audio import KEYWORDS_12
+
+    root, files = speech_root
+    b = data.load_dataset("speech_commands12", root=str(root))
+    n_train, n_test = len(files["train"]), len(files["test"])
+    n_sil_train, n_sil_test = int(np.ceil(0.1 * n_train)), int(np.ceil(0.1 * n_test))
+    _check_bundle(b, "speech_commands12", n_train + n_sil_train, n_test + n_sil_test)
+    y = b.y_train.numpy()
+    silence, unknown = len(KEYWORDS_12), len(KEYWORDS_12) + 1
+    assert (y == silence).sum() == n_sil_train and (b.y_test.numpy() == silence).sum() == n_sil_test
+    n_cat = sum(f.startswith("cat/") for f in files["train"])  # not one of the 10 keywords
+    assert (y == unknown).sum() == n_cat
+    assert (y == KEYWORDS_12.index("yes")).sum() == sum(f.startswith("yes/") for f in files["train"])
+    assert len(b.writer_ids) == len(y)
+
+
+def test_log_mel_puts_a_higher_tone_in_a_higher_mel_bin():
+    pytest.importorskip("torchaudio")
+    from clients.data.audio import log_mel
+
+    t = torch.arange(16_000) / 16_000
+    waves = torch.stack([torch.sin(2 * torch.pi * f * t) for f in (300.0, 1500.0, 6000.0)])
+    feats = log_mel(waves)
+    assert feats.shape == (3, 1, 32, 32)
+    peak_bins = feats[:, 0].mean(dim=-1).argmax(dim=-1).tolist()
+    assert peak_bins[0] < peak_bins[1] < peak_bins[2]
+
+
+def test_speech_commands_natural_partition_is_by_speaker(speech_root, data_cache_cleared):
+    from clients.data.audio import SPEECH_COMMANDS_V2_WORDS
+
+    root, files = speech_root
+    cfg = {"name": "speech_commands", "root": str(root), "partition": "natural", "test_fraction": 0.0}
+    bundle = data.load_dataset("speech_commands", root=str(root))
+    parts = data.partition_indices(bundle.y_train.numpy(), "natural", 3, seed=0, writer_ids=bundle.writer_ids)
+    assert sorted(len(set(bundle.writer_ids[p])) for p in parts) == [1, 1, 1]
+    per_speaker = {s: sum(f.split("/")[1].startswith(s) for f in files["train"]) for s in SPEAKERS}
+    sizes = sorted(len(data.load_partition(cfg, pid, 3)[0]) for pid in range(3))
+    assert sizes == sorted(per_speaker.values())
+    dir_cfg = {**cfg, "partition": "dirichlet", "alpha": 1.0}
+    dirichlet = [data.load_partition(dir_cfg, i, 2)[0] for i in range(2)]
+    assert sum(len(d) for d in dirichlet) == len(files["train"])
+    assert all(int(d.tensors[1].max()) < len(SPEECH_COMMANDS_V2_WORDS) for d in dirichlet)
+
+
+def test_speech_commands_rejects_a_wrong_sample_rate(speech_root, data_cache_cleared):
+    root, _ = speech_root
+    write_wav(root / "yes" / "deadbeef_nohash_0.wav", np.zeros(8000), rate=8000)
+    with pytest.raises(ValueError, match="16 kHz mono"):
+        data.load_dataset("speech_commands", root=str(root))
 
 
 REAL = [n for n in data.DATASET_NAMES if n not in BUNDLED_DATASETS]

@@ -9,6 +9,7 @@ from hydra import compose, initialize_config_dir
 
 from simulations import CONF_DIR
 from simulations.runtimes.simulation import run_from_config
+from tests.audio_fixture import make_speech_commands
 
 
 def _config(*overrides: str):
@@ -33,3 +34,23 @@ def test_mnist5k_trains_end_to_end(tmp_path, overrides):
     # Two rounds on real digits lift the global model well above chance (0.1).
     assert summary["final_central_accuracy"] > max(0.3, rounds[0]["central_accuracy"])
     assert summary["total_bytes"] > 0
+
+
+@pytest.mark.parametrize("method", ["zerofl", "swat"])
+def test_zerofl_speechcommands_experiment_runs_on_a_fixture_tree(tmp_path, method):
+    pytest.importorskip("torchaudio")
+    root = tmp_path / "speech_commands_v0.02"
+    make_speech_commands(root)
+    cfg = _config("+experiment=zerofl_speechcommands", f"method={method}", f"dataset.root={root}",
+                  "num_clients=2", "fraction_train=1.0", "num_rounds=1", "local_epochs=1",
+                  "batch_size=8")
+    out = tmp_path / "out"
+    summary = run_from_config(cfg, out, quiet=True)
+    assert (summary["method"], summary["dataset"], summary["model"]) == (
+        method, "speech_commands", "resnet18")
+    assert summary["rounds"] == 1 and 0.0 <= summary["final_central_accuracy"] <= 1.0
+    # ResNet-18 built for 1x32x32 log-Mel inputs and 35 outputs: the CIFAR-10 ResNet-18's
+    # 11,173,962 parameters, 2 of 3 input channels fewer in the first 3x3 conv (64 filters),
+    # 25 more output units on the 512-wide head.
+    assert summary["model_params"] == 11_173_962 - 2 * 64 * 9 + 25 * (512 + 1)
+    assert summary["total_bytes_up"] > 0

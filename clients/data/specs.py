@@ -13,6 +13,7 @@ from typing import Any
 __all__ = [
     "BUNDLED_DATASETS",
     "DATASET_NAMES",
+    "NATURAL_ID_DATASETS",
     "DEFAULT_DATA_ROOT_ENV",
     "DatasetSpec",
     "SPECS",
@@ -101,6 +102,11 @@ SPECS: dict[str, DatasetSpec] = {
     # Mean/std computed once over its 4,000-image training split (the fixed
     # stratified split of clients.data.loaders.MNIST5K_SPLIT_SEED).
     "mnist5k": DatasetSpec(10, 1, 28, (0.1311,), (0.3083,)),
+    # Speech Commands v2 as 1x32x32 log-Mel spectrograms (clients.data.audio),
+    # already standardised with the training split's statistics by the loader,
+    # hence the identity (0, 1) here.  35 keywords, or the 12-class task.
+    "speech_commands": DatasetSpec(35, 1, 32, (0.0,), (1.0,)),
+    "speech_commands12": DatasetSpec(12, 1, 32, (0.0,), (1.0,)),
 }
 
 #: All dataset names accepted by :func:`clients.data.load_dataset`.
@@ -114,16 +120,27 @@ DATASET_NAMES: tuple[str, ...] = (
     "cinic10",
     "femnist",
     "mnist5k",
+    "speech_commands",
+    "speech_commands12",
 )
 
 #: Datasets that ship inside an installed Python package: ``root`` and
 #: ``download`` are ignored for them and they work offline.
 BUNDLED_DATASETS: frozenset[str] = frozenset({"digits", "mnist5k"})
 
+#: Datasets with a natural client id per training sample (``partition=natural``):
+#: FEMNIST's writers, Speech Commands' speakers.
+NATURAL_ID_DATASETS: frozenset[str] = frozenset({"femnist", "speech_commands", "speech_commands12"})
+
 # Datasets whose ``root`` *is* the dataset directory (rather than a parent
 # directory in which torchvision creates its own sub-folder).  For those the
 # default root gets a per-dataset sub-directory.
-_OWN_DIRECTORY = {"cinic10": "CINIC-10", "femnist": "femnist"}
+_OWN_DIRECTORY = {
+    "cinic10": "CINIC-10",
+    "femnist": "femnist",
+    "speech_commands": "speech_commands_v0.02",
+    "speech_commands12": "speech_commands_v0.02",
+}
 
 
 def get_spec(name: str) -> DatasetSpec:

@@ -75,7 +75,7 @@ def validate_config(cfg: Mapping[str, Any], known_methods: Mapping[str, Any]) ->
     known_methods : Mapping[str, Any]
         Method names available to the server.
     """
-    from clients.data.specs import get_spec  # light module: no torch import
+    from clients.data.specs import NATURAL_ID_DATASETS, get_spec  # light module: no torch import
 
     method = cfg["method"]
     if method["name"] not in known_methods:
@@ -124,8 +124,8 @@ def validate_config(cfg: Mapping[str, Any], known_methods: Mapping[str, Any]) ->
         if not _positive_int(k) or k > num_classes:
             _fail("partition.classes_per_partition", k,
                   f"must be an integer in [1, {num_classes}] for {dataset['name']}")
-    if partition["name"] == "natural" and dataset["name"] != "femnist":
-        _fail("partition.name", "natural", "needs writer ids: only dataset=femnist has them")
+    if partition["name"] == "natural" and dataset["name"] not in NATURAL_ID_DATASETS:
+        _fail("partition.name", "natural", f"needs writer ids: only {sorted(NATURAL_ID_DATASETS)} have them")
 
     backend = cfg["backend"]
     if backend["name"] not in ("inline", "ray", "deployment"):
