@@ -23,6 +23,7 @@ from clients.data import federated as fed_mod
 from clients.data.loaders import CINIC10_CLASSES, FEMNIST_CLASSES
 from clients.data.specs import BUNDLED_DATASETS
 from tests.audio_fixture import SPEAKERS, make_speech_commands, write_wav
+from tests.text_fixture import make_wikitext2
 
 RNG = np.random.default_rng(1234)
 
@@ -431,6 +432,45 @@ def test_speech_commands_rejects_a_wrong_sample_rate(speech_root, data_cache_cle
     write_wav(root / "yes" / "deadbeef_nohash_0.wav", np.zeros(8000), rate=8000)
     with pytest.raises(ValueError, match="16 kHz mono"):
         data.load_dataset("speech_commands", root=str(root))
+
+
+# --------------------------------------------------------------------------
+# WikiText-2 (tiny raw token files)
+# --------------------------------------------------------------------------
+def test_wikitext2_windows_vocab_on_train_and_unk(tmp_path, data_cache_cleared):
+    from clients.data.text import BPTT
+
+    root = tmp_path / "wikitext-2"
+    texts = make_wikitext2(root)
+    data.validate_data_source("wikitext2", str(root), download=False)
+    b = data.load_dataset("wikitext2", root=str(root))
+    train_tokens = [t for line in texts["train"].splitlines() for t in [*line.split(), "<eos>"]]
+    vocab = list(dict.fromkeys(train_tokens))  # ids in order of first occurrence
+    n = (len(train_tokens) - 1) // BPTT
+    assert b.x_train.shape == b.y_train.shape == (n, BPTT) and b.x_train.dtype == torch.int64
+    # Inputs are the stream in order; targets are the stream shifted by one token.
+    stream = torch.tensor([vocab.index(t) for t in train_tokens])
+    assert torch.equal(b.x_train.reshape(-1), stream[: n * BPTT])
+    assert torch.equal(b.y_train.reshape(-1), stream[1 : n * BPTT + 1])
+    # "zebra" is not in the training vocabulary: it becomes <unk>, appended after the train words.
+    unk = len(vocab)
+    test_tokens = [t for line in texts["test"].splitlines() for t in [*line.split(), "<eos>"]]
+    expected = [vocab.index(t) if t in vocab else unk for t in test_tokens]
+    assert b.x_test.reshape(-1).tolist() == expected[: b.x_test.numel()]
+    assert (b.x_test == unk).sum() > 0 and b.num_classes == 33278
+    assert tuple(data.get_spec("wikitext2").sample_input().shape) == (1, BPTT)
+
+
+def test_contiguous_partition_gives_ordered_shards(tmp_path, data_cache_cleared):
+    parts = data.partition_indices(np.zeros(103, dtype=int), "contiguous", 4, seed=5)
+    bounds = ((0, 26), (26, 52), (52, 78), (78, 103))
+    assert [p.tolist() for p in parts] == [list(range(a, b)) for a, b in bounds]
+    root = tmp_path / "wikitext-2"
+    make_wikitext2(root)
+    cfg = {"name": "wikitext2", "root": str(root), "partition": "contiguous", "test_fraction": 0.0}
+    b = data.load_dataset("wikitext2", root=str(root))
+    shards = [data.load_partition(cfg, i, 3)[0].tensors[0] for i in range(3)]
+    assert torch.equal(torch.cat(shards), b.x_train)  # the corpus, in order, cut in three
 
 
 REAL = [n for n in data.DATASET_NAMES if n not in BUNDLED_DATASETS]

@@ -176,9 +176,12 @@ def _central(key: _DataKey) -> TensorDataset:
 @lru_cache(maxsize=8)
 def _partitions(key: _PartitionKey, num_partitions: int) -> tuple[np.ndarray, ...]:
     bundle = _bundle(key.data)
+    labels = bundle.y_train.numpy()
+    if labels.ndim > 1:  # token windows: label-based schemes see each window's first target
+        labels = labels[:, 0]
     return tuple(
         partition_indices(
-            bundle.y_train.numpy(),
+            labels,
             key.scheme,
             num_partitions,
             seed=key.seed,

@@ -30,6 +30,8 @@ name                 files
                      ``root/_background_noise_/`` (``root`` *is* the extracted
                      v2 archive; also ``speech_commands12``; see
                      :mod:`clients.data.audio`)
+``wikitext2``        ``root/wiki.{train,valid,test}.tokens`` (``root`` *is* the
+                     extracted ``wikitext-2`` archive; see :mod:`clients.data.text`)
 ``femnist``          ``root`` *is* a local copy of the HF dataset: either a
                      ``save_to_disk`` directory or a directory of parquet /
                      arrow files (e.g. a clone of ``flwrlabs/femnist``), with
@@ -136,7 +138,9 @@ class DataBundle:
         float32 images, ``N x C x H x W``, scaled to [0, 1] then normalised
         with the dataset's per-channel mean / std.
     y_train, y_test : torch.Tensor
-        int64 class labels in ``[0, num_classes)``.
+        int64 class labels in ``[0, num_classes)``.  For token datasets
+        (``wikitext2``) ``x`` and ``y`` are both int64 ``N x seq_len`` token
+        ids, ``y`` the next token of every position of ``x``.
     num_classes : int
         Size of the label space of the dataset (fixed per dataset).
     in_channels : int
@@ -351,6 +355,14 @@ def load_dataset(
             download_speech_commands(resolved)
         *parts, speakers = load_speech_commands(resolved, spec.num_classes)
         return _finish(spec, *parts, resize=resize, writer_ids=speakers)
+    elif name == "wikitext2":
+        from .text import load_wikitext2
+
+        if download:
+            raise ValueError("dataset 'wikitext2' has no downloader; extract wikitext-2 into root.")
+        x_tr, y_tr, x_te, y_te = load_wikitext2(resolved, spec.num_classes)
+        # Token ids: no normalisation, no resize.
+        return DataBundle(x_tr, y_tr, x_te, y_te, spec.num_classes, spec.in_channels, spec.image_size)
     else:  # pragma: no cover - guarded by get_spec + DATASET_NAMES
         raise AssertionError(name)
     return _finish(spec, *parts, resize=resize)
@@ -386,6 +398,7 @@ def _layout_hint(name: str) -> str:
         "femnist": "a save_to_disk directory or parquet/arrow files with columns image, character, writer_id",
         "speech_commands": "<keyword>/*.wav folders and testing_list.txt",
         "speech_commands12": "<keyword>/*.wav folders and testing_list.txt",
+        "wikitext2": "wiki.train.tokens, wiki.valid.tokens and wiki.test.tokens",
     }[name]
 
 
@@ -419,6 +432,8 @@ def _is_present(name: str, root: str) -> bool:
         from .audio import speech_commands_present
 
         return speech_commands_present(root)
+    if name == "wikitext2":
+        return _all_files(root, ("wiki.train.tokens", "wiki.test.tokens"))
     return True
 
 

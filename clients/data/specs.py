@@ -41,6 +41,10 @@ class DatasetSpec:
         Native (square) side length in pixels.
     mean, std : tuple of float
         Per-channel normalisation constants applied after scaling to [0, 1].
+    kind : {"image", "tokens"}
+        ``image``: samples are ``in_channels x image_size x image_size``
+        float images.  ``tokens``: samples are ``image_size`` int64 token ids
+        (the sequence length) and ``num_classes`` is the vocabulary size.
 
     """
 
@@ -49,6 +53,7 @@ class DatasetSpec:
     image_size: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    kind: str = "image"
 
     def sample_input(self, resize: int | None = None, batch: int = 1) -> Any:
         """A zero input batch of the shape the dataset's samples have.
@@ -68,11 +73,14 @@ class DatasetSpec:
         Returns
         -------
         torch.Tensor
-            ``batch x in_channels x side x side`` float32 zeros.
+            ``batch x in_channels x side x side`` float32 zeros, or
+            ``batch x image_size`` int64 zeros for token datasets.
 
         """
         import torch  # deferred: this module stays free of heavy imports
 
+        if self.kind == "tokens":
+            return torch.zeros(batch, self.image_size, dtype=torch.int64)
         side = int(resize or self.image_size)
         return torch.zeros(batch, self.in_channels, side, side)
 
@@ -107,6 +115,10 @@ SPECS: dict[str, DatasetSpec] = {
     # hence the identity (0, 1) here.  35 keywords, or the 12-class task.
     "speech_commands": DatasetSpec(35, 1, 32, (0.0,), (1.0,)),
     "speech_commands12": DatasetSpec(12, 1, 32, (0.0,), (1.0,)),
+    # WikiText-2 (clients.data.text): windows of 35 token ids; 33,278 words is
+    # the vocabulary of its training file (with <eos>), as in PyTorch's
+    # word_language_model.
+    "wikitext2": DatasetSpec(33278, 1, 35, (0.0,), (1.0,), kind="tokens"),
 }
 
 #: All dataset names accepted by :func:`clients.data.load_dataset`.
@@ -122,6 +134,7 @@ DATASET_NAMES: tuple[str, ...] = (
     "mnist5k",
     "speech_commands",
     "speech_commands12",
+    "wikitext2",
 )
 
 #: Datasets that ship inside an installed Python package: ``root`` and
@@ -140,6 +153,7 @@ _OWN_DIRECTORY = {
     "femnist": "femnist",
     "speech_commands": "speech_commands_v0.02",
     "speech_commands12": "speech_commands_v0.02",
+    "wikitext2": "wikitext-2",
 }
 
 

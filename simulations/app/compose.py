@@ -140,7 +140,7 @@ def compose_run(cfg: Mapping[str, Any] | DictConfig, out_dir: str | Path) -> Run
     seed_everything(int(cfg["seed"]))
     dims = model_dims(cfg)
     model = build_model(dims["name"], dims["in_channels"], dims["num_classes"], dims["image_size"])
-    sample = torch.zeros(1, dims["in_channels"], dims["image_size"], dims["image_size"])
+    sample = get_spec(cfg["dataset"]["name"]).sample_input(cfg["dataset"].get("resize"))
     model_info = {
         "model_params": count_params(model),
         "model_flops_forward": count_flops(model, sample, training=False),

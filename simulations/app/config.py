@@ -113,9 +113,9 @@ def validate_config(cfg: Mapping[str, Any], known_methods: Mapping[str, Any]) ->
     _validate_data_source(dataset)
 
     partition = cfg["partition"]
-    if partition["name"] not in ("iid", "dirichlet", "pathological", "natural"):
+    if partition["name"] not in ("iid", "dirichlet", "pathological", "natural", "contiguous"):
         _fail("partition.name", partition["name"],
-              "must be one of iid, dirichlet, pathological, natural")
+              "must be one of iid, dirichlet, pathological, natural, contiguous")
     if partition["name"] == "dirichlet" and not _positive(partition.get("alpha")):
         _fail("partition.alpha", partition.get("alpha"), "must be > 0")
     if partition["name"] == "pathological":
