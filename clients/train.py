@@ -8,6 +8,7 @@ model before training (:func:`replace_modules`, used for SWAT layers).
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -37,23 +38,39 @@ class TrainHooks:
         stay exactly zero even under momentum or weight decay.
     after_step : list[Callable[[nn.Module], None]]
         Called after every optimizer step (e.g. to accumulate statistics).
+    clip_grad_norm : float | None
+        Clip the gradients' total 2-norm to this value before every step; None
+        takes the model's ``clip_grad_norm`` attribute if it has one (the
+        Transformer LM's 0.25), else no clipping.
     """
 
     forward: Callable[[nn.Module, Tensor], Tensor] | None = None
     loss_terms: list[LossTerm] = field(default_factory=list)
     grad_masks: Mapping[str, Tensor] = field(default_factory=dict)
     after_step: list[Callable[[nn.Module], None]] = field(default_factory=list)
+    clip_grad_norm: float | None = None
 
 
 @dataclass
 class LoopStats:
-    """What one pass of training or evaluation measured."""
+    """What one pass of training or evaluation measured.
+
+    ``loss`` and ``accuracy`` are means over predicted targets: one per
+    example for classification, one per token for a language model (labels
+    of shape ``N x S``), so ``perplexity`` is ``exp(loss)`` per token.
+    ``num_examples`` counts examples (sequences), not tokens.
+    """
 
     loss: float
     accuracy: float
     num_examples: int
     steps: int = 0
     seconds: float = 0.0
+
+    @property
+    def perplexity(self) -> float:
+        """``exp(loss)``: the per-token perplexity of a language model."""
+        return math.exp(min(self.loss, 700.0))  # bounded: exp overflows past ~709
 
 
 def pick_device(preference: str = "auto") -> torch.device:
@@ -119,6 +136,9 @@ def train_loop(
     """
     hooks = hooks or TrainHooks()
     criterion = nn.CrossEntropyLoss()
+    clip = hooks.clip_grad_norm
+    if clip is None:
+        clip = getattr(model, "clip_grad_norm", None)
     params = dict(model.named_parameters())
     masks = {name: m.to(device) for name, m in hooks.grad_masks.items()}
     for name in masks:
@@ -126,7 +146,7 @@ def train_loop(
             raise KeyError(f"gradient mask for unknown parameter '{name}'")
     model.to(device).train()
     start = time.perf_counter()
-    total_loss, correct, seen, steps = 0.0, 0, 0, 0
+    total_loss, correct, seen, targets, steps = 0.0, 0, 0, 0, 0
     for _ in range(epochs):
         for batch in loader:
             batch = [t.to(device, non_blocking=True) for t in batch]
@@ -137,6 +157,8 @@ def train_loop(
             for term in hooks.loss_terms:
                 loss = loss + term(model, logits, batch)
             loss.backward()
+            if clip:
+                nn.utils.clip_grad_norm_(model.parameters(), float(clip))
             if masks:
                 for name, mask in masks.items():
                     if params[name].grad is not None:
@@ -148,12 +170,15 @@ def train_loop(
                         params[name].mul_(mask)
             for callback in hooks.after_step:
                 callback(model)
-            total_loss += float(loss.detach()) * labels.size(0)
+            # Per-target means: labels.numel() is the batch size for classification,
+            # batch x sequence length for a language model.
+            total_loss += float(loss.detach()) * labels.numel()
             correct += int((logits.detach().argmax(1) == labels).sum())
             seen += labels.size(0)
+            targets += labels.numel()
             steps += 1
-    seen = max(seen, 1)
-    return LoopStats(total_loss / seen, correct / seen, seen // max(epochs, 1), steps,
+    targets = max(targets, 1)
+    return LoopStats(total_loss / targets, correct / targets, seen // max(epochs, 1), steps,
                      time.perf_counter() - start)
 
 
@@ -165,7 +190,7 @@ def evaluate_model(
     """Loss and accuracy of ``model`` over ``loader``."""
     criterion = nn.CrossEntropyLoss(reduction="sum")
     model.to(device).eval()
-    total_loss, correct, seen = 0.0, 0, 0
+    total_loss, correct, seen, targets = 0.0, 0, 0, 0
     start = time.perf_counter()
     for batch in loader:
         inputs, labels = batch[0].to(device), batch[1].to(device)
@@ -173,7 +198,8 @@ def evaluate_model(
         total_loss += float(criterion(logits, labels))
         correct += int((logits.argmax(1) == labels).sum())
         seen += labels.size(0)
-    return LoopStats(total_loss / max(seen, 1), correct / max(seen, 1), seen,
+        targets += labels.numel()
+    return LoopStats(total_loss / max(targets, 1), correct / max(targets, 1), seen,
                      seconds=time.perf_counter() - start)
 
 

@@ -32,8 +32,8 @@ def precheck(argv: Sequence[str]) -> None:
     if any(arg.startswith("-") for arg in argv):
         return
     # hydra.searchpath decides which configs exist (a plug-in's yaml); other hydra.* keys do not matter here.
-    overrides = [arg for arg in argv
-                 if arg.startswith("hydra.searchpath=") or not arg.startswith(("hydra.", "+hydra.", "++hydra."))]
+    overrides = [arg for arg in argv if arg.startswith("hydra.searchpath=")
+                 or not arg.startswith(("hydra.", "+hydra.", "++hydra."))]
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
             cfg = compose(config_name="config", overrides=overrides)

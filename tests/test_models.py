@@ -21,6 +21,7 @@ REFERENCE_SHAPES: dict[str, tuple[int, int, int]] = {
     "resnet8_56": (3, 32, 10),
     "resnet56_server": (3, 32, 10),
     "resnet110_server": (3, 32, 10),
+    "transformer_lm": (1, 35, 33278),  # WikiText-2: 35-token windows, 33,278 words
 }
 
 # Trainable parameter counts at the reference shapes. Sources (see the model
@@ -41,9 +42,12 @@ EXPECTED_PARAMS: dict[str, int] = {
     "resnet8_56": 10_586,
     "resnet56_server": 590_858,  # FedML's class also holds a dead 464-param stem
     "resnet110_server": 1_147_274,
+    # PyTorch word_language_model TransformerModel(33278, 200, 2, 200, 2) on WikiText-2.
+    "transformer_lm": 13_828_478,
 }
 
 SERVER_MODELS = {"resnet56_server", "resnet110_server"}
+TOKEN_MODELS = {"transformer_lm"}
 FEATURE_CHANNELS = 16
 
 
@@ -87,8 +91,13 @@ def test_forward_shape(name: str) -> None:
     model = _build(name).eval()
     channels = FEATURE_CHANNELS if name in SERVER_MODELS else in_channels
     x = torch.randn(2, channels, image_size, image_size)
+    if name in TOKEN_MODELS:  # token ids in, N x vocab x sequence logits out
+        x = torch.randint(0, num_classes, (2, image_size))
     with torch.no_grad():
         out = model(x)
+    if name in TOKEN_MODELS:
+        assert out.shape == (2, num_classes, image_size) and torch.isfinite(out).all()
+        return
     if name == "resnet8_56":
         logits, features = out
         assert features.shape == (2, FEATURE_CHANNELS, image_size, image_size)

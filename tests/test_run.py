@@ -166,4 +166,5 @@ def test_an_interrupted_run_says_so_and_non_finite_numbers_are_null(tmp_path, mo
     assert status["status"] == "interrupted" and status["rounds_completed"] == 1
     assert "KeyboardInterrupt" in status["reason"] and not (tmp_path / "summary.json").exists()
     text = (tmp_path / "rounds.jsonl").read_text()
-    assert "NaN" not in text and [json.loads(line)["train_loss"] for line in text.splitlines()] == [None, None]
+    assert "NaN" not in text
+    assert [json.loads(line)["train_loss"] for line in text.splitlines()] == [None, None]

