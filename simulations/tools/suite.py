@@ -160,7 +160,8 @@ def one_line(text: str, limit: int = 300) -> str:
     """The last informative line of a job's output (its error), shortened."""
     lines = [ln.strip() for ln in text.splitlines() if ln.strip()]
     for line in reversed(lines):
-        if not line.startswith(("File ", "Traceback", "^", "~")) and "Set the environment variable" not in line:
+        noise = line.startswith(("File ", "Traceback", "^", "~")) or "Set the environment variable" in line
+        if not noise:
             return line[:limit]
     return "(no output)"
 
@@ -319,7 +320,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("name", nargs="?", help="suite name (conf/suite/<name>.yaml) or a .yaml path")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides appended to every job")
     parser.add_argument("--jobs", "-j", type=int, default=1, help="jobs run at once (default 1)")
-    parser.add_argument("--out", type=Path, default=None, help="suite directory (default outputs/suite/<name>)")
+    parser.add_argument("--out", type=Path, default=None,
+                        help="suite directory (default outputs/suite/<name>)")
     parser.add_argument("--timeout", type=float, default=None, help="seconds per job before it is failed")
     parser.add_argument("--list", action="store_true", help="list the suites and exit")
     parser.add_argument("--dry-run", action="store_true", help="print the jobs' overrides and exit")
