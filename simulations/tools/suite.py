@@ -295,6 +295,8 @@ class Suite:
                 self._log(record, status)
                 if record["status"] == "failed":
                     console.print(f"[red]failed[/] {record['job']}: {record['error']}")
+                elif not console.is_terminal:  # a log file: one line per job instead of the bar
+                    console.print(f"{record['job']}: {record['status']} in {record.get('seconds', 0):.0f} s")
                 progress.update(task, advance=1, last=f"{record['job']} {record['status']}")
         failed = [name for name, r in status.items() if r["status"] == "failed"]
         console.print(f"suite {self.spec['name']}: {len(status) - len(failed)} finished, "
