@@ -29,7 +29,8 @@ def fake_run(run_dir: Path, method: str, seed: int, accs: list[float], mb_up: fl
             "total_bytes": int(mb_up * 1e6) + int(mb_down * 1e6), **summary}
     (run_dir / "summary.json").write_text(json.dumps(full))
     if label is not None:
-        job = {"name": run_dir.name, "label": label, "method": method, "seed": seed,
+        job = {"name": f"{run_dir.parent.name}/{run_dir.name}", "label": label, "method": method,
+               "seed": seed,
                "sweep_key": sweep[0] if sweep else None, "sweep_value": sweep[1] if sweep else None}
         (run_dir / "job.json").write_text(json.dumps(job))
     return run_dir
@@ -236,3 +237,12 @@ def test_sixteen_curves_have_distinct_colours_and_markers(tmp_path):
                             "cum_bytes_down": r} for r in range(4)]] for i in range(16)}
     rep.plot_accuracy(series, tmp_path / "p.png", title="sixteen")
     assert (tmp_path / "p.png").stat().st_size > 0
+
+
+def test_rows_follow_the_suite_order(tmp_path):
+    root = fake_suite(tmp_path / "s", "order", jobs=["zz/seed0", "fedavg/seed0", "aa/seed0"])
+    for label in ("aa", "fedavg", "zz"):
+        fake_run(root / label / "seed0", "fedavg" if label == "fedavg" else "gwpf", 0, [0.1, 0.9], 1.0, 1.0,
+                 label=label)
+    labels = [r.label for r in rep.table_rows(rep.load_tables([root])[0])[0]]
+    assert labels == ["zz", "fedavg", "aa"]

@@ -292,6 +292,9 @@ def _delta(c: Comparison, is_base: bool) -> str:
 def table_rows(table: Table) -> tuple[list[Row], dict[int, Comparison]]:
     """The table's rows and their comparisons to FedAvg."""
     rows = make_rows(table.runs)
+    order = {name: i for i, name in enumerate(table.suite.get("jobs") or [])}
+    if order:  # the suite file's order (methods, then swept values), else the paths' order
+        rows.sort(key=lambda r: min(order.get((run.job or {}).get("name"), len(order)) for run in r.runs))
     across = table.suite.get("comparable_across") or ()
     return rows, {id(r): compare(r, rows, across) for r in rows}
 
@@ -339,7 +342,8 @@ def notes(table: Table, rows: Sequence[Row], comps: Mapping[int, Comparison]) ->
     out.extend(f"- **failed:** {name}: {error}" for name, error in failed)
     for name, why in (table.suite.get("omitted") or {}).items():
         out.append(f"- **not run:** {name}: {' '.join(str(why).split())}")
-    out.append("- mean ± sample std over seeds; *within noise*: |Δ| ≤ the larger std of the row and FedAvg.")
+    out.append("- mean ± sample std over seeds; *within noise*: |Δ| ≤ the larger std of the row and FedAvg; "
+               "FLOPs/sample: one training step (forward + backward) of the dense model.")
     return out
 
 
