@@ -104,3 +104,14 @@ def test_tiny_suite_runs_records_the_bad_job_and_skips_finished_jobs_when_rerun(
     assert "**failed:** oneshot_bad/seed1: invalid config: method.ft_rounds=2" in text
     avg = next(line for line in text.splitlines() if line.startswith("| fedavg |")).split("|")
     assert avg[-2].strip() == "2" and avg[7].strip() == "1.000"  # two seeds; the FedAvg ratio to itself
+
+
+def test_a_crashing_job_reports_the_last_line_of_its_traceback(tmp_path):
+    import subprocess
+    import sys
+
+    (tmp_path / "job.json").write_text(json.dumps({"name": "x/seed0"}))  # no overrides: the child crashes
+    proc = subprocess.run([sys.executable, "-m", "simulations.tools.suite", "--run-job", str(tmp_path)],
+                          capture_output=True, text=True, timeout=120, check=False)
+    assert proc.returncode == 1 and "Traceback" in proc.stderr
+    assert suite.one_line(proc.stderr) == "KeyError: 'overrides'"
