@@ -523,7 +523,8 @@ def report(dirs: Sequence[Path], out: Path | None = None, readme: Path | None = 
 
 def main(argv: list[str] | None = None) -> str:
     """Print the tables; exit 2 with a one-line message when the report cannot be made."""
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(prog="python -m simulations.tools.report",
+                                     description=__doc__.splitlines()[0])
     parser.add_argument("dirs", nargs="+", type=Path, help="suite, multirun or run directories")
     parser.add_argument("--out", type=Path, default=None, help="where to write (default: first dir)")
     parser.add_argument("--readme", type=Path, default=None,

@@ -316,7 +316,7 @@ def list_suites() -> list[tuple[str, str]]:
 def main(argv: list[str] | None = None) -> int:
     """Command line; returns the exit status (1 when a job failed)."""
     parser = argparse.ArgumentParser(
-        description=__doc__.splitlines()[0],
+        prog="python -m simulations.tools.suite", description=__doc__.splitlines()[0],
         epilog="Suites: " + ", ".join(name for name, _ in list_suites()),
     )
     parser.add_argument("name", nargs="?", help="suite name (conf/suite/<name>.yaml) or a .yaml path")
