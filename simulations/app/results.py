@@ -174,24 +174,11 @@ def read_rounds(path: str | Path) -> list[dict[str, Any]]:
 
 
 def plot_runs(runs: Mapping[str, list[Mapping[str, Any]]], path: str | Path) -> None:
-    """Plot accuracy vs cumulative training MB (up + down) for several runs."""
-    import matplotlib
+    """Plot accuracy vs cumulative training MB (up + down), one curve per run.
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    The plotting lives in :func:`simulations.tools.report.plot_accuracy`; this keeps the
+    one-run plot that :class:`ResultsWriter` writes.
+    """
+    from simulations.tools.report import plot_accuracy
 
-    fig, ax = plt.subplots(figsize=(6.4, 4.2))
-    for label, records in runs.items():
-        points = [(total_bytes(r) / MB, accuracy_of(r)) for r in records]
-        points = [(x, y) for x, y in points if y is not None]
-        if points:
-            xs, ys = zip(*points, strict=True)
-            ax.plot(xs, ys, marker=".", label=label)
-    ax.set_xlabel("cumulative measured traffic, up + down (MB)")
-    ax.set_ylabel("test accuracy")
-    ax.grid(alpha=0.3)
-    if ax.lines:
-        ax.legend(fontsize="small")
-    fig.tight_layout()
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
+    plot_accuracy({label: [records] for label, records in runs.items()}, path, x="mb")
