@@ -10,10 +10,13 @@
   rest;
 * **per-round records** (:meth:`round_record`) that the results writer stores.
 
-Methods override small hooks instead of Flower's methods where they can:
-:meth:`encode_global` (what goes down), :meth:`expected_reply_arrays` and
-:meth:`parse_train_reply` (what must come up), :meth:`aggregate_replies` (how the new
-global model is made) and :meth:`method_metrics` (extra per-round fields).
+Methods override small hooks instead of Flower's methods: :meth:`encode_global` (what
+every sampled node may share), :meth:`node_payload` (what each sampled node gets; the
+base samples the nodes, once, through Flower's ``FedAvg``), :meth:`decode_reply` (the one
+decoding path of every reply array, training and evaluation), :meth:`expected_reply_arrays`
+and :meth:`parse_train_reply` / :meth:`parse_evaluate_reply` (what must come up),
+:meth:`aggregate_replies` (how the new global model is made) and :meth:`method_metrics`
+(extra per-round fields).
 """
 
 from __future__ import annotations
@@ -164,6 +167,54 @@ class FedleanStrategy(FedAvg):
         """ArrayRecord sent down for training (default: the whole model via the codec)."""
         return encode_arrays(arrays, encoding=self.encoding)
 
+    def node_payload(
+        self,
+        server_round: int,
+        node_id: int,
+        message_type: str,
+        arrays: ArrayRecord,
+        config: ConfigRecord,
+    ) -> RecordDict | None:
+        """Content of the message to one sampled node (default: None, the shared payload).
+
+        Parameters
+        ----------
+        server_round : int
+            The round being configured.
+        node_id : int
+            The sampled node the message goes to.
+        message_type : str
+            ``MessageType.TRAIN`` or ``MessageType.EVALUATE``.
+        arrays : ArrayRecord
+            What :meth:`encode_global` (training) or the codec (evaluation) made of the
+            global model for this round.
+        config : ConfigRecord
+            The round's ConfigRecord (``server-round`` and the run settings included).
+
+        Returns
+        -------
+        RecordDict | None
+            The message content; None keeps the payload Flower's ``FedAvg`` built for
+            every sampled node (``arrays`` and ``config``). Returning one object for
+            several nodes lets it be serialized once.
+
+        """
+        return None
+
+    def decode_reply(
+        self,
+        server_round: int,
+        content: RecordDict,
+        key: str = ARRAYS_KEY,
+        expected_keys: Iterable[str] | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Decode one ArrayRecord of a reply (training or evaluation) through the codec.
+
+        Every method reads reply arrays through this hook; :class:`ReplyError` if the
+        record is absent, malformed or (with ``expected_keys``) holds other names.
+        """
+        return decode_reply_arrays(content, key, expected_keys)
+
     def add_train_config(self, server_round: int, config: ConfigRecord) -> None:
         """Add per-round entries to the training ConfigRecord (default: none)."""
 
@@ -176,7 +227,7 @@ class FedleanStrategy(FedAvg):
         content = message.content
         num_examples = self._num_examples(content)
         expected = self.expected_reply_arrays(server_round)
-        arrays = decode_reply_arrays(content, ARRAYS_KEY, expected)
+        arrays = self.decode_reply(server_round, content, ARRAYS_KEY, expected)
         for name, shape in expected.items():
             reference = self.global_arrays.get(name)
             check_reply_array(name, arrays[name], shape,
@@ -188,6 +239,15 @@ class FedleanStrategy(FedAvg):
             metrics=content.metric_records[METRICS_KEY],
             content=content,
         )
+
+    def parse_evaluate_reply(self, server_round: int, message: Message) -> RecordDict:
+        """Validate one evaluation reply (``num-examples``, finite metrics); raise to drop it."""
+        content = message.content
+        self._num_examples(content)
+        for name, value in content.metric_records[METRICS_KEY].items():
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ReplyError(f"metric '{name}' is not finite")
+        return content
 
     def aggregate_replies(
         self, server_round: int, replies: list[ParsedReply]
@@ -208,12 +268,13 @@ class FedleanStrategy(FedAvg):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """Encode the global model through the codec, send, and count the bytes."""
+        """Sample nodes (Flower's FedAvg), give each its :meth:`node_payload`, count bytes."""
         self.global_arrays = arrayrecord_to_numpy(arrays)
         config[RUN_CONFIG_KEY] = self._client_config_json
         self.add_train_config(server_round, config)
         encoded = self.encode_global(server_round, self.global_arrays)
-        messages = list(super().configure_train(server_round, encoded, config, grid))
+        sampled = super().configure_train(server_round, encoded, config, grid)
+        messages = self._per_node(server_round, sampled, encoded, config)
         self._count(server_round, "bytes_down", messages)
         return messages
 
@@ -249,7 +310,8 @@ class FedleanStrategy(FedAvg):
             return []
         config[RUN_CONFIG_KEY] = self._client_config_json
         encoded = encode_arrays(arrayrecord_to_numpy(arrays), encoding=self.encoding)
-        messages = list(super().configure_evaluate(server_round, encoded, config, grid))
+        sampled = super().configure_evaluate(server_round, encoded, config, grid)
+        messages = self._per_node(server_round, sampled, encoded, config)
         self._count(server_round, "eval_bytes_down", messages)
         return messages
 
@@ -264,11 +326,7 @@ class FedleanStrategy(FedAvg):
             try:
                 if message.has_error():
                     raise ReplyError(f"error reply: {message.error.reason}")
-                self._num_examples(message.content)
-                for name, value in message.content.metric_records[METRICS_KEY].items():
-                    if isinstance(value, float) and not math.isfinite(value):
-                        raise ReplyError(f"metric '{name}' is not finite")
-                valid.append(message.content)
+                valid.append(self.parse_evaluate_reply(server_round, message))
             except ReplyError as exc:
                 self._drop(server_round, message, "evaluate", exc)
         if not valid:
@@ -375,6 +433,26 @@ class FedleanStrategy(FedAvg):
         return record
 
     # --------------------------------------------------------------- helpers
+    def _per_node(
+        self,
+        server_round: int,
+        sampled: Iterable[Message],
+        arrays: ArrayRecord,
+        config: ConfigRecord,
+    ) -> list[Message]:
+        """Flower's sampled messages, each with its node's :meth:`node_payload`."""
+        messages = []
+        for message in sampled:
+            node_id = message.metadata.dst_node_id
+            message_type = message.metadata.message_type
+            content = self.node_payload(server_round, node_id, message_type, arrays, config)
+            if content is None:
+                messages.append(message)
+            else:
+                messages.append(Message(content=content, message_type=message_type,
+                                        dst_node_id=node_id))
+        return messages
+
     def _count(self, server_round: int, key: str, messages: list[Message]) -> None:
         self.bytes[server_round][key] += messages_bytes(messages)
 

@@ -28,11 +28,10 @@ from .base import (
     ParsedReply,
     ReplyError,
     check_reply_array,
-    decode_reply_arrays,
     numpy_to_arrayrecord,
 )
 from .codec import encode_arrays
-from .wire import ARRAYS_KEY, METRICS_KEY, RUN_CONFIG_KEY
+from .wire import ARRAYS_KEY, METRICS_KEY
 
 # Arrays of a training reply (up) ...
 FEATURES_KEY = "features"
@@ -140,7 +139,7 @@ class FedGKT(FedleanStrategy):
         """Validate an upload: keys, shapes, dtypes, label range, unique indices, finite."""
         content = message.content
         num_examples = self._num_examples(content)
-        arrays = decode_reply_arrays(content, ARRAYS_KEY, REPLY_KEYS)
+        arrays = self.decode_reply(server_round, content, ARRAYS_KEY, REPLY_KEYS)
         num_test = len(arrays[TEST_LABELS_KEY])
         expected = {
             FEATURES_KEY: (num_examples, *self.feature_shape),
@@ -210,25 +209,23 @@ class FedGKT(FedleanStrategy):
                 "server_seconds_total": round(self.server_seconds, 3),
                 "feature_shape": list(self.feature_shape)}
 
-    # ------------------------------------------------------- Flower's methods
-    def configure_train(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        """One message per sampled node carrying only that node's server logits."""
-        config[RUN_CONFIG_KEY] = self._client_config_json
-        self.add_train_config(server_round, config)
-        # Flower's FedAvg samples the nodes and stamps the round; the payload is per node.
-        sampled = super(FedleanStrategy, self).configure_train(
-            server_round, ArrayRecord(), config, grid)
-        messages = [
-            Message(RecordDict({self.arrayrecord_key: self.logits_for(m.metadata.dst_node_id),
-                                self.configrecord_key: config}),
-                    dst_node_id=m.metadata.dst_node_id, message_type=m.metadata.message_type)
-            for m in sampled
-        ]
-        self._count(server_round, "bytes_down", messages)
-        return messages
+    def encode_global(self, server_round: int, arrays: dict[str, np.ndarray]) -> ArrayRecord:
+        """Nothing shared: no model weights travel, each node gets its own logits."""
+        return ArrayRecord()
 
+    def node_payload(
+        self,
+        server_round: int,
+        node_id: int,
+        message_type: str,
+        arrays: ArrayRecord,
+        config: ConfigRecord,
+    ) -> RecordDict | None:
+        """The node's own server logits (:meth:`logits_for`) and the round's config."""
+        return RecordDict({self.arrayrecord_key: self.logits_for(node_id),
+                           self.configrecord_key: config})
+
+    # ------------------------------------------------------- Flower's methods
     def logits_for(self, node_id: int) -> ArrayRecord:
         """The node's own server logits and sample indices (empty before its first upload)."""
         if node_id not in self.server_logits:

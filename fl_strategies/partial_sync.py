@@ -40,16 +40,13 @@ Messages
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from logging import INFO
 from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy.strategy_utils import sample_nodes
-from flwr.supercore import log
 
-from .base import FedleanStrategy, ParsedReply, ReplyError, arrayrecord_to_numpy, weighted_mean
+from .base import FedleanStrategy, ParsedReply, ReplyError, weighted_mean
 from .codec import CodecError, encode_arrays
 from .wire import ARRAYS_KEY, CONFIG_KEY, METRICS_KEY, RUN_CONFIG_KEY, message_bytes
 
@@ -300,6 +297,10 @@ class PartialSyncStrategy(FedleanStrategy):
         self.node_round: dict[int, int] = {}
         self.round_stats: dict[int, dict[str, float]] = {}
         self.dense_bytes: dict[int, dict[str, int]] = {}
+        # The round's two possible training payloads (full: True, partial: False), built
+        # once each and shared by every node that gets that kind.
+        self._payloads: dict[bool, RecordDict] = {}
+        self._payloads_round = 0
 
     # ------------------------------------------------------------ subclass hooks
     def init_state(self, size: int) -> None:
@@ -351,44 +352,52 @@ class PartialSyncStrategy(FedleanStrategy):
         arrays.update(encode_masks(self.mask_spec, self.masks, self.known_masks))
         return encode_arrays(arrays, encoding=self.encoding)
 
+    # ------------------------------------------------------------ base hooks
+    def encode_global(self, server_round: int, arrays: dict[str, np.ndarray]) -> ArrayRecord:
+        """Nothing shared: every training payload is per node (:meth:`node_payload`)."""
+        self._ensure_state()
+        return ArrayRecord()
+
+    def node_payload(
+        self,
+        server_round: int,
+        node_id: int,
+        message_type: str,
+        arrays: ArrayRecord,
+        config: ConfigRecord,
+    ) -> RecordDict | None:
+        """A partial message for a fresh node, else a full one (one object of each per round)."""
+        if message_type != MessageType.TRAIN:
+            return None
+        full = not self.is_fresh(node_id, server_round)
+        if self._payloads_round != server_round:
+            self._payloads, self._payloads_round = {}, server_round
+        if full not in self._payloads:
+            node_config = ConfigRecord(dict(config.items()))
+            node_config[SYNC_FULL_KEY] = full
+            node_config[SYNC_BASE_ROUND_KEY] = server_round - 1
+            record = self._full_arrays() if full else self._partial_arrays()
+            self._payloads[full] = RecordDict({ARRAYS_KEY: record, CONFIG_KEY: node_config})
+        return self._payloads[full]
+
     # ------------------------------------------------------------ Flower's methods
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """Sample nodes; send each a partial message if it is fresh, else a full one."""
-        self.global_arrays = arrayrecord_to_numpy(arrays)
-        self._ensure_state()
-        if self.fraction_train == 0.0:
-            return []
-        num_nodes = int(len(list(grid.get_node_ids())) * self.fraction_train)
-        sample_size = max(num_nodes, self.min_train_nodes)
-        node_ids, all_nodes = sample_nodes(grid, self.min_available_nodes, sample_size)
-        log(INFO, "configure_train: Sampled %s nodes (out of %s)", len(node_ids),
-            len(all_nodes))
-        config["server-round"] = server_round
-        config[RUN_CONFIG_KEY] = self._client_config_json
-        self.add_train_config(server_round, config)
-        contents: dict[bool, RecordDict] = {}
-        messages = []
-        for node_id in node_ids:
-            full = not self.is_fresh(node_id, server_round)
-            if full not in contents:
-                node_config = ConfigRecord(dict(config.items()))
-                node_config[SYNC_FULL_KEY] = full
-                node_config[SYNC_BASE_ROUND_KEY] = server_round - 1
-                record = self._full_arrays() if full else self._partial_arrays()
-                contents[full] = RecordDict({ARRAYS_KEY: record, CONFIG_KEY: node_config})
-            messages.append(Message(content=contents[full], message_type=MessageType.TRAIN,
-                                    dst_node_id=node_id))
-        self._count(server_round, "bytes_down", messages)
+        """As the base (per-node full/partial payloads); then the round's freezing stats."""
+        messages = list(super().configure_train(server_round, arrays, config, grid))
+        if not messages:
+            return messages
+        node_ids = [m.metadata.dst_node_id for m in messages]
         stats = self.round_stats.setdefault(server_round, {})
         stats["full_messages"] = sum(1 for n in node_ids if not self.is_fresh(n, server_round))
-        if False in contents:
+        partial = self._payloads.get(False) if self._payloads_round == server_round else None
+        if partial is not None:
             # Serialized payload of the masks in one partial message (npy bytes).
-            record = contents[False].array_records[ARRAYS_KEY]
+            record = partial.array_records[ARRAYS_KEY]
             stats["mask_bytes"] = sum(len(record[k].data) for k in record
                                       if k.startswith(MASK_PREFIX))
-        if self.measure_dense and messages:
+        if self.measure_dense:
             dense_config = ConfigRecord({"server-round": server_round,
                                          RUN_CONFIG_KEY: self._client_config_json})
             dense = Message(content=RecordDict({

@@ -28,7 +28,7 @@ from flwr.app import ConfigRecord, MessageType, RecordDict
 from flwr.serverapp import Grid
 from flwr.supercore import log
 
-from .base import ReplyError, check_reply_array, decode_reply_arrays
+from .base import ReplyError, check_reply_array
 from .codec import encode_arrays
 from .fedsparsify import (
     GRASP_TEMPERATURE_KEY,
@@ -120,7 +120,7 @@ class PruneAtInit(FedSparsifyGlobal):
         reply = replies[0]
         if reply.has_error():
             raise ReplyError(f"error reply: {reply.error.reason}")
-        scores = decode_reply_arrays(reply.content, SCORES_KEY, self.keep)
+        scores = self.decode_reply(0, reply.content, SCORES_KEY, self.keep)
         for name, value in scores.items():
             check_reply_array(name, value, self.keep[name].shape)
         return scores

@@ -41,7 +41,7 @@ import numpy as np
 from flwr.app import Message
 from flwr.supercore import log
 
-from .base import ParsedReply, ReplyError, decode_reply_arrays, weighted_mean
+from .base import ParsedReply, ReplyError, weighted_mean
 from .swat import Swat, topk_keep_count
 from .wire import ARRAYS_KEY, METRICS_KEY
 
@@ -259,7 +259,7 @@ class ZeroFL(Swat):
         """Validate a reply: dense tensors as the base does, sparse ones by position."""
         content = message.content
         num_examples = self._num_examples(content)
-        arrays = decode_reply_arrays(content, ARRAYS_KEY)
+        arrays = self.decode_reply(server_round, content, ARRAYS_KEY)
         dense_expected = self.expected_reply_arrays(server_round)
         wire_names = set(dense_expected)
         values: dict[str, np.ndarray] = {}

@@ -176,3 +176,56 @@ def test_run_config_travels_in_every_message():
     assert seen == ['{"method": {"name": "fedavg"}}'] * 2
 
 
+
+
+class PerNodeFedAvg(FedAvg):
+    """FedAvg whose nodes each get their own marker array, train and evaluate."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.payload_calls: list[tuple[int, int, str]] = []
+        self.decoded: list[tuple[int, str]] = []
+
+    def node_payload(self, server_round, node_id, message_type, arrays, config):
+        self.payload_calls.append((server_round, node_id, message_type))
+        marked = ArrayRecord(dict(arrays.items()))
+        marked["node"] = Array(np.array([node_id], np.int64))
+        return RecordDict({"arrays": marked, "config": config})
+
+    def expected_reply_arrays(self, server_round):
+        return {**super().expected_reply_arrays(server_round), "node": (1,)}
+
+    def decode_reply(self, server_round, content, key="arrays", expected_keys=None):
+        self.decoded.append((server_round, key))
+        return super().decode_reply(server_round, content, key, expected_keys)
+
+    def aggregate_replies(self, server_round, replies):
+        for reply in replies:
+            assert int(reply.arrays["node"][0]) == reply.node_id
+        merged = super().aggregate_replies(server_round, replies)
+        return {k: v for k, v in merged.items() if k != "node"}
+
+
+def test_node_payload_reaches_each_sampled_node_and_every_reply_decodes_through_the_hook():
+    seen: dict[str, dict[int, int]] = {"train": {}, "evaluate": {}}
+
+    def client_app(message, context):
+        node = int(decode_arrays(message.content.array_records["arrays"])["node"][0])
+        kind = message.metadata.message_type
+        seen[kind][message.metadata.dst_node_id] = node
+        if kind == "evaluate":
+            return Message(RecordDict({"metrics": MetricRecord({"num-examples": 5, "loss": 1.0})}),
+                           reply_to=message)
+        content = good_reply(message, context.node_config["partition-id"])
+        arrays = {**decode_arrays(content.array_records["arrays"]), "node": np.array([node])}
+        content["arrays"] = encode_arrays(arrays)
+        return Message(content, reply_to=message)
+
+    strategy = PerNodeFedAvg(min_available_nodes=3, fraction_train=1.0, fraction_evaluate=1.0)
+    run_rounds(strategy, client_app, 3, rounds=2)
+    # Each sampled node received its own payload, both kinds of message, both rounds.
+    for kind in ("train", "evaluate"):
+        assert len(seen[kind]) == 3 and all(dst == node for dst, node in seen[kind].items())
+    assert sorted(c[2] for c in strategy.payload_calls) == ["evaluate"] * 6 + ["train"] * 6
+    # Every training reply was decoded through decode_reply.
+    assert strategy.decoded == [(1, "arrays")] * 3 + [(2, "arrays")] * 3
