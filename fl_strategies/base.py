@@ -159,12 +159,57 @@ class FedleanStrategy(FedAvg):
         self.dropped: dict[int, list[str]] = defaultdict(list)
         self.train_metrics: dict[int, MetricRecord] = {}
         self.eval_metrics: dict[int, MetricRecord] = {}
-        self.global_arrays: dict[str, np.ndarray] = {}
+        self._global_arrays: dict[str, np.ndarray] = {}
+        self._global_record: ArrayRecord | None = None
+        self._downlink_record: ArrayRecord | None = None
         self._client_config_json = json.dumps(self.client_config, sort_keys=True)
+
+    # ------------------------------------------------------------ global model
+    @property
+    def global_arrays(self) -> dict[str, np.ndarray]:
+        """The server's global model as numpy: the one copy every hook works on.
+
+        Assigning a new model drops the records made of the previous one; the dict must
+        not be changed in place (assign a new one).
+        """
+        return self._global_arrays
+
+    @global_arrays.setter
+    def global_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        self._global_arrays = arrays
+        self._global_record = None
+        self._downlink_record = None
+
+    def global_record(self) -> ArrayRecord:
+        """The global model as a plain ArrayRecord (Flower's round loop, ``Result.arrays``).
+
+        Made once per model: the ArrayRecord handed back by this method is recognised
+        when Flower passes it in again, so no hook converts it back to numpy.
+        """
+        if self._global_record is None:
+            self._global_record = numpy_to_arrayrecord(self._global_arrays)
+        return self._global_record
+
+    def downlink_record(self) -> ArrayRecord:
+        """The global model through the codec (``encoding``), made once per model.
+
+        Training (default :meth:`encode_global`) and evaluation messages share it.
+        """
+        if self._downlink_record is None:
+            self._downlink_record = encode_arrays(self._global_arrays, encoding=self.encoding)
+        return self._downlink_record
+
+    def _adopt(self, arrays: ArrayRecord) -> dict[str, np.ndarray]:
+        """Numpy view of a model Flower passed in: the global one without a conversion."""
+        if arrays is self._global_record:
+            return self._global_arrays
+        return arrayrecord_to_numpy(arrays)
 
     # ------------------------------------------------------------------ hooks
     def encode_global(self, server_round: int, arrays: dict[str, np.ndarray]) -> ArrayRecord:
         """ArrayRecord sent down for training (default: the whole model via the codec)."""
+        if arrays is self._global_arrays:
+            return self.downlink_record()
         return encode_arrays(arrays, encoding=self.encoding)
 
     def node_payload(
@@ -269,7 +314,9 @@ class FedleanStrategy(FedAvg):
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
         """Sample nodes (Flower's FedAvg), give each its :meth:`node_payload`, count bytes."""
-        self.global_arrays = arrayrecord_to_numpy(arrays)
+        if arrays is not self._global_record:
+            # A model from outside the strategy (e.g. Flower's loop given another start).
+            self.global_arrays = arrayrecord_to_numpy(arrays)
         config[RUN_CONFIG_KEY] = self._client_config_json
         self.add_train_config(server_round, config)
         encoded = self.encode_global(server_round, self.global_arrays)
@@ -300,7 +347,7 @@ class FedleanStrategy(FedAvg):
         self.global_arrays = new_global
         metrics = self.train_metrics_aggr_fn([r.content for r in parsed], self.weighted_by_key)
         self.train_metrics[server_round] = metrics
-        return numpy_to_arrayrecord(new_global), metrics
+        return self.global_record(), metrics
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -309,7 +356,10 @@ class FedleanStrategy(FedAvg):
         if self.fraction_evaluate == 0.0:
             return []
         config[RUN_CONFIG_KEY] = self._client_config_json
-        encoded = encode_arrays(arrayrecord_to_numpy(arrays), encoding=self.encoding)
+        if arrays is self._global_record:
+            encoded = self.downlink_record()
+        else:
+            encoded = encode_arrays(arrayrecord_to_numpy(arrays), encoding=self.encoding)
         sampled = super().configure_evaluate(server_round, encoded, config, grid)
         messages = self._per_node(server_round, sampled, encoded, config)
         self._count(server_round, "eval_bytes_down", messages)
@@ -389,21 +439,26 @@ class FedleanStrategy(FedAvg):
 
         """
         self.global_arrays = arrayrecord_to_numpy(initial_arrays)
+        self._global_record = initial_arrays
         initial = self.prepare_initial(grid, self.global_arrays, timeout)
-        self.global_arrays = initial
+        if initial is not self._global_arrays:
+            self.global_arrays = initial
 
         def evaluate_and_record(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
             central = None
             if evaluate_fn is not None:
-                view = self.central_view(arrayrecord_to_numpy(arrays))
-                central = evaluate_fn(server_round, numpy_to_arrayrecord(view))
+                model = self._adopt(arrays)
+                view = self.central_view(model)
+                record = self.global_record() if view is self._global_arrays else (
+                    numpy_to_arrayrecord(view))
+                central = evaluate_fn(server_round, record)
             if on_round_end is not None:
                 on_round_end(self.round_record(server_round, central))
             return central
 
         return super().start(
             grid,
-            numpy_to_arrayrecord(initial),
+            self.global_record(),
             num_rounds=num_rounds,
             timeout=timeout,
             train_config=train_config,

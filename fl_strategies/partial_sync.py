@@ -401,8 +401,8 @@ class PartialSyncStrategy(FedleanStrategy):
             dense_config = ConfigRecord({"server-round": server_round,
                                          RUN_CONFIG_KEY: self._client_config_json})
             dense = Message(content=RecordDict({
-                ARRAYS_KEY: encode_arrays(self.global_arrays, encoding=self.encoding),
-                CONFIG_KEY: dense_config}), message_type=MessageType.TRAIN,
+                ARRAYS_KEY: self.downlink_record(), CONFIG_KEY: dense_config}),
+                message_type=MessageType.TRAIN,
                 dst_node_id=node_ids[0])
             self.dense_bytes.setdefault(server_round, {})["down"] = (
                 len(messages) * message_bytes(dense))
@@ -453,15 +453,6 @@ class PartialSyncStrategy(FedleanStrategy):
         new_global = dict(self.global_arrays)
         new_global.update(layout.unflatten(new_flat, like=self.global_arrays))
         new_global.update({k: merged[k] for k in self.buffer_keys})
-        if self.measure_dense:
-            # FedAvg's reply: a whole trained model (the new global one stands in for
-            # it) and the same metrics.
-            dense_reply = Message(content=RecordDict({
-                ARRAYS_KEY: encode_arrays(new_global, encoding=self.encoding),
-                METRICS_KEY: MetricRecord(dict(replies[0].metrics.items()))}),
-                message_type=MessageType.TRAIN, dst_node_id=replies[0].node_id)
-            self.dense_bytes.setdefault(server_round, {})["up"] = (
-                len(replies) * message_bytes(dense_reply))
         return new_global
 
     def aggregate_train(
@@ -471,11 +462,23 @@ class PartialSyncStrategy(FedleanStrategy):
         replies = list(replies)
         arrays, metrics = super().aggregate_train(server_round, replies)
         if self.measure_dense:
-            # A dropped reply would have cost the same under FedAvg: count it as it was.
-            aggregated = {n for n, r in self.node_round.items() if r == server_round}
+            aggregated = [m for m in replies
+                          if self.node_round.get(m.metadata.src_node_id) == server_round]
             dense = self.dense_bytes.setdefault(server_round, {})
-            dense["up"] = dense.get("up", 0) + sum(
-                message_bytes(m) for m in replies if m.metadata.src_node_id not in aggregated)
+            dense["up"] = 0
+            if aggregated:
+                # FedAvg's reply: a whole trained model (the new global one stands in
+                # for it, through the downlink codec the evaluation shares) and the same
+                # metrics.
+                first = aggregated[0].content.metric_records[METRICS_KEY]
+                dense_reply = Message(content=RecordDict({
+                    ARRAYS_KEY: self.downlink_record(),
+                    METRICS_KEY: MetricRecord(dict(first.items()))}),
+                    message_type=MessageType.TRAIN, dst_node_id=aggregated[0].metadata.src_node_id)
+                dense["up"] = len(aggregated) * message_bytes(dense_reply)
+            # A dropped reply would have cost the same under FedAvg: count it as it was.
+            dense["up"] += sum(message_bytes(m) for m in replies
+                               if self.node_round.get(m.metadata.src_node_id) != server_round)
         return arrays, metrics
 
     def method_metrics(self, server_round: int) -> dict[str, float]:
