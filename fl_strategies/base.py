@@ -91,16 +91,21 @@ def _check_finite(name: str, value: np.ndarray) -> None:
 
 
 def decode_reply_arrays(
-    content: RecordDict, key: str = ARRAYS_KEY, expected_keys: Iterable[str] | None = None
+    content: RecordDict,
+    key: str = ARRAYS_KEY,
+    expected_keys: Mapping[str, tuple[int, ...]] | Iterable[str] | None = None,
 ) -> dict[str, np.ndarray]:
     """Decode one ArrayRecord of a reply; :class:`ReplyError` if absent or malformed.
 
-    With ``expected_keys``, the decoded names must be exactly those.
+    With ``expected_keys``, the decoded names must be exactly those; given as a mapping
+    of names to shapes, an entry claiming another shape is rejected by the codec before
+    anything is allocated for it.
     """
     if key not in content.array_records:
         raise ReplyError(f"no ArrayRecord '{key}'")
+    shapes = dict(expected_keys) if isinstance(expected_keys, Mapping) else None
     try:
-        arrays = decode_arrays(content.array_records[key])
+        arrays = decode_arrays(content.array_records[key], shapes)
     except (CodecError, ValueError, TypeError) as exc:
         raise ReplyError(f"undecodable payload: {exc}") from exc
     if expected_keys is not None:
@@ -251,12 +256,13 @@ class FedleanStrategy(FedAvg):
         server_round: int,
         content: RecordDict,
         key: str = ARRAYS_KEY,
-        expected_keys: Iterable[str] | None = None,
+        expected_keys: Mapping[str, tuple[int, ...]] | Iterable[str] | None = None,
     ) -> dict[str, np.ndarray]:
         """Decode one ArrayRecord of a reply (training or evaluation) through the codec.
 
         Every method reads reply arrays through this hook; :class:`ReplyError` if the
         record is absent, malformed or (with ``expected_keys``) holds other names.
+        Shapes given as a mapping are checked before the codec allocates anything.
         """
         return decode_reply_arrays(content, key, expected_keys)
 

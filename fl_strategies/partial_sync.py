@@ -15,9 +15,9 @@ Masks
     layout for round ``t + 1``; the positions clients upload (``sync``) are their union
     (APF: ``active``; GWPF: ``active`` and ``thawed``). A mask travels as its change
     against the mask the client already holds (its initial value when the message
-    carries the whole state): ``mask-<name>-flips`` (uint32 indices of the flipped
-    positions, 4 bytes per flip) or ``mask-<name>-xor`` (packed bits, 1 bit per
-    position), whichever is smaller (:func:`encode_mask_update`). A mask may be
+    carries the whole state): ``mask-<name>@flips``, the flipped positions as a position
+    set (:func:`fl_strategies.codec.encode_positions`: uint32 indices, packed bits or
+    zlib over either, whichever is smallest; :func:`encode_mask_update`). A mask may be
     declared to live within the False positions of an earlier one (GWPF's ``thawed``
     within the frozen ``~active``); it is then sent over that domain only
     (:data:`MaskSpec`, :func:`encode_masks`). So both of GWPF's masks cost at most
@@ -47,7 +47,7 @@ from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricReco
 from flwr.serverapp import Grid
 
 from .base import FedleanStrategy, ParsedReply, ReplyError, weighted_mean
-from .codec import CodecError, encode_arrays
+from .codec import CodecError, decode_positions, encode_arrays, encode_positions
 from .wire import ARRAYS_KEY, CONFIG_KEY, METRICS_KEY, RUN_CONFIG_KEY, message_bytes
 
 #: ConfigRecord entry: ``True`` when the message carries the whole model and masks.
@@ -57,8 +57,7 @@ SYNC_BASE_ROUND_KEY = "sync-base-round"
 #: Flat values of the synced positions (down: last round's; up: this round's).
 VALUES_KEY = "sync-values"
 MASK_PREFIX = "mask-"
-FLIPS_SUFFIX = "-flips"
-XOR_SUFFIX = "-xor"
+FLIPS_SUFFIX = "@flips"
 
 #: State-dict names that are statistics, not trainable parameters (used when no
 #: explicit list of freezable names is given).
@@ -163,16 +162,18 @@ def stability(ema: np.ndarray, abs_ema: np.ndarray, eps: float = 1e-12) -> np.nd
 
 
 # ---------------------------------------------------------------------- masks
-def encode_mask_update(name: str, previous: np.ndarray, current: np.ndarray) -> dict[str, np.ndarray]:
-    """The change from ``previous`` to ``current``, in its smaller form.
+def mask_key(name: str) -> str:
+    """Wire key of mask ``name``'s change: ``mask-<name>@flips``."""
+    return MASK_PREFIX + name + FLIPS_SUFFIX
 
-    uint32 indices of the flipped positions (4 bytes each) when fewer than one flip
-    in 32 positions, else the XOR as packed bits (1 bit per position).
+
+def encode_mask_update(name: str, previous: np.ndarray, current: np.ndarray) -> dict[str, np.ndarray]:
+    """The change from ``previous`` to ``current``: the flipped positions as a position set.
+
+    The codec's position encoder picks the smallest form (uint32 indices when few flip,
+    packed bits when many, zlib over either when that is smaller still).
     """
-    flips = np.flatnonzero(previous != current).astype(np.uint32)
-    if 4 * flips.size < (current.size + 7) // 8:
-        return {MASK_PREFIX + name + FLIPS_SUFFIX: flips}
-    return {MASK_PREFIX + name + XOR_SUFFIX: previous != current}
+    return {mask_key(name): encode_positions(previous != current)}
 
 
 def decode_mask(name: str, arrays: Mapping[str, np.ndarray], previous: np.ndarray) -> np.ndarray:
@@ -184,21 +185,15 @@ def decode_mask(name: str, arrays: Mapping[str, np.ndarray], previous: np.ndarra
         If the change is missing or does not fit ``previous``.
 
     """
-    xor = arrays.get(MASK_PREFIX + name + XOR_SUFFIX)
-    flips = arrays.get(MASK_PREFIX + name + FLIPS_SUFFIX)
-    if xor is not None:
-        if xor.size != previous.size:
-            raise CodecError(f"mask '{name}' change has {xor.size} bits, expected "
-                             f"{previous.size}")
-        return previous ^ np.asarray(xor, dtype=bool).reshape(-1)
-    if flips is not None:
-        flips = np.asarray(flips).astype(np.int64).reshape(-1)
-        if flips.size and (flips.min() < 0 or flips.max() >= previous.size):
-            raise CodecError(f"mask '{name}' flip index out of range")
-        mask = previous.copy()
-        mask[flips] = ~mask[flips]
-        return mask
-    raise CodecError(f"mask '{name}' missing from the message")
+    blob = arrays.get(mask_key(name))
+    if blob is None:
+        raise CodecError(f"mask '{name}' missing from the message")
+    if blob.dtype != np.uint8 or blob.ndim != 1:
+        raise CodecError(f"mask '{name}' change is {blob.dtype}{blob.shape}, not a position set")
+    mask = previous.copy()
+    flips = decode_positions(blob, previous.size)
+    mask[flips] = ~mask[flips]
+    return mask
 
 
 #: ``(name, within, initial)`` per mask, in decoding order: ``within`` is None (the
@@ -255,7 +250,7 @@ def synced_positions(masks: Mapping[str, np.ndarray]) -> np.ndarray:
 
 def mask_keys(names: Iterable[str]) -> set[str]:
     """Every wire key a mask of these names may use."""
-    return {MASK_PREFIX + n + suffix for n in names for suffix in (FLIPS_SUFFIX, XOR_SUFFIX)}
+    return {mask_key(n) for n in names}
 
 
 # ---------------------------------------------------------------------- strategy

@@ -120,7 +120,8 @@ class PruneAtInit(FedSparsifyGlobal):
         reply = replies[0]
         if reply.has_error():
             raise ReplyError(f"error reply: {reply.error.reason}")
-        scores = self.decode_reply(0, reply.content, SCORES_KEY, self.keep)
+        shapes = {name: keep.shape for name, keep in self.keep.items()}
+        scores = self.decode_reply(0, reply.content, SCORES_KEY, shapes)
         for name, value in scores.items():
             check_reply_array(name, value, self.keep[name].shape)
         return scores
