@@ -33,9 +33,9 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Result
-from flwr.supercore import log
 
 from .codec import CodecError, decode_arrays, encode_arrays
+from .flwr_compat import log
 from .wire import ARRAYS_KEY, METRICS_KEY, NUM_EXAMPLES_KEY, RUN_CONFIG_KEY, messages_bytes
 
 

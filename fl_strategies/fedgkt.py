@@ -21,7 +21,6 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result
-from flwr.supercore import log
 
 from .base import (
     FedleanStrategy,
@@ -31,6 +30,7 @@ from .base import (
     numpy_to_arrayrecord,
 )
 from .codec import encode_arrays
+from .flwr_compat import log
 from .wire import ARRAYS_KEY, METRICS_KEY
 
 # Arrays of a training reply (up) ...

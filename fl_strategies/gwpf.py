@@ -35,9 +35,9 @@ from typing import Any
 
 import numpy as np
 from flwr.app import ConfigRecord
-from flwr.supercore import log
 
 from .base import ParsedReply
+from .flwr_compat import log
 from .partial_sync import MaskSpec, StabilityFreezingStrategy, ema_update, stability
 from .wire import ARRAYS_KEY
 

@@ -11,9 +11,9 @@ from logging import INFO
 from typing import Any
 
 import numpy as np
-from flwr.supercore import log
 
 from .base import FedleanStrategy, ParsedReply
+from .flwr_compat import log
 
 #: Client metrics (per reply): training FLOPs this round, dense and as SWAT's sparse
 #: operations would need them (see ``clients.swat``).

@@ -39,10 +39,10 @@ from typing import Any
 
 import numpy as np
 from flwr.app import Message
-from flwr.supercore import log
 
 from .base import ParsedReply, ReplyError, weighted_mean
 from .codec import decode_positions, encode_positions
+from .flwr_compat import log
 from .swat import Swat, topk_keep_count
 from .wire import ARRAYS_KEY, METRICS_KEY
 

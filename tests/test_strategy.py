@@ -7,11 +7,11 @@ import logging
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
-from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
 from fl_strategies import FedAvg, FedProx
 from fl_strategies.base import numpy_to_arrayrecord, weighted_mean
 from fl_strategies.codec import decode_arrays, encode_arrays
+from fl_strategies.flwr_compat import nested_objects
 from simulations.runtimes.inline import InlineGrid
 
 GLOBAL = {"w": np.ones((4, 3), np.float32), "b": np.zeros(3, np.float32),
@@ -110,7 +110,7 @@ def test_all_replies_bad_keeps_previous_model():
 
 
 def _flower_size(message):
-    return sum(len(obj.deflate()) for obj in get_all_nested_objects(message).values())
+    return sum(len(obj.deflate()) for obj in nested_objects(message).values())
 
 
 def test_bytes_are_counted_from_flowers_serialization_of_every_message():
