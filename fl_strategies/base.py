@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import math
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from logging import INFO, WARNING
 from typing import Any
@@ -65,7 +65,7 @@ def numpy_to_arrayrecord(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
 
 
 def weighted_mean(
-    arrays: list[Mapping[str, np.ndarray]], weights: list[float]
+    arrays: Sequence[Mapping[str, np.ndarray]], weights: Sequence[float]
 ) -> dict[str, np.ndarray]:
     """Weighted mean of same-keyed arrays, kept in each array's dtype.
 
@@ -83,6 +83,14 @@ def weighted_mean(
             acc = np.rint(acc)
         out[key] = acc.astype(first.dtype)
     return out
+
+
+def scalar_metric(metrics: Mapping[str, Any], key: str, default: float = 0.0) -> float:
+    """A metric as a float; ``default`` where it is absent or not a number (e.g. a list)."""
+    value = metrics.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return default
+    return float(value)
 
 
 def _check_finite(name: str, value: np.ndarray) -> None:

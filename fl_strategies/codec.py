@@ -53,8 +53,9 @@ FORMS = {FORM_BITMASK: "bitmask", FORM_INDICES: "indices", FORM_ZLIB_BITMASK: "z
 #: (2**28 float32 values = 1 GiB); larger claims are rejected before any allocation.
 MAX_ELEMENTS = 2**28
 # Codes for the dtypes a sparse blob may carry (value dtype on the wire / original).
-_DTYPES = {0: np.dtype(np.float32), 1: np.dtype(np.float16), 2: np.dtype(np.float64)}
-_DTYPE_CODES = {v: k for k, v in _DTYPES.items()}
+_DTYPES: dict[int, np.dtype] = {0: np.dtype(np.float32), 1: np.dtype(np.float16),
+                                 2: np.dtype(np.float64)}
+_DTYPE_CODES: dict[np.dtype, int] = {v: k for k, v in _DTYPES.items()}
 
 ENCODINGS = ("dense", "auto", "sparse")
 

@@ -28,6 +28,7 @@ from .base import (
     ReplyError,
     check_reply_array,
     numpy_to_arrayrecord,
+    scalar_metric,
 )
 from .codec import encode_arrays
 from .flwr_compat import log
@@ -270,5 +271,6 @@ class FedGKT(FedleanStrategy):
         total = sum(n for n, _ in pairs)
         if not total:
             return {}
-        return {"edge_accuracy": sum(n * float(m[EDGE_ACCURACY_KEY]) for n, m in pairs) / total,
-                "edge_loss": sum(n * float(m.get(EDGE_LOSS_KEY, 0.0)) for n, m in pairs) / total}
+        return {"edge_accuracy": sum(n * scalar_metric(m, EDGE_ACCURACY_KEY) for n, m in pairs)
+                / total,
+                "edge_loss": sum(n * scalar_metric(m, EDGE_LOSS_KEY) for n, m in pairs) / total}

@@ -229,3 +229,13 @@ def test_node_payload_reaches_each_sampled_node_and_every_reply_decodes_through_
     assert sorted(c[2] for c in strategy.payload_calls) == ["evaluate"] * 6 + ["train"] * 6
     # Every training reply was decoded through decode_reply.
     assert strategy.decoded == [(1, "arrays")] * 3 + [(2, "arrays")] * 3
+
+
+def test_scalar_metric_reads_numbers_and_ignores_lists_and_flags():
+    from fl_strategies.base import scalar_metric
+
+    metrics = MetricRecord({"flops": 12, "loss": 0.5, "odd": [1.0, 2.0]})
+    assert scalar_metric(metrics, "flops") == 12.0
+    assert scalar_metric(metrics, "loss") == 0.5
+    assert scalar_metric(metrics, "odd", default=-1.0) == -1.0  # float([..]) would raise
+    assert scalar_metric(metrics, "absent") == 0.0
