@@ -24,9 +24,9 @@ from logging import INFO
 from typing import Any
 
 import numpy as np
-from flwr.supercore import log
 
 from .base import ParsedReply
+from .flwr_compat import log
 from .partial_sync import StabilityFreezingStrategy, ema_update, stability
 
 

@@ -10,10 +10,13 @@
   rest;
 * **per-round records** (:meth:`round_record`) that the results writer stores.
 
-Methods override small hooks instead of Flower's methods where they can:
-:meth:`encode_global` (what goes down), :meth:`expected_reply_arrays` and
-:meth:`parse_train_reply` (what must come up), :meth:`aggregate_replies` (how the new
-global model is made) and :meth:`method_metrics` (extra per-round fields).
+Methods override small hooks instead of Flower's methods: :meth:`encode_global` (what
+every sampled node may share), :meth:`node_payload` (what each sampled node gets; the
+base samples the nodes, once, through Flower's ``FedAvg``), :meth:`decode_reply` (the one
+decoding path of every reply array, training and evaluation), :meth:`expected_reply_arrays`
+and :meth:`parse_train_reply` / :meth:`parse_evaluate_reply` (what must come up),
+:meth:`aggregate_replies` (how the new global model is made) and :meth:`method_metrics`
+(extra per-round fields).
 """
 
 from __future__ import annotations
@@ -21,7 +24,7 @@ from __future__ import annotations
 import json
 import math
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from logging import INFO, WARNING
 from typing import Any
@@ -30,9 +33,9 @@ import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Result
-from flwr.supercore import log
 
 from .codec import CodecError, decode_arrays, encode_arrays
+from .flwr_compat import log
 from .wire import ARRAYS_KEY, METRICS_KEY, NUM_EXAMPLES_KEY, RUN_CONFIG_KEY, messages_bytes
 
 
@@ -62,7 +65,7 @@ def numpy_to_arrayrecord(arrays: Mapping[str, np.ndarray]) -> ArrayRecord:
 
 
 def weighted_mean(
-    arrays: list[Mapping[str, np.ndarray]], weights: list[float]
+    arrays: Sequence[Mapping[str, np.ndarray]], weights: Sequence[float]
 ) -> dict[str, np.ndarray]:
     """Weighted mean of same-keyed arrays, kept in each array's dtype.
 
@@ -82,22 +85,35 @@ def weighted_mean(
     return out
 
 
+def scalar_metric(metrics: Mapping[str, Any], key: str, default: float = 0.0) -> float:
+    """A metric as a float; ``default`` where it is absent or not a number (e.g. a list)."""
+    value = metrics.get(key, default)
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        return default
+    return float(value)
+
+
 def _check_finite(name: str, value: np.ndarray) -> None:
     if np.issubdtype(value.dtype, np.floating) and not np.all(np.isfinite(value)):
         raise ReplyError(f"array '{name}' has non-finite values")
 
 
 def decode_reply_arrays(
-    content: RecordDict, key: str = ARRAYS_KEY, expected_keys: Iterable[str] | None = None
+    content: RecordDict,
+    key: str = ARRAYS_KEY,
+    expected_keys: Mapping[str, tuple[int, ...]] | Iterable[str] | None = None,
 ) -> dict[str, np.ndarray]:
     """Decode one ArrayRecord of a reply; :class:`ReplyError` if absent or malformed.
 
-    With ``expected_keys``, the decoded names must be exactly those.
+    With ``expected_keys``, the decoded names must be exactly those; given as a mapping
+    of names to shapes, an entry claiming another shape is rejected by the codec before
+    anything is allocated for it.
     """
     if key not in content.array_records:
         raise ReplyError(f"no ArrayRecord '{key}'")
+    shapes = dict(expected_keys) if isinstance(expected_keys, Mapping) else None
     try:
-        arrays = decode_arrays(content.array_records[key])
+        arrays = decode_arrays(content.array_records[key], shapes)
     except (CodecError, ValueError, TypeError) as exc:
         raise ReplyError(f"undecodable payload: {exc}") from exc
     if expected_keys is not None:
@@ -156,13 +172,107 @@ class FedleanStrategy(FedAvg):
         self.dropped: dict[int, list[str]] = defaultdict(list)
         self.train_metrics: dict[int, MetricRecord] = {}
         self.eval_metrics: dict[int, MetricRecord] = {}
-        self.global_arrays: dict[str, np.ndarray] = {}
+        self._global_arrays: dict[str, np.ndarray] = {}
+        self._global_record: ArrayRecord | None = None
+        self._downlink_record: ArrayRecord | None = None
         self._client_config_json = json.dumps(self.client_config, sort_keys=True)
+
+    # ------------------------------------------------------------ global model
+    @property
+    def global_arrays(self) -> dict[str, np.ndarray]:
+        """The server's global model as numpy: the one copy every hook works on.
+
+        Assigning a new model drops the records made of the previous one; the dict must
+        not be changed in place (assign a new one).
+        """
+        return self._global_arrays
+
+    @global_arrays.setter
+    def global_arrays(self, arrays: dict[str, np.ndarray]) -> None:
+        self._global_arrays = arrays
+        self._global_record = None
+        self._downlink_record = None
+
+    def global_record(self) -> ArrayRecord:
+        """The global model as a plain ArrayRecord (Flower's round loop, ``Result.arrays``).
+
+        Made once per model: the ArrayRecord handed back by this method is recognised
+        when Flower passes it in again, so no hook converts it back to numpy.
+        """
+        if self._global_record is None:
+            self._global_record = numpy_to_arrayrecord(self._global_arrays)
+        return self._global_record
+
+    def downlink_record(self) -> ArrayRecord:
+        """The global model through the codec (``encoding``), made once per model.
+
+        Training (default :meth:`encode_global`) and evaluation messages share it.
+        """
+        if self._downlink_record is None:
+            self._downlink_record = encode_arrays(self._global_arrays, encoding=self.encoding)
+        return self._downlink_record
+
+    def _adopt(self, arrays: ArrayRecord) -> dict[str, np.ndarray]:
+        """Numpy view of a model Flower passed in: the global one without a conversion."""
+        if arrays is self._global_record:
+            return self._global_arrays
+        return arrayrecord_to_numpy(arrays)
 
     # ------------------------------------------------------------------ hooks
     def encode_global(self, server_round: int, arrays: dict[str, np.ndarray]) -> ArrayRecord:
         """ArrayRecord sent down for training (default: the whole model via the codec)."""
+        if arrays is self._global_arrays:
+            return self.downlink_record()
         return encode_arrays(arrays, encoding=self.encoding)
+
+    def node_payload(
+        self,
+        server_round: int,
+        node_id: int,
+        message_type: str,
+        arrays: ArrayRecord,
+        config: ConfigRecord,
+    ) -> RecordDict | None:
+        """Content of the message to one sampled node (default: None, the shared payload).
+
+        Parameters
+        ----------
+        server_round : int
+            The round being configured.
+        node_id : int
+            The sampled node the message goes to.
+        message_type : str
+            ``MessageType.TRAIN`` or ``MessageType.EVALUATE``.
+        arrays : ArrayRecord
+            What :meth:`encode_global` (training) or the codec (evaluation) made of the
+            global model for this round.
+        config : ConfigRecord
+            The round's ConfigRecord (``server-round`` and the run settings included).
+
+        Returns
+        -------
+        RecordDict | None
+            The message content; None keeps the payload Flower's ``FedAvg`` built for
+            every sampled node (``arrays`` and ``config``). Returning one object for
+            several nodes lets it be serialized once.
+
+        """
+        return None
+
+    def decode_reply(
+        self,
+        server_round: int,
+        content: RecordDict,
+        key: str = ARRAYS_KEY,
+        expected_keys: Mapping[str, tuple[int, ...]] | Iterable[str] | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Decode one ArrayRecord of a reply (training or evaluation) through the codec.
+
+        Every method reads reply arrays through this hook; :class:`ReplyError` if the
+        record is absent, malformed or (with ``expected_keys``) holds other names.
+        Shapes given as a mapping are checked before the codec allocates anything.
+        """
+        return decode_reply_arrays(content, key, expected_keys)
 
     def add_train_config(self, server_round: int, config: ConfigRecord) -> None:
         """Add per-round entries to the training ConfigRecord (default: none)."""
@@ -176,7 +286,7 @@ class FedleanStrategy(FedAvg):
         content = message.content
         num_examples = self._num_examples(content)
         expected = self.expected_reply_arrays(server_round)
-        arrays = decode_reply_arrays(content, ARRAYS_KEY, expected)
+        arrays = self.decode_reply(server_round, content, ARRAYS_KEY, expected)
         for name, shape in expected.items():
             reference = self.global_arrays.get(name)
             check_reply_array(name, arrays[name], shape,
@@ -188,6 +298,15 @@ class FedleanStrategy(FedAvg):
             metrics=content.metric_records[METRICS_KEY],
             content=content,
         )
+
+    def parse_evaluate_reply(self, server_round: int, message: Message) -> RecordDict:
+        """Validate one evaluation reply (``num-examples``, finite metrics); raise to drop it."""
+        content = message.content
+        self._num_examples(content)
+        for name, value in content.metric_records[METRICS_KEY].items():
+            if isinstance(value, float) and not math.isfinite(value):
+                raise ReplyError(f"metric '{name}' is not finite")
+        return content
 
     def aggregate_replies(
         self, server_round: int, replies: list[ParsedReply]
@@ -208,12 +327,15 @@ class FedleanStrategy(FedAvg):
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """Encode the global model through the codec, send, and count the bytes."""
-        self.global_arrays = arrayrecord_to_numpy(arrays)
+        """Sample nodes (Flower's FedAvg), give each its :meth:`node_payload`, count bytes."""
+        if arrays is not self._global_record:
+            # A model from outside the strategy (e.g. Flower's loop given another start).
+            self.global_arrays = arrayrecord_to_numpy(arrays)
         config[RUN_CONFIG_KEY] = self._client_config_json
         self.add_train_config(server_round, config)
         encoded = self.encode_global(server_round, self.global_arrays)
-        messages = list(super().configure_train(server_round, encoded, config, grid))
+        sampled = super().configure_train(server_round, encoded, config, grid)
+        messages = self._per_node(server_round, sampled, encoded, config)
         self._count(server_round, "bytes_down", messages)
         return messages
 
@@ -239,7 +361,7 @@ class FedleanStrategy(FedAvg):
         self.global_arrays = new_global
         metrics = self.train_metrics_aggr_fn([r.content for r in parsed], self.weighted_by_key)
         self.train_metrics[server_round] = metrics
-        return numpy_to_arrayrecord(new_global), metrics
+        return self.global_record(), metrics
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -248,8 +370,12 @@ class FedleanStrategy(FedAvg):
         if self.fraction_evaluate == 0.0:
             return []
         config[RUN_CONFIG_KEY] = self._client_config_json
-        encoded = encode_arrays(arrayrecord_to_numpy(arrays), encoding=self.encoding)
-        messages = list(super().configure_evaluate(server_round, encoded, config, grid))
+        if arrays is self._global_record:
+            encoded = self.downlink_record()
+        else:
+            encoded = encode_arrays(arrayrecord_to_numpy(arrays), encoding=self.encoding)
+        sampled = super().configure_evaluate(server_round, encoded, config, grid)
+        messages = self._per_node(server_round, sampled, encoded, config)
         self._count(server_round, "eval_bytes_down", messages)
         return messages
 
@@ -264,11 +390,7 @@ class FedleanStrategy(FedAvg):
             try:
                 if message.has_error():
                     raise ReplyError(f"error reply: {message.error.reason}")
-                self._num_examples(message.content)
-                for name, value in message.content.metric_records[METRICS_KEY].items():
-                    if isinstance(value, float) and not math.isfinite(value):
-                        raise ReplyError(f"metric '{name}' is not finite")
-                valid.append(message.content)
+                valid.append(self.parse_evaluate_reply(server_round, message))
             except ReplyError as exc:
                 self._drop(server_round, message, "evaluate", exc)
         if not valid:
@@ -331,21 +453,26 @@ class FedleanStrategy(FedAvg):
 
         """
         self.global_arrays = arrayrecord_to_numpy(initial_arrays)
+        self._global_record = initial_arrays
         initial = self.prepare_initial(grid, self.global_arrays, timeout)
-        self.global_arrays = initial
+        if initial is not self._global_arrays:
+            self.global_arrays = initial
 
         def evaluate_and_record(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
             central = None
             if evaluate_fn is not None:
-                view = self.central_view(arrayrecord_to_numpy(arrays))
-                central = evaluate_fn(server_round, numpy_to_arrayrecord(view))
+                model = self._adopt(arrays)
+                view = self.central_view(model)
+                record = self.global_record() if view is self._global_arrays else (
+                    numpy_to_arrayrecord(view))
+                central = evaluate_fn(server_round, record)
             if on_round_end is not None:
                 on_round_end(self.round_record(server_round, central))
             return central
 
         return super().start(
             grid,
-            numpy_to_arrayrecord(initial),
+            self.global_record(),
             num_rounds=num_rounds,
             timeout=timeout,
             train_config=train_config,
@@ -375,6 +502,26 @@ class FedleanStrategy(FedAvg):
         return record
 
     # --------------------------------------------------------------- helpers
+    def _per_node(
+        self,
+        server_round: int,
+        sampled: Iterable[Message],
+        arrays: ArrayRecord,
+        config: ConfigRecord,
+    ) -> list[Message]:
+        """Flower's sampled messages, each with its node's :meth:`node_payload`."""
+        messages = []
+        for message in sampled:
+            node_id = message.metadata.dst_node_id
+            message_type = message.metadata.message_type
+            content = self.node_payload(server_round, node_id, message_type, arrays, config)
+            if content is None:
+                messages.append(message)
+            else:
+                messages.append(Message(content=content, message_type=message_type,
+                                        dst_node_id=node_id))
+        return messages
+
     def _count(self, server_round: int, key: str, messages: list[Message]) -> None:
         self.bytes[server_round][key] += messages_bytes(messages)
 

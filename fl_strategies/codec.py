@@ -2,14 +2,29 @@
 
 Every fedlean method, in both directions, puts its arrays into an ``ArrayRecord``
 through :func:`encode_arrays` and reads them back with :func:`decode_arrays`.
-Three encodings exist, chosen per array and marked by a suffix of its key:
+Encodings are chosen per array and marked by a suffix of its key:
 
 ``name``           dense, the array as it is (what plain Flower sends);
 ``name@f16``       dense, cast to float16 on the wire, float32 again after decoding;
-``name@sparse``    one uint8 blob: a small header, then either a bitmask
-                   (``numpy.packbits``) or uint32 flat indices, then the nonzero
-                   values; the smaller of the two (and of dense) is picked;
-``name@bits``      a boolean array as a packed bit vector (1 bit per element).
+``name@sparse``    one uint8 blob: a small header, the positions of the nonzeros (a
+                   position set, below), then the nonzero values; picked where
+                   smaller than dense;
+``name@bits``      a boolean array as a position set of its True entries (at most
+                   about 1 bit per element, less where the entropy-coded form wins).
+
+Position sets
+    "Which entries of an array of ``size`` elements" is written one way for every
+    method (:func:`encode_positions` / :func:`decode_positions`): the smallest of
+
+    * ``bitmask``: ``numpy.packbits`` of the mask, 1 bit per element;
+    * ``indices``: uint32 flat indices, 4 bytes per position;
+    * ``zlib-bitmask``: the bitmask through zlib (clustered or skewed masks);
+    * ``zlib-delta``: the gaps between sorted indices as uint32, bytes regrouped by
+      significance, through zlib (few, spread positions).
+
+    The receiver always knows ``size`` (from the array's shape or the protocol), so a
+    set carries only a one-byte form code; a decoder never allocates more than
+    ``size`` allows and rejects payloads that claim more.
 
 One blob per array keeps Flower's per-array overhead (about 450 serialized bytes
 for each ``Array``) at one unit regardless of encoding.
@@ -17,6 +32,7 @@ for each ``Array``) at one unit regardless of encoding.
 
 from __future__ import annotations
 
+import zlib
 from collections.abc import Mapping
 
 import numpy as np
@@ -26,11 +42,20 @@ SPARSE_SUFFIX = "@sparse"
 FLOAT16_SUFFIX = "@f16"
 BITS_SUFFIX = "@bits"
 
-_FORMAT_BITMASK = 1
-_FORMAT_INDICES = 2
+#: Position-set forms (the one-byte code of :func:`encode_positions`).
+FORM_BITMASK = 1
+FORM_INDICES = 2
+FORM_ZLIB_BITMASK = 3
+FORM_ZLIB_DELTA = 4
+FORMS = {FORM_BITMASK: "bitmask", FORM_INDICES: "indices", FORM_ZLIB_BITMASK: "zlib-bitmask",
+         FORM_ZLIB_DELTA: "zlib-delta"}
+#: Largest element count a header may claim when the receiver gives no expected shape
+#: (2**28 float32 values = 1 GiB); larger claims are rejected before any allocation.
+MAX_ELEMENTS = 2**28
 # Codes for the dtypes a sparse blob may carry (value dtype on the wire / original).
-_DTYPES = {0: np.dtype(np.float32), 1: np.dtype(np.float16), 2: np.dtype(np.float64)}
-_DTYPE_CODES = {v: k for k, v in _DTYPES.items()}
+_DTYPES: dict[int, np.dtype] = {0: np.dtype(np.float32), 1: np.dtype(np.float16),
+                                 2: np.dtype(np.float64)}
+_DTYPE_CODES: dict[np.dtype, int] = {v: k for k, v in _DTYPES.items()}
 
 ENCODINGS = ("dense", "auto", "sparse")
 
@@ -39,13 +64,157 @@ class CodecError(ValueError):
     """An encoded payload cannot be decoded (malformed or inconsistent)."""
 
 
+# ---------------------------------------------------------------- position sets
+def _deltas_bytes(indices: np.ndarray) -> bytes:
+    deltas = np.diff(indices, prepend=0).astype("<u4")
+    # Most gaps are small: grouping the bytes by significance leaves long zero runs.
+    return np.ascontiguousarray(deltas.view(np.uint8).reshape(-1, 4).T).tobytes()
+
+
+def _position_forms(mask: np.ndarray) -> dict[int, bytes]:
+    """Payload of each form for a flat boolean mask (the zlib ones only if they can win)."""
+    indices = np.flatnonzero(mask)
+    bitmask = np.packbits(mask).tobytes()
+    forms = {FORM_BITMASK: bitmask, FORM_INDICES: indices.astype("<u4").tobytes()}
+    plain = min(len(bitmask), len(forms[FORM_INDICES]))
+    # zlib's own overhead is 11 bytes at least: not worth trying on tiny payloads.
+    if plain > 16:
+        forms[FORM_ZLIB_BITMASK] = zlib.compress(bitmask, 9)
+        if indices.size:
+            forms[FORM_ZLIB_DELTA] = zlib.compress(_deltas_bytes(indices), 9)
+    return forms
+
+
+def _smallest_form(mask: np.ndarray) -> tuple[int, bytes]:
+    forms = _position_forms(mask)
+    # Ties keep the plain forms (cheaper to decode); indices only when strictly smaller.
+    order = (FORM_BITMASK, FORM_INDICES, FORM_ZLIB_BITMASK, FORM_ZLIB_DELTA)
+    best = min((f for f in order if f in forms), key=lambda f: (len(forms[f]), order.index(f)))
+    return best, forms[best]
+
+
+def _inflate(payload: np.ndarray, limit: int, what: str) -> tuple[bytes, np.ndarray]:
+    """Bounded zlib inflate: at most ``limit`` bytes out; returns (data, unused input)."""
+    inflater = zlib.decompressobj()
+    try:
+        data = inflater.decompress(payload.tobytes(), limit)
+    except zlib.error as exc:
+        raise CodecError(f"{what}: corrupt zlib stream: {exc}") from exc
+    if not inflater.eof:
+        raise CodecError(f"{what}: zlib stream longer than the {limit} bytes it may hold")
+    return data, np.frombuffer(inflater.unused_data, dtype=np.uint8)
+
+
+def _decode_form(
+    form: int, body: np.ndarray, size: int, nnz_from_rest: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
+    """Positions (sorted int64) of a form's payload at the start of ``body``, and the rest.
+
+    ``nnz_from_rest``: for the index form inside a sparse blob, the bytes per position
+    *and* value (the split is derived from the body length); None: the whole body.
+    """
+    if form == FORM_BITMASK:
+        mask_len = (size + 7) // 8
+        if body.size < mask_len:
+            raise CodecError(f"bitmask of {body.size} bytes cannot hold {size} positions")
+        positions = np.flatnonzero(np.unpackbits(body[:mask_len], count=size))
+        return positions, body[mask_len:]
+    if form == FORM_INDICES:
+        nnz = body.size // nnz_from_rest if nnz_from_rest else body.size // 4
+        if nnz_from_rest is None and body.size % 4:
+            raise CodecError(f"index list of {body.size} bytes is not uint32")
+        if nnz > size:
+            raise CodecError(f"{nnz} positions claimed for {size} elements")
+        positions = body[: 4 * nnz].view("<u4").astype(np.int64)
+        if positions.size and (positions.max() >= size or np.any(np.diff(positions) <= 0)):
+            raise CodecError("indices out of range or not strictly increasing")
+        return positions, body[4 * nnz :]
+    if form == FORM_ZLIB_BITMASK:
+        mask_len = (size + 7) // 8
+        data, rest = _inflate(body, mask_len, "zlib bitmask")
+        if len(data) != mask_len:
+            raise CodecError(f"zlib bitmask inflates to {len(data)} bytes, expected {mask_len}")
+        packed = np.frombuffer(data, dtype=np.uint8)
+        return np.flatnonzero(np.unpackbits(packed, count=size)), rest
+    if form == FORM_ZLIB_DELTA:
+        data, rest = _inflate(body, 4 * size, "zlib deltas")
+        if len(data) % 4:
+            raise CodecError("zlib deltas do not inflate to whole uint32")
+        planes = np.frombuffer(data, dtype=np.uint8).reshape(4, -1)
+        deltas = np.ascontiguousarray(planes.T).view("<u4").reshape(-1).astype(np.int64)
+        positions = np.cumsum(deltas)
+        if deltas.size and (np.any(deltas[1:] == 0) or positions[-1] >= size):
+            raise CodecError("zlib deltas out of range or repeating a position")
+        return positions, rest
+    raise CodecError(f"unknown position form {form}")
+
+
+def encode_positions(mask: np.ndarray) -> np.ndarray:
+    """A position set: the True entries of a boolean array, in its smallest form.
+
+    Parameters
+    ----------
+    mask : np.ndarray
+        Boolean array; its flat (C order) True positions are encoded. The receiver must
+        know ``mask.size``.
+
+    Returns
+    -------
+    np.ndarray
+        A 1-D uint8 blob: the form code (:data:`FORMS`) then the payload.
+    """
+    form, payload = _smallest_form(np.asarray(mask, dtype=bool).reshape(-1))
+    return np.frombuffer(bytes([form]) + payload, dtype=np.uint8)
+
+
+def decode_positions(blob: np.ndarray, size: int) -> np.ndarray:
+    """Inverse of :func:`encode_positions`: sorted flat positions (int64) within ``size``.
+
+    Raises
+    ------
+    CodecError
+        If the blob is malformed or claims positions outside ``size``.
+    """
+    blob = np.ascontiguousarray(blob, dtype=np.uint8).reshape(-1)
+    if blob.size < 1:
+        raise CodecError("empty position set")
+    positions, rest = _decode_form(int(blob[0]), blob[1:], int(size))
+    if rest.size:
+        raise CodecError(f"position set has {rest.size} trailing bytes")
+    return positions
+
+
+def positions_mask(blob: np.ndarray, size: int) -> np.ndarray:
+    """:func:`decode_positions` as a flat boolean mask of ``size`` entries."""
+    mask = np.zeros(int(size), dtype=bool)
+    mask[decode_positions(blob, size)] = True
+    return mask
+
+
+def _checked_size(shape: tuple[int, ...], expected: tuple[int, ...] | None, what: str) -> int:
+    """Element count of a claimed shape, checked before anything is allocated for it."""
+    if expected is not None and tuple(shape) != tuple(expected):
+        raise CodecError(f"{what} claims shape {shape}, expected {tuple(expected)}")
+    size = int(np.prod(shape, dtype=np.int64)) if shape else 1
+    if any(d < 0 for d in shape) or (expected is None and size > MAX_ELEMENTS):
+        raise CodecError(f"{what} claims {size} elements (at most {MAX_ELEMENTS} accepted)")
+    return size
+
+
+def _read_shape(blob: np.ndarray, offset: int, ndim: int, what: str) -> tuple[int, ...]:
+    if ndim > 32 or blob.size < offset + 4 * ndim:
+        raise CodecError(f"{what}: malformed header (ndim {ndim})")
+    return tuple(int(d) for d in blob[offset : offset + 4 * ndim].view("<u4"))
+
+
+# ---------------------------------------------------------------- sparse arrays
 def _header(fmt: int, orig_dtype: np.dtype, value_dtype: np.dtype, shape: tuple) -> np.ndarray:
     fields = [fmt, _DTYPE_CODES[orig_dtype], _DTYPE_CODES[value_dtype], len(shape), *shape]
     return np.asarray(fields, dtype="<u4").view(np.uint8)
 
 
 def sparse_sizes(size: int, nnz: int, value_itemsize: int = 4) -> dict[str, int]:
-    """Payload bytes (without header) of each way to send an array of ``size`` elements.
+    """Payload bytes (without header) of the plain ways to send an array of ``size`` elements.
 
     Parameters
     ----------
@@ -59,7 +228,8 @@ def sparse_sizes(size: int, nnz: int, value_itemsize: int = 4) -> dict[str, int]
     Returns
     -------
     dict[str, int]
-        Bytes for ``dense``, ``bitmask`` and ``indices`` encodings.
+        Bytes for ``dense``, ``bitmask`` and ``indices`` encodings (the entropy-coded
+        position forms can only be smaller than the better of the last two).
     """
     return {
         "dense": size * value_itemsize,
@@ -71,7 +241,7 @@ def sparse_sizes(size: int, nnz: int, value_itemsize: int = 4) -> dict[str, int]
 def encode_sparse(array: np.ndarray, float16: bool = False) -> np.ndarray:
     """Encode a float array as one uint8 blob holding its nonzeros.
 
-    The bitmask or the index form is picked, whichever is smaller for this density.
+    The positions are a position set in its smallest form (:func:`encode_positions`).
 
     Parameters
     ----------
@@ -91,76 +261,71 @@ def encode_sparse(array: np.ndarray, float16: bool = False) -> np.ndarray:
     nonzero = flat != 0
     values = flat[nonzero]
     value_dtype = np.dtype(np.float16) if float16 else array.dtype
-    sizes = sparse_sizes(flat.size, values.size, value_dtype.itemsize)
-    if sizes["indices"] < sizes["bitmask"]:
-        fmt = _FORMAT_INDICES
-        position_bytes = np.flatnonzero(nonzero).astype("<u4").view(np.uint8)
-    else:
-        fmt = _FORMAT_BITMASK
-        position_bytes = np.packbits(nonzero)
+    form, payload = _smallest_form(nonzero)
     return np.concatenate(
         [
-            _header(fmt, array.dtype, value_dtype, array.shape),
-            position_bytes,
+            _header(form, array.dtype, value_dtype, array.shape),
+            np.frombuffer(payload, dtype=np.uint8),
             values.astype(value_dtype.newbyteorder("<")).view(np.uint8),
         ]
     )
 
 
-def decode_sparse(blob: np.ndarray) -> np.ndarray:
-    """Decode a blob made by :func:`encode_sparse` into the dense array."""
-    blob = np.ascontiguousarray(blob, dtype=np.uint8)
+def decode_sparse(blob: np.ndarray, shape: tuple[int, ...] | None = None) -> np.ndarray:
+    """Decode a blob made by :func:`encode_sparse` into the dense array.
+
+    ``shape``: the shape the receiver expects; a blob claiming another is rejected
+    before anything is allocated (without it, at most :data:`MAX_ELEMENTS` elements).
+    """
+    blob = np.ascontiguousarray(blob, dtype=np.uint8).reshape(-1)
     try:
-        fmt, orig_code, value_code, ndim = blob[:16].view("<u4")
-        shape = tuple(int(d) for d in blob[16 : 16 + 4 * ndim].view("<u4"))
-        orig_dtype, value_dtype = _DTYPES[int(orig_code)], _DTYPES[int(value_code)]
+        fmt, orig_code, value_code, ndim = (int(v) for v in blob[:16].view("<u4"))
+        orig_dtype, value_dtype = _DTYPES[orig_code], _DTYPES[value_code]
     except (ValueError, KeyError, IndexError) as exc:
         raise CodecError(f"malformed sparse header: {exc}") from exc
-    size = int(np.prod(shape, dtype=np.int64))
+    claimed = _read_shape(blob, 16, ndim, "sparse blob")
+    size = _checked_size(claimed, shape, "sparse blob")
     body = blob[16 + 4 * ndim :]
-    if fmt == _FORMAT_BITMASK:
-        mask_len = (size + 7) // 8
-        if body.size < mask_len:
-            raise CodecError("sparse blob shorter than its bitmask")
-        nonzero = np.unpackbits(body[:mask_len], count=size).astype(bool)
-        positions = np.flatnonzero(nonzero)
-        value_bytes = body[mask_len:]
-    elif fmt == _FORMAT_INDICES:
-        nnz = body.size // (4 + value_dtype.itemsize)
-        positions = body[: 4 * nnz].view("<u4").astype(np.int64)
-        value_bytes = body[4 * nnz :]
-        if positions.size and positions.max() >= size:
-            raise CodecError("sparse index out of range")
-    else:
-        raise CodecError(f"unknown sparse format code {fmt}")
+    per_position = 4 + value_dtype.itemsize if fmt == FORM_INDICES else None
+    positions, value_bytes = _decode_form(fmt, body, size, per_position)
     if value_bytes.size != positions.size * value_dtype.itemsize:
         raise CodecError(
             f"sparse blob holds {value_bytes.size} value bytes for {positions.size} positions"
         )
     out = np.zeros(size, dtype=orig_dtype)
     out[positions] = value_bytes.view(value_dtype.newbyteorder("<")).astype(orig_dtype)
-    return out.reshape(shape)
+    return out.reshape(claimed)
 
 
+# ---------------------------------------------------------------- boolean arrays
 def pack_bits(flags: np.ndarray) -> np.ndarray:
-    """Pack a boolean array into a uint8 blob: header (ndim, shape) then 1 bit each."""
+    """A boolean array as a uint8 blob: header (ndim and form, shape), then a position set.
+
+    The first uint32 holds ``ndim`` in its low byte and the position form in the next,
+    so a boolean array costs its shape and the smallest form's payload (at most about
+    1 bit per element).
+    """
     flags = np.asarray(flags, dtype=bool)
-    header = np.asarray([flags.ndim, *flags.shape], dtype="<u4").view(np.uint8)
-    return np.concatenate([header, np.packbits(flags.reshape(-1))])
+    form, payload = _smallest_form(flags.reshape(-1))
+    header = np.asarray([flags.ndim | form << 8, *flags.shape], dtype="<u4").view(np.uint8)
+    return np.concatenate([header, np.frombuffer(payload, dtype=np.uint8)])
 
 
-def unpack_bits(blob: np.ndarray) -> np.ndarray:
-    """Inverse of :func:`pack_bits`."""
-    blob = np.ascontiguousarray(blob, dtype=np.uint8)
+def unpack_bits(blob: np.ndarray, shape: tuple[int, ...] | None = None) -> np.ndarray:
+    """Inverse of :func:`pack_bits` (``shape`` as in :func:`decode_sparse`)."""
+    blob = np.ascontiguousarray(blob, dtype=np.uint8).reshape(-1)
     if blob.size < 4:
         raise CodecError("bit vector shorter than its header")
-    ndim = int(blob[:4].view("<u4")[0])
-    shape = tuple(int(d) for d in blob[4 : 4 + 4 * ndim].view("<u4"))
-    size = int(np.prod(shape, dtype=np.int64))
-    body = blob[4 + 4 * ndim :]
-    if body.size != (size + 7) // 8:
-        raise CodecError(f"bit vector of {body.size} bytes cannot hold {size} bits")
-    return np.unpackbits(body, count=size).astype(bool).reshape(shape)
+    first = int(blob[:4].view("<u4")[0])
+    ndim, form = first & 0xFF, first >> 8
+    claimed = _read_shape(blob, 4, ndim, "bit vector")
+    size = _checked_size(claimed, shape, "bit vector")
+    positions, rest = _decode_form(form, blob[4 + 4 * ndim :], size)
+    if rest.size:
+        raise CodecError(f"bit vector has {rest.size} trailing bytes")
+    out = np.zeros(size, dtype=bool)
+    out[positions] = True
+    return out.reshape(claimed)
 
 
 def encode_arrays(
@@ -211,23 +376,37 @@ def encode_arrays(
     return record
 
 
-def decode_arrays(record: ArrayRecord) -> dict[str, np.ndarray]:
+def decode_arrays(
+    record: ArrayRecord, shapes: Mapping[str, tuple[int, ...]] | None = None
+) -> dict[str, np.ndarray]:
     """Decode an ArrayRecord made by :func:`encode_arrays` (or a plain one).
+
+    Parameters
+    ----------
+    record : ArrayRecord
+        The encoded record.
+    shapes : Mapping[str, tuple[int, ...]] | None (default: None)
+        Shapes the receiver expects, by decoded name; an encoded entry claiming
+        another shape is rejected before anything is allocated for it. Entries not
+        named here may claim at most :data:`MAX_ELEMENTS` elements.
 
     Raises
     ------
     CodecError
-        If an encoded entry is malformed.
+        If an encoded entry is malformed or claims an unexpected size.
     """
+    shapes = shapes or {}
     out: dict[str, np.ndarray] = {}
     for key, array in record.items():
         value = array.numpy()
         if key.endswith(SPARSE_SUFFIX):
-            out[key[: -len(SPARSE_SUFFIX)]] = decode_sparse(value)
+            name = key[: -len(SPARSE_SUFFIX)]
+            out[name] = decode_sparse(value, shapes.get(name))
         elif key.endswith(FLOAT16_SUFFIX):
             out[key[: -len(FLOAT16_SUFFIX)]] = value.astype(np.float32)
         elif key.endswith(BITS_SUFFIX):
-            out[key[: -len(BITS_SUFFIX)]] = unpack_bits(value)
+            name = key[: -len(BITS_SUFFIX)]
+            out[name] = unpack_bits(value, shapes.get(name))
         else:
             out[key] = value
     return out

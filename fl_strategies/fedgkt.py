@@ -21,18 +21,18 @@ import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import Result
-from flwr.supercore import log
 
 from .base import (
     FedleanStrategy,
     ParsedReply,
     ReplyError,
     check_reply_array,
-    decode_reply_arrays,
     numpy_to_arrayrecord,
+    scalar_metric,
 )
 from .codec import encode_arrays
-from .wire import ARRAYS_KEY, METRICS_KEY, RUN_CONFIG_KEY
+from .flwr_compat import log
+from .wire import ARRAYS_KEY, METRICS_KEY
 
 # Arrays of a training reply (up) ...
 FEATURES_KEY = "features"
@@ -146,7 +146,7 @@ class FedGKT(FedleanStrategy):
         """Validate an upload: keys, shapes, dtypes, label range, unique indices, finite."""
         content = message.content
         num_examples = self._num_examples(content)
-        arrays = decode_reply_arrays(content, ARRAYS_KEY, REPLY_KEYS)
+        arrays = self.decode_reply(server_round, content, ARRAYS_KEY, REPLY_KEYS)
         num_test = len(arrays[TEST_LABELS_KEY])
         expected = {
             FEATURES_KEY: (num_examples, *self.feature_shape),
@@ -225,25 +225,23 @@ class FedGKT(FedleanStrategy):
                 "feature_shape": list(self.feature_shape),
                 "edge_flops_train_per_sample": self.edge_flops_per_sample, **edge}
 
-    # ------------------------------------------------------- Flower's methods
-    def configure_train(
-        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
-    ) -> Iterable[Message]:
-        """One message per sampled node carrying only that node's server logits."""
-        config[RUN_CONFIG_KEY] = self._client_config_json
-        self.add_train_config(server_round, config)
-        # Flower's FedAvg samples the nodes and stamps the round; the payload is per node.
-        sampled = super(FedleanStrategy, self).configure_train(
-            server_round, ArrayRecord(), config, grid)
-        messages = [
-            Message(RecordDict({self.arrayrecord_key: self.logits_for(m.metadata.dst_node_id),
-                                self.configrecord_key: config}),
-                    dst_node_id=m.metadata.dst_node_id, message_type=m.metadata.message_type)
-            for m in sampled
-        ]
-        self._count(server_round, "bytes_down", messages)
-        return messages
+    def encode_global(self, server_round: int, arrays: dict[str, np.ndarray]) -> ArrayRecord:
+        """Nothing shared: no model weights travel, each node gets its own logits."""
+        return ArrayRecord()
 
+    def node_payload(
+        self,
+        server_round: int,
+        node_id: int,
+        message_type: str,
+        arrays: ArrayRecord,
+        config: ConfigRecord,
+    ) -> RecordDict | None:
+        """The node's own server logits (:meth:`logits_for`) and the round's config."""
+        return RecordDict({self.arrayrecord_key: self.logits_for(node_id),
+                           self.configrecord_key: config})
+
+    # ------------------------------------------------------- Flower's methods
     def logits_for(self, node_id: int) -> ArrayRecord:
         """The node's own server logits and sample indices (empty before its first upload)."""
         if node_id not in self.server_logits:
@@ -288,5 +286,6 @@ class FedGKT(FedleanStrategy):
         total = sum(n for n, _ in pairs)
         if not total:
             return {}
-        return {"edge_accuracy": sum(n * float(m[EDGE_ACCURACY_KEY]) for n, m in pairs) / total,
-                "edge_loss": sum(n * float(m.get(EDGE_LOSS_KEY, 0.0)) for n, m in pairs) / total}
+        return {"edge_accuracy": sum(n * scalar_metric(m, EDGE_ACCURACY_KEY) for n, m in pairs)
+                / total,
+                "edge_loss": sum(n * scalar_metric(m, EDGE_LOSS_KEY) for n, m in pairs) / total}

@@ -6,9 +6,9 @@ from logging import INFO
 from typing import Any
 
 from flwr.app import ConfigRecord
-from flwr.supercore import log
 
 from .base import FedleanStrategy
+from .flwr_compat import log
 
 PROXIMAL_MU_KEY = "proximal-mu"
 

@@ -30,14 +30,10 @@ from typing import Any
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord
 from flwr.serverapp import Grid
-from flwr.supercore import log
-from flwr.supercore.inflatable.inflatable_object import (
-    get_all_nested_objects,
-    no_object_id_recompute,
-)
 
 from .base import FedleanStrategy, ParsedReply
 from .codec import encode_arrays
+from .flwr_compat import log, nested_objects, no_object_id_recompute
 from .pruning import (
     PRUNE_SCOPES,
     Mask,
@@ -71,7 +67,7 @@ FinalModelFn = Callable[[Mapping[str, np.ndarray]], Mapping[str, Any]]
 def record_bytes(record: ArrayRecord) -> int:
     """Serialized size of one ArrayRecord, as Flower puts it on the wire."""
     with no_object_id_recompute():
-        return sum(len(obj.deflate()) for obj in get_all_nested_objects(record).values())
+        return sum(len(obj.deflate()) for obj in nested_objects(record).values())
 
 
 class FedSparsifyGlobal(FedleanStrategy):

@@ -22,7 +22,7 @@ from typing import Any
 import numpy as np
 from flwr.app import ConfigRecord, Message
 
-from .base import ParsedReply, ReplyError, decode_reply_arrays
+from .base import ParsedReply, ReplyError
 from .fedsparsify import (
     LOCAL_SPARSITY_KEY,
     MASK_KEY,
@@ -70,7 +70,8 @@ class FedSparsifyLocal(FedSparsifyGlobal):
     def parse_train_reply(self, server_round: int, message: Message) -> MaskedReply:
         """Validate the values as usual, then the keep mask (bits, prunable names)."""
         reply = super().parse_train_reply(server_round, message)
-        mask = decode_reply_arrays(message.content, MASK_KEY, self.keep)
+        shapes = {name: keep.shape for name, keep in self.keep.items()}
+        mask = self.decode_reply(server_round, message.content, MASK_KEY, shapes)
         self.mask_bytes[server_round] += record_bytes(message.content.array_records[MASK_KEY])
         for name, value in mask.items():
             if value.dtype != bool or value.shape != self.keep[name].shape:

@@ -35,9 +35,9 @@ from typing import Any
 
 import numpy as np
 from flwr.app import ConfigRecord
-from flwr.supercore import log
 
 from .base import ParsedReply
+from .flwr_compat import log
 from .partial_sync import MaskSpec, StabilityFreezingStrategy, ema_update, stability
 from .wire import ARRAYS_KEY
 
@@ -146,8 +146,9 @@ class GWPF(StabilityFreezingStrategy):
         vote_bytes, vote_bits = 0, len(replies) * int(left_out.sum())
         for reply in replies:
             counts[left_out] += reply.arrays[VOTES_KEY].astype(np.int64)
-            record = reply.content.array_records.get(ARRAYS_KEY, {})
-            vote_bytes += sum(len(record[k].data) for k in record if k.startswith(VOTES_KEY))
+            record = reply.content.array_records.get(ARRAYS_KEY)
+            if record is not None:
+                vote_bytes += sum(len(record[k].data) for k in record if k.startswith(VOTES_KEY))
         thaw = quorum_reached(counts, len(replies), self.thaw_quorum)
         self.thaw_len[frozen] = thaw_step(self.thaw_len[frozen], thaw[frozen])
         ema_update(self.ema, self.abs_ema, delta, self.alpha, where=active)

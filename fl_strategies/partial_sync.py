@@ -15,9 +15,9 @@ Masks
     layout for round ``t + 1``; the positions clients upload (``sync``) are their union
     (APF: ``active``; GWPF: ``active`` and ``thawed``). A mask travels as its change
     against the mask the client already holds (its initial value when the message
-    carries the whole state): ``mask-<name>-flips`` (uint32 indices of the flipped
-    positions, 4 bytes per flip) or ``mask-<name>-xor`` (packed bits, 1 bit per
-    position), whichever is smaller (:func:`encode_mask_update`). A mask may be
+    carries the whole state): ``mask-<name>@flips``, the flipped positions as a position
+    set (:func:`fl_strategies.codec.encode_positions`: uint32 indices, packed bits or
+    zlib over either, whichever is smallest; :func:`encode_mask_update`). A mask may be
     declared to live within the False positions of an earlier one (GWPF's ``thawed``
     within the frozen ``~active``); it is then sent over that domain only
     (:data:`MaskSpec`, :func:`encode_masks`). So both of GWPF's masks cost at most
@@ -40,17 +40,14 @@ Messages
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
-from logging import INFO
 from typing import Any
 
 import numpy as np
 from flwr.app import ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
-from flwr.serverapp.strategy.strategy_utils import sample_nodes
-from flwr.supercore import log
 
-from .base import FedleanStrategy, ParsedReply, ReplyError, arrayrecord_to_numpy, weighted_mean
-from .codec import CodecError, encode_arrays
+from .base import FedleanStrategy, ParsedReply, ReplyError, weighted_mean
+from .codec import CodecError, decode_positions, encode_arrays, encode_positions
 from .wire import ARRAYS_KEY, CONFIG_KEY, METRICS_KEY, RUN_CONFIG_KEY, message_bytes
 
 #: ConfigRecord entry: ``True`` when the message carries the whole model and masks.
@@ -60,8 +57,7 @@ SYNC_BASE_ROUND_KEY = "sync-base-round"
 #: Flat values of the synced positions (down: last round's; up: this round's).
 VALUES_KEY = "sync-values"
 MASK_PREFIX = "mask-"
-FLIPS_SUFFIX = "-flips"
-XOR_SUFFIX = "-xor"
+FLIPS_SUFFIX = "@flips"
 
 #: State-dict names that are statistics, not trainable parameters (used when no
 #: explicit list of freezable names is given).
@@ -166,16 +162,18 @@ def stability(ema: np.ndarray, abs_ema: np.ndarray, eps: float = 1e-12) -> np.nd
 
 
 # ---------------------------------------------------------------------- masks
-def encode_mask_update(name: str, previous: np.ndarray, current: np.ndarray) -> dict[str, np.ndarray]:
-    """The change from ``previous`` to ``current``, in its smaller form.
+def mask_key(name: str) -> str:
+    """Wire key of mask ``name``'s change: ``mask-<name>@flips``."""
+    return MASK_PREFIX + name + FLIPS_SUFFIX
 
-    uint32 indices of the flipped positions (4 bytes each) when fewer than one flip
-    in 32 positions, else the XOR as packed bits (1 bit per position).
+
+def encode_mask_update(name: str, previous: np.ndarray, current: np.ndarray) -> dict[str, np.ndarray]:
+    """The change from ``previous`` to ``current``: the flipped positions as a position set.
+
+    The codec's position encoder picks the smallest form (uint32 indices when few flip,
+    packed bits when many, zlib over either when that is smaller still).
     """
-    flips = np.flatnonzero(previous != current).astype(np.uint32)
-    if 4 * flips.size < (current.size + 7) // 8:
-        return {MASK_PREFIX + name + FLIPS_SUFFIX: flips}
-    return {MASK_PREFIX + name + XOR_SUFFIX: previous != current}
+    return {mask_key(name): encode_positions(previous != current)}
 
 
 def decode_mask(name: str, arrays: Mapping[str, np.ndarray], previous: np.ndarray) -> np.ndarray:
@@ -187,21 +185,15 @@ def decode_mask(name: str, arrays: Mapping[str, np.ndarray], previous: np.ndarra
         If the change is missing or does not fit ``previous``.
 
     """
-    xor = arrays.get(MASK_PREFIX + name + XOR_SUFFIX)
-    flips = arrays.get(MASK_PREFIX + name + FLIPS_SUFFIX)
-    if xor is not None:
-        if xor.size != previous.size:
-            raise CodecError(f"mask '{name}' change has {xor.size} bits, expected "
-                             f"{previous.size}")
-        return previous ^ np.asarray(xor, dtype=bool).reshape(-1)
-    if flips is not None:
-        flips = np.asarray(flips).astype(np.int64).reshape(-1)
-        if flips.size and (flips.min() < 0 or flips.max() >= previous.size):
-            raise CodecError(f"mask '{name}' flip index out of range")
-        mask = previous.copy()
-        mask[flips] = ~mask[flips]
-        return mask
-    raise CodecError(f"mask '{name}' missing from the message")
+    blob = arrays.get(mask_key(name))
+    if blob is None:
+        raise CodecError(f"mask '{name}' missing from the message")
+    if blob.dtype != np.uint8 or blob.ndim != 1:
+        raise CodecError(f"mask '{name}' change is {blob.dtype}{blob.shape}, not a position set")
+    mask = previous.copy()
+    flips = decode_positions(blob, previous.size)
+    mask[flips] = ~mask[flips]
+    return mask
 
 
 #: ``(name, within, initial)`` per mask, in decoding order: ``within`` is None (the
@@ -258,7 +250,7 @@ def synced_positions(masks: Mapping[str, np.ndarray]) -> np.ndarray:
 
 def mask_keys(names: Iterable[str]) -> set[str]:
     """Every wire key a mask of these names may use."""
-    return {MASK_PREFIX + n + suffix for n in names for suffix in (FLIPS_SUFFIX, XOR_SUFFIX)}
+    return {mask_key(n) for n in names}
 
 
 # ---------------------------------------------------------------------- strategy
@@ -300,6 +292,10 @@ class PartialSyncStrategy(FedleanStrategy):
         self.node_round: dict[int, int] = {}
         self.round_stats: dict[int, dict[str, float]] = {}
         self.dense_bytes: dict[int, dict[str, int]] = {}
+        # The round's two possible training payloads (full: True, partial: False), built
+        # once each and shared by every node that gets that kind.
+        self._payloads: dict[bool, RecordDict] = {}
+        self._payloads_round = 0
 
     # ------------------------------------------------------------ subclass hooks
     def init_state(self, size: int) -> None:
@@ -351,49 +347,57 @@ class PartialSyncStrategy(FedleanStrategy):
         arrays.update(encode_masks(self.mask_spec, self.masks, self.known_masks))
         return encode_arrays(arrays, encoding=self.encoding)
 
+    # ------------------------------------------------------------ base hooks
+    def encode_global(self, server_round: int, arrays: dict[str, np.ndarray]) -> ArrayRecord:
+        """Nothing shared: every training payload is per node (:meth:`node_payload`)."""
+        self._ensure_state()
+        return ArrayRecord()
+
+    def node_payload(
+        self,
+        server_round: int,
+        node_id: int,
+        message_type: str,
+        arrays: ArrayRecord,
+        config: ConfigRecord,
+    ) -> RecordDict | None:
+        """A partial message for a fresh node, else a full one (one object of each per round)."""
+        if message_type != MessageType.TRAIN:
+            return None
+        full = not self.is_fresh(node_id, server_round)
+        if self._payloads_round != server_round:
+            self._payloads, self._payloads_round = {}, server_round
+        if full not in self._payloads:
+            node_config = ConfigRecord(dict(config.items()))
+            node_config[SYNC_FULL_KEY] = full
+            node_config[SYNC_BASE_ROUND_KEY] = server_round - 1
+            record = self._full_arrays() if full else self._partial_arrays()
+            self._payloads[full] = RecordDict({ARRAYS_KEY: record, CONFIG_KEY: node_config})
+        return self._payloads[full]
+
     # ------------------------------------------------------------ Flower's methods
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
     ) -> Iterable[Message]:
-        """Sample nodes; send each a partial message if it is fresh, else a full one."""
-        self.global_arrays = arrayrecord_to_numpy(arrays)
-        self._ensure_state()
-        if self.fraction_train == 0.0:
-            return []
-        num_nodes = int(len(list(grid.get_node_ids())) * self.fraction_train)
-        sample_size = max(num_nodes, self.min_train_nodes)
-        node_ids, all_nodes = sample_nodes(grid, self.min_available_nodes, sample_size)
-        log(INFO, "configure_train: Sampled %s nodes (out of %s)", len(node_ids),
-            len(all_nodes))
-        config["server-round"] = server_round
-        config[RUN_CONFIG_KEY] = self._client_config_json
-        self.add_train_config(server_round, config)
-        contents: dict[bool, RecordDict] = {}
-        messages = []
-        for node_id in node_ids:
-            full = not self.is_fresh(node_id, server_round)
-            if full not in contents:
-                node_config = ConfigRecord(dict(config.items()))
-                node_config[SYNC_FULL_KEY] = full
-                node_config[SYNC_BASE_ROUND_KEY] = server_round - 1
-                record = self._full_arrays() if full else self._partial_arrays()
-                contents[full] = RecordDict({ARRAYS_KEY: record, CONFIG_KEY: node_config})
-            messages.append(Message(content=contents[full], message_type=MessageType.TRAIN,
-                                    dst_node_id=node_id))
-        self._count(server_round, "bytes_down", messages)
+        """As the base (per-node full/partial payloads); then the round's freezing stats."""
+        messages = list(super().configure_train(server_round, arrays, config, grid))
+        if not messages:
+            return messages
+        node_ids = [m.metadata.dst_node_id for m in messages]
         stats = self.round_stats.setdefault(server_round, {})
         stats["full_messages"] = sum(1 for n in node_ids if not self.is_fresh(n, server_round))
-        if False in contents:
+        partial = self._payloads.get(False) if self._payloads_round == server_round else None
+        if partial is not None:
             # Serialized payload of the masks in one partial message (npy bytes).
-            record = contents[False].array_records[ARRAYS_KEY]
+            record = partial.array_records[ARRAYS_KEY]
             stats["mask_bytes"] = sum(len(record[k].data) for k in record
                                       if k.startswith(MASK_PREFIX))
-        if self.measure_dense and messages:
+        if self.measure_dense:
             dense_config = ConfigRecord({"server-round": server_round,
                                          RUN_CONFIG_KEY: self._client_config_json})
             dense = Message(content=RecordDict({
-                ARRAYS_KEY: encode_arrays(self.global_arrays, encoding=self.encoding),
-                CONFIG_KEY: dense_config}), message_type=MessageType.TRAIN,
+                ARRAYS_KEY: self.downlink_record(), CONFIG_KEY: dense_config}),
+                message_type=MessageType.TRAIN,
                 dst_node_id=node_ids[0])
             self.dense_bytes.setdefault(server_round, {})["down"] = (
                 len(messages) * message_bytes(dense))
@@ -444,15 +448,6 @@ class PartialSyncStrategy(FedleanStrategy):
         new_global = dict(self.global_arrays)
         new_global.update(layout.unflatten(new_flat, like=self.global_arrays))
         new_global.update({k: merged[k] for k in self.buffer_keys})
-        if self.measure_dense:
-            # FedAvg's reply: a whole trained model (the new global one stands in for
-            # it) and the same metrics.
-            dense_reply = Message(content=RecordDict({
-                ARRAYS_KEY: encode_arrays(new_global, encoding=self.encoding),
-                METRICS_KEY: MetricRecord(dict(replies[0].metrics.items()))}),
-                message_type=MessageType.TRAIN, dst_node_id=replies[0].node_id)
-            self.dense_bytes.setdefault(server_round, {})["up"] = (
-                len(replies) * message_bytes(dense_reply))
         return new_global
 
     def aggregate_train(
@@ -462,11 +457,23 @@ class PartialSyncStrategy(FedleanStrategy):
         replies = list(replies)
         arrays, metrics = super().aggregate_train(server_round, replies)
         if self.measure_dense:
-            # A dropped reply would have cost the same under FedAvg: count it as it was.
-            aggregated = {n for n, r in self.node_round.items() if r == server_round}
+            aggregated = [m for m in replies
+                          if self.node_round.get(m.metadata.src_node_id) == server_round]
             dense = self.dense_bytes.setdefault(server_round, {})
-            dense["up"] = dense.get("up", 0) + sum(
-                message_bytes(m) for m in replies if m.metadata.src_node_id not in aggregated)
+            dense["up"] = 0
+            if aggregated:
+                # FedAvg's reply: a whole trained model (the new global one stands in
+                # for it, through the downlink codec the evaluation shares) and the same
+                # metrics.
+                first = aggregated[0].content.metric_records[METRICS_KEY]
+                dense_reply = Message(content=RecordDict({
+                    ARRAYS_KEY: self.downlink_record(),
+                    METRICS_KEY: MetricRecord(dict(first.items()))}),
+                    message_type=MessageType.TRAIN, dst_node_id=aggregated[0].metadata.src_node_id)
+                dense["up"] = len(aggregated) * message_bytes(dense_reply)
+            # A dropped reply would have cost the same under FedAvg: count it as it was.
+            dense["up"] += sum(message_bytes(m) for m in replies
+                               if self.node_round.get(m.metadata.src_node_id) != server_round)
         return arrays, metrics
 
     def method_metrics(self, server_round: int) -> dict[str, float]:

@@ -24,11 +24,10 @@ from logging import INFO, WARNING
 from typing import Any
 
 import numpy as np
-from flwr.app import ConfigRecord, MessageType, RecordDict
+from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
-from flwr.supercore import log
 
-from .base import ReplyError, check_reply_array, decode_reply_arrays
+from .base import ReplyError, check_reply_array
 from .codec import encode_arrays
 from .fedsparsify import (
     GRASP_TEMPERATURE_KEY,
@@ -38,6 +37,7 @@ from .fedsparsify import (
     SCORES_KEY,
     FedSparsifyGlobal,
 )
+from .flwr_compat import log
 from .pruning import Mask, apply_mask, prune_by_score
 from .wire import ARRAYS_KEY, CONFIG_KEY, RUN_CONFIG_KEY
 
@@ -111,7 +111,7 @@ class PruneAtInit(FedSparsifyGlobal):
         })
         content = RecordDict({ARRAYS_KEY: encode_arrays(arrays, encoding=self.encoding),
                               CONFIG_KEY: config})
-        messages = list(self._construct_messages(content, [node], MessageType.TRAIN))
+        messages = [Message(content=content, message_type=MessageType.TRAIN, dst_node_id=node)]
         self._count(0, "bytes_down", messages)
         replies = list(grid.send_and_receive(messages, timeout=timeout))
         self._count(0, "bytes_up", replies)
@@ -120,7 +120,8 @@ class PruneAtInit(FedSparsifyGlobal):
         reply = replies[0]
         if reply.has_error():
             raise ReplyError(f"error reply: {reply.error.reason}")
-        scores = decode_reply_arrays(reply.content, SCORES_KEY, self.keep)
+        shapes = {name: keep.shape for name, keep in self.keep.items()}
+        scores = self.decode_reply(0, reply.content, SCORES_KEY, shapes)
         for name, value in scores.items():
             check_reply_array(name, value, self.keep[name].shape)
         return scores

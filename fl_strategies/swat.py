@@ -11,9 +11,9 @@ from logging import INFO
 from typing import Any
 
 import numpy as np
-from flwr.supercore import log
 
-from .base import FedleanStrategy, ParsedReply
+from .base import FedleanStrategy, ParsedReply, scalar_metric
+from .flwr_compat import log
 
 #: Client metrics (per reply): training FLOPs this round, dense and as SWAT's sparse
 #: operations would need them (see ``clients.swat``).
@@ -100,8 +100,8 @@ class Swat(FedleanStrategy):
 
     def record_flops(self, server_round: int, replies: list[ParsedReply]) -> None:
         """Sum the replies' dense and SWAT training FLOPs for :meth:`method_metrics`."""
-        dense = sum(float(r.metrics.get(FLOPS_DENSE_KEY, 0.0)) for r in replies)
-        sparse = sum(float(r.metrics.get(FLOPS_SWAT_KEY, 0.0)) for r in replies)
+        dense = sum(scalar_metric(r.metrics, FLOPS_DENSE_KEY) for r in replies)
+        sparse = sum(scalar_metric(r.metrics, FLOPS_SWAT_KEY) for r in replies)
         self.flops[server_round] = {"flops_train_dense": dense, "flops_train_swat": sparse}
 
     def method_metrics(self, server_round: int) -> dict[str, float]:

@@ -10,11 +10,8 @@ from __future__ import annotations
 from collections.abc import Iterable
 
 from flwr.app import Message
-from flwr.supercore.inflatable.inflatable_object import (
-    get_all_nested_objects,
-    no_object_id_recompute,
-)
-from flwr.supercore.inflatable.inflatable_utils import inflate_object_from_contents
+
+from .flwr_compat import inflate_message, nested_objects, no_object_id_recompute, set_message_id
 
 # Record keys (hyphenated, as in Flower's own strategies).
 ARRAYS_KEY = "arrays"
@@ -30,7 +27,7 @@ def serialize_message(message: Message) -> dict[str, bytes]:
     """Flower's serialized form of a message: object id -> deflated bytes."""
     # Without this context Flower re-hashes every nested object once per ancestor.
     with no_object_id_recompute():
-        return {oid: obj.deflate() for oid, obj in get_all_nested_objects(message).items()}
+        return {oid: obj.deflate() for oid, obj in nested_objects(message).items()}
 
 
 def message_bytes(message: Message) -> int:
@@ -49,7 +46,7 @@ def messages_bytes(messages: Iterable[Message]) -> int:
     total = 0
     with no_object_id_recompute():
         for message in messages:
-            for oid, obj in get_all_nested_objects(message).items():
+            for oid, obj in nested_objects(message).items():
                 if oid not in sizes:
                     sizes[oid] = len(obj.deflate())
                 total += sizes[oid]
@@ -69,7 +66,7 @@ def wire_copy(message: Message) -> tuple[Message, int]:
     """
     contents = serialize_message(message)
     size = sum(len(blob) for blob in contents.values())
-    copy = inflate_object_from_contents(message.object_id, contents)
+    copy = inflate_message(message.object_id, contents)
     # The message id is excluded from serialization (the SuperLink assigns it).
-    copy.metadata.__dict__["_message_id"] = message.metadata.message_id
+    set_message_id(copy, message.metadata.message_id)
     return copy, size

@@ -22,12 +22,12 @@ Aggregation (``aggregation``)
     entries count as 0), under which the global ``topk_weights`` model is sparse.
 
 Wire format (through the codec, :mod:`fl_strategies.codec`): a sparsified tensor
-``name`` travels as ``name:sent-values`` (the sent values, 1-D, in flat C order)
-plus either ``name:sent-mask`` (a boolean mask, packed to 1 bit per element) or
-``name:sent-index`` (uint32 flat indices), whichever is smaller. The positions are
-explicit, so a position sent with the value exactly 0 (an unchanged weight under a
-diff uplink) still counts as sent; a zero-suppressing sparse blob could not tell it
-from "not sent".
+``name`` travels as ``name@values`` (the sent values, 1-D, in flat C order) plus
+``name@positions`` (their flat positions as a position set,
+:func:`fl_strategies.codec.encode_positions`: packed bits, uint32 indices or zlib over
+either, whichever is smallest). The positions are explicit, so a position sent with
+the value exactly 0 (an unchanged weight under a diff uplink) still counts as sent; a
+zero-suppressing sparse blob could not tell it from "not sent".
 """
 
 from __future__ import annotations
@@ -39,17 +39,17 @@ from typing import Any
 
 import numpy as np
 from flwr.app import Message
-from flwr.supercore import log
 
-from .base import ParsedReply, ReplyError, decode_reply_arrays, weighted_mean
+from .base import ParsedReply, ReplyError, weighted_mean
+from .codec import decode_positions, encode_positions
+from .flwr_compat import log
 from .swat import Swat, topk_keep_count
 from .wire import ARRAYS_KEY, METRICS_KEY
 
 UPLINKS = ("topk_weights", "diff_topk_weights", "topk_diff")
 AGGREGATIONS = ("sender_mean", "zero_fill")
-VALUES_SUFFIX = ":sent-values"
-MASK_SUFFIX = ":sent-mask"
-INDEX_SUFFIX = ":sent-index"
+VALUES_SUFFIX = "@values"
+POSITIONS_SUFFIX = "@positions"
 #: Client metric: fraction of the sparsified tensors' positions the reply sends.
 UPLINK_DENSITY_KEY = "uplink-density"
 
@@ -110,13 +110,8 @@ def pack_sent(name: str, values: np.ndarray, mask: np.ndarray) -> dict[str, np.n
     if mask.shape != values.shape:
         raise ValueError(f"mask shape {mask.shape} differs from values shape {values.shape}")
     flat_mask = mask.reshape(-1)
-    out = {name + VALUES_SUFFIX: np.ascontiguousarray(values.reshape(-1)[flat_mask])}
-    nnz = int(flat_mask.sum())
-    if 4 * nnz < (flat_mask.size + 7) // 8:
-        out[name + INDEX_SUFFIX] = np.flatnonzero(flat_mask).astype(np.uint32)
-    else:
-        out[name + MASK_SUFFIX] = mask
-    return out
+    return {name + VALUES_SUFFIX: np.ascontiguousarray(values.reshape(-1)[flat_mask]),
+            name + POSITIONS_SUFFIX: encode_positions(flat_mask)}
 
 
 def unpack_sent(
@@ -127,31 +122,21 @@ def unpack_sent(
     Raises
     ------
     ValueError
-        If the entries are missing, inconsistent or out of range.
+        If the entries are missing, inconsistent or out of range (:class:`CodecError`
+        is a ValueError).
 
     """
-    values_key = name + VALUES_SUFFIX
-    has_mask, has_index = name + MASK_SUFFIX in arrays, name + INDEX_SUFFIX in arrays
-    if values_key not in arrays or has_mask == has_index:
-        raise ValueError(f"'{name}' needs '{values_key}' and one of mask/index")
+    values_key, positions_key = name + VALUES_SUFFIX, name + POSITIONS_SUFFIX
+    if values_key not in arrays or positions_key not in arrays:
+        raise ValueError(f"'{name}' needs '{values_key}' and '{positions_key}'")
     values = np.asarray(arrays[values_key])
     if values.ndim != 1 or values.dtype.kind != "f":
         raise ValueError(f"'{values_key}' must be a 1-D float array")
+    blob = np.asarray(arrays[positions_key])
+    if blob.dtype != np.uint8 or blob.ndim != 1:
+        raise ValueError(f"'{positions_key}' must be a position set (1-D uint8)")
     size = int(np.prod(shape, dtype=np.int64))
-    if has_mask:
-        mask = np.asarray(arrays[name + MASK_SUFFIX])
-        if mask.dtype != bool or tuple(mask.shape) != tuple(shape):
-            raise ValueError(f"'{name}{MASK_SUFFIX}' must be a boolean array of shape {shape}")
-        positions = np.flatnonzero(mask.reshape(-1))
-    else:
-        positions = np.asarray(arrays[name + INDEX_SUFFIX])
-        if positions.ndim != 1 or positions.dtype.kind not in "ui":
-            raise ValueError(f"'{name}{INDEX_SUFFIX}' must be 1-D integers")
-        positions = positions.astype(np.int64)
-        if positions.size and (positions.min() < 0 or positions.max() >= size):
-            raise ValueError(f"'{name}{INDEX_SUFFIX}' out of range")
-        if np.unique(positions).size != positions.size:
-            raise ValueError(f"'{name}{INDEX_SUFFIX}' repeats positions")
+    positions = decode_positions(blob, size)
     if positions.size != values.size:
         raise ValueError(f"'{name}' sends {values.size} values for {positions.size} positions")
     dense = np.zeros(size, dtype=values.dtype)
@@ -259,7 +244,7 @@ class ZeroFL(Swat):
         """Validate a reply: dense tensors as the base does, sparse ones by position."""
         content = message.content
         num_examples = self._num_examples(content)
-        arrays = decode_reply_arrays(content, ARRAYS_KEY)
+        arrays = self.decode_reply(server_round, content, ARRAYS_KEY)
         dense_expected = self.expected_reply_arrays(server_round)
         wire_names = set(dense_expected)
         values: dict[str, np.ndarray] = {}
@@ -274,8 +259,7 @@ class ZeroFL(Swat):
             if int(sent[name].sum()) > budget:
                 raise ReplyError(f"'{name}' sends {int(sent[name].sum())} positions, "
                                  f"more than the {budget} of density {self.density:.3f}")
-            wire_names |= {n for n in (name + VALUES_SUFFIX, name + MASK_SUFFIX,
-                                       name + INDEX_SUFFIX) if n in arrays}
+            wire_names |= {name + VALUES_SUFFIX, name + POSITIONS_SUFFIX}
         missing = sorted(set(dense_expected) - set(arrays))
         extra = sorted(set(arrays) - wire_names)
         if missing or extra:

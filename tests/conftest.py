@@ -3,15 +3,14 @@
 from __future__ import annotations
 
 import pytest
-from flwr.supercore.task_identity import TaskIdentity
+
+from fl_strategies.flwr_compat import set_task_identity
 
 
 @pytest.fixture(autouse=True)
 def _task_identity():
     """Messages built outside a Flower runtime need a sender identity."""
-    TaskIdentity.run_id = 1
-    TaskIdentity.node_id = 1
-    TaskIdentity.task_id = 1
+    set_task_identity(run_id=1, node_id=1, task_id=1)
     yield
 
 

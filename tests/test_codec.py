@@ -2,20 +2,31 @@
 
 from __future__ import annotations
 
+import tracemalloc
+import zlib
+
 import numpy as np
 import pytest
-from flwr.app import ConfigRecord, Message, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 
 from fl_strategies.codec import (
     BITS_SUFFIX,
     FLOAT16_SUFFIX,
+    FORM_BITMASK,
+    FORM_INDICES,
+    FORM_ZLIB_BITMASK,
+    FORM_ZLIB_DELTA,
+    MAX_ELEMENTS,
     SPARSE_SUFFIX,
     CodecError,
     decode_arrays,
+    decode_positions,
     decode_sparse,
     encode_arrays,
+    encode_positions,
     encode_sparse,
     pack_bits,
+    positions_mask,
     unpack_bits,
 )
 from fl_strategies.wire import message_bytes
@@ -78,11 +89,13 @@ def test_dense_float16_option():
     np.testing.assert_allclose(decode_arrays(record)["w"], arrays["w"], rtol=1e-3)
 
 
-def test_bits_cost_one_bit_each():
-    flags = RNG.random(80_000) > 0.7
-    blob = pack_bits(flags)
-    assert blob.size == 80_000 // 8 + 8  # header: ndim + one dim, uint32 each
-    np.testing.assert_array_equal(unpack_bits(blob), flags)
+def test_bits_cost_at_most_one_bit_each():
+    fair = RNG.random(80_000) > 0.5  # incompressible: the plain bitmask
+    assert pack_bits(fair).size == 80_000 // 8 + 8  # header: ndim|form + one dim, uint32 each
+    skewed = RNG.random(80_000) > 0.7  # entropy 0.88 bit per flag: zlib wins
+    assert pack_bits(skewed).size < 80_000 // 8
+    for flags in (fair, skewed, np.zeros((30, 7), bool), np.ones(5, bool)):
+        np.testing.assert_array_equal(unpack_bits(pack_bits(flags)), flags)
 
 
 def test_malformed_payloads_raise_codec_error():
@@ -120,3 +133,71 @@ def test_ninety_percent_sparse_model_message_is_at_most_15_percent_of_dense():
     sparse_bytes = message_bytes(_message_of(pruned, "auto"))
     assert dense_bytes > 4 * sum(v.size for v in dense.values())
     assert sparse_bytes <= 0.15 * dense_bytes, (sparse_bytes, dense_bytes)
+
+
+def _mask(size, positions):
+    mask = np.zeros(size, bool)
+    mask[list(positions)] = True
+    return mask
+
+
+@pytest.mark.parametrize(("mask", "form"), [
+    (RNG.random(4096) < 0.5, FORM_BITMASK),  # dense, random: nothing to compress
+    (_mask(100_000, [3, 50_000]), FORM_INDICES),  # two spread positions: 8 bytes
+    (np.arange(40_000) < 20_000, FORM_ZLIB_BITMASK),  # one long run
+    (_mask(1_000_000, range(0, 1_000_000, 997)), FORM_ZLIB_DELTA),  # regular gaps
+])
+def test_position_set_picks_the_smallest_form_and_round_trips(mask, form):
+    blob = encode_positions(mask)
+    assert blob[0] == form
+    plain = min((mask.size + 7) // 8, 4 * int(mask.sum()))
+    assert blob.size <= plain + 1  # the entropy-coded forms only ever win when smaller
+    np.testing.assert_array_equal(decode_positions(blob, mask.size), np.flatnonzero(mask))
+    np.testing.assert_array_equal(positions_mask(blob, mask.size), mask)
+
+
+def test_sparse_blob_uses_the_entropy_coded_positions_when_smaller():
+    array = np.zeros(200_000, np.float32)
+    array[:5000] = 1.5  # a pruned tensor: one kept block
+    blob = encode_sparse(array)
+    assert blob.size < 200_000 // 8 + 5000 * 4  # below the plain bitmask form
+    np.testing.assert_array_equal(decode_sparse(blob), array)
+    np.testing.assert_array_equal(decode_arrays(encode_arrays({"w": array}))["w"], array)
+
+
+def test_position_sets_reject_claims_outside_the_expected_size():
+    blob = encode_positions(_mask(1000, [5, 999]))
+    with pytest.raises(CodecError):
+        decode_positions(blob, 999)  # index 999 does not exist
+    with pytest.raises(CodecError):
+        decode_positions(np.concatenate([blob, [0]]).astype(np.uint8), 1000)  # trailing
+    bomb = np.frombuffer(bytes([FORM_ZLIB_BITMASK]) + zlib.compress(bytes(10**7)), np.uint8)
+    with pytest.raises(CodecError, match="longer"):
+        decode_positions(bomb, 1000)  # 10 MB of zeros inflating into a 125-byte bitmask
+    with pytest.raises(CodecError):
+        decode_positions(np.array([7, 0, 0], np.uint8), 10)  # unknown form
+
+
+def _forged_sparse(num_elements):
+    # Index form, float32, one dimension, no positions: a header claiming a huge array.
+    return np.asarray([FORM_INDICES, 0, 0, 1, num_elements], "<u4").view(np.uint8)
+
+
+def test_forged_header_claiming_2_31_elements_is_rejected_before_allocation():
+    tracemalloc.start()
+    try:
+        with pytest.raises(CodecError, match="expected"):
+            decode_sparse(_forged_sparse(2**31), shape=(4, 3))
+        with pytest.raises(CodecError, match="at most"):
+            decode_sparse(_forged_sparse(2**31))  # no expected shape: the global cap
+        forged_bits = np.asarray([1 | FORM_INDICES << 8, 2**31], "<u4").view(np.uint8)
+        with pytest.raises(CodecError, match="at most"):
+            unpack_bits(forged_bits)
+        record = ArrayRecord({"w@sparse": Array(_forged_sparse(2**31))})
+        with pytest.raises(CodecError, match="expected"):
+            decode_arrays(record, shapes={"w": (4, 3)})
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert peak < 1 << 20  # nothing near 8 GiB (2**31 float32) was ever requested
+    assert 2**31 > MAX_ELEMENTS

@@ -7,11 +7,11 @@ import logging
 import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
-from flwr.supercore.inflatable.inflatable_object import get_all_nested_objects
 
 from fl_strategies import FedAvg, FedProx
 from fl_strategies.base import numpy_to_arrayrecord, weighted_mean
 from fl_strategies.codec import decode_arrays, encode_arrays
+from fl_strategies.flwr_compat import nested_objects
 from simulations.runtimes.inline import InlineGrid
 
 GLOBAL = {"w": np.ones((4, 3), np.float32), "b": np.zeros(3, np.float32),
@@ -110,7 +110,7 @@ def test_all_replies_bad_keeps_previous_model():
 
 
 def _flower_size(message):
-    return sum(len(obj.deflate()) for obj in get_all_nested_objects(message).values())
+    return sum(len(obj.deflate()) for obj in nested_objects(message).values())
 
 
 def test_bytes_are_counted_from_flowers_serialization_of_every_message():
@@ -176,3 +176,66 @@ def test_run_config_travels_in_every_message():
     assert seen == ['{"method": {"name": "fedavg"}}'] * 2
 
 
+
+
+class PerNodeFedAvg(FedAvg):
+    """FedAvg whose nodes each get their own marker array, train and evaluate."""
+
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.payload_calls: list[tuple[int, int, str]] = []
+        self.decoded: list[tuple[int, str]] = []
+
+    def node_payload(self, server_round, node_id, message_type, arrays, config):
+        self.payload_calls.append((server_round, node_id, message_type))
+        marked = ArrayRecord(dict(arrays.items()))
+        marked["node"] = Array(np.array([node_id], np.int64))
+        return RecordDict({"arrays": marked, "config": config})
+
+    def expected_reply_arrays(self, server_round):
+        return {**super().expected_reply_arrays(server_round), "node": (1,)}
+
+    def decode_reply(self, server_round, content, key="arrays", expected_keys=None):
+        self.decoded.append((server_round, key))
+        return super().decode_reply(server_round, content, key, expected_keys)
+
+    def aggregate_replies(self, server_round, replies):
+        for reply in replies:
+            assert int(reply.arrays["node"][0]) == reply.node_id
+        merged = super().aggregate_replies(server_round, replies)
+        return {k: v for k, v in merged.items() if k != "node"}
+
+
+def test_node_payload_reaches_each_sampled_node_and_every_reply_decodes_through_the_hook():
+    seen: dict[str, dict[int, int]] = {"train": {}, "evaluate": {}}
+
+    def client_app(message, context):
+        node = int(decode_arrays(message.content.array_records["arrays"])["node"][0])
+        kind = message.metadata.message_type
+        seen[kind][message.metadata.dst_node_id] = node
+        if kind == "evaluate":
+            return Message(RecordDict({"metrics": MetricRecord({"num-examples": 5, "loss": 1.0})}),
+                           reply_to=message)
+        content = good_reply(message, context.node_config["partition-id"])
+        arrays = {**decode_arrays(content.array_records["arrays"]), "node": np.array([node])}
+        content["arrays"] = encode_arrays(arrays)
+        return Message(content, reply_to=message)
+
+    strategy = PerNodeFedAvg(min_available_nodes=3, fraction_train=1.0, fraction_evaluate=1.0)
+    run_rounds(strategy, client_app, 3, rounds=2)
+    # Each sampled node received its own payload, both kinds of message, both rounds.
+    for kind in ("train", "evaluate"):
+        assert len(seen[kind]) == 3 and all(dst == node for dst, node in seen[kind].items())
+    assert sorted(c[2] for c in strategy.payload_calls) == ["evaluate"] * 6 + ["train"] * 6
+    # Every training reply was decoded through decode_reply.
+    assert strategy.decoded == [(1, "arrays")] * 3 + [(2, "arrays")] * 3
+
+
+def test_scalar_metric_reads_numbers_and_ignores_lists_and_flags():
+    from fl_strategies.base import scalar_metric
+
+    metrics = MetricRecord({"flops": 12, "loss": 0.5, "odd": [1.0, 2.0]})
+    assert scalar_metric(metrics, "flops") == 12.0
+    assert scalar_metric(metrics, "loss") == 0.5
+    assert scalar_metric(metrics, "odd", default=-1.0) == -1.0  # float([..]) would raise
+    assert scalar_metric(metrics, "absent") == 0.0

@@ -11,11 +11,16 @@ from flwr.app import ConfigRecord, Context, Message, MetricRecord, RecordDict
 from torch.utils.data import TensorDataset
 
 from fl_strategies.base import numpy_to_arrayrecord
-from fl_strategies.codec import decode_arrays, encode_arrays
+from fl_strategies.codec import (
+    FORM_INDICES,
+    decode_arrays,
+    decode_positions,
+    encode_arrays,
+    encode_positions,
+)
 from fl_strategies.swat import Swat, topk_mask, topk_weights_only
 from fl_strategies.zerofl import (
-    INDEX_SUFFIX,
-    MASK_SUFFIX,
+    POSITIONS_SUFFIX,
     VALUES_SUFFIX,
     ZeroFL,
     aggregate_sparse,
@@ -64,8 +69,9 @@ def test_zero_valued_sent_positions_survive_the_codec():
     values, mask = select_uplink(LOCAL, GLOBAL, "diff_topk_weights", 0.5)
     assert mask[1, 1] and values[1, 1] == 0.0
     record = encode_arrays(pack_sent("w", values, mask))
-    assert "w" + MASK_SUFFIX + "@bits" in record  # 1 bit per position
-    assert {k.split("@")[0] for k in record} == {"w" + VALUES_SUFFIX, "w" + MASK_SUFFIX}
+    assert {k.split("@")[0] for k in record} == {"w"}
+    assert "w" + POSITIONS_SUFFIX in record and record["w" + POSITIONS_SUFFIX].dtype == "uint8"
+    assert any(k.startswith("w" + VALUES_SUFFIX) for k in record)
     dense, sent = unpack_sent(decode_arrays(record), "w", LOCAL.shape)
     np.testing.assert_array_equal(sent, mask)  # the 0-valued position is still "sent"
     np.testing.assert_allclose(dense, np.where(mask, values, 0))
@@ -77,27 +83,35 @@ def test_indices_are_sent_when_smaller_than_a_bitmask():
     mask = np.zeros_like(big, dtype=bool)
     mask[3, 7] = mask[50, 50] = True
     wire = pack_sent("w", big, mask)
-    assert set(wire) == {"w" + VALUES_SUFFIX, "w" + INDEX_SUFFIX}
-    assert wire["w" + INDEX_SUFFIX].tolist() == [307, 5050]
+    assert set(wire) == {"w" + VALUES_SUFFIX, "w" + POSITIONS_SUFFIX}
+    blob = wire["w" + POSITIONS_SUFFIX]
+    assert blob[0] == FORM_INDICES and blob.size == 1 + 8  # form byte, two uint32
+    assert decode_positions(blob, big.size).tolist() == [307, 5050]
     dense, sent = unpack_sent(decode_arrays(encode_arrays(wire)), "w", big.shape)
     assert sent.sum() == 2 and sent[50, 50] and dense[3, 7] == 2.0
 
 
-@pytest.mark.parametrize("broken", ["count", "repeat", "range", "both", "shape"])
+def _positions(*indices, size=6):
+    mask = np.zeros(size, bool)
+    mask[list(indices)] = True
+    return encode_positions(mask)
+
+
+@pytest.mark.parametrize("broken", ["count", "repeat", "range", "missing", "dtype"])
 def test_inconsistent_wire_entries_are_rejected(broken):
     wire = {"w" + VALUES_SUFFIX: np.array([1.0, 2.0], np.float32),
-            "w" + INDEX_SUFFIX: np.array([0, 5], np.uint32)}
+            "w" + POSITIONS_SUFFIX: _positions(0, 5)}
     if broken == "count":
         wire["w" + VALUES_SUFFIX] = np.array([1.0], np.float32)
     elif broken == "repeat":
-        wire["w" + INDEX_SUFFIX] = np.array([5, 5], np.uint32)
+        wire["w" + POSITIONS_SUFFIX] = np.concatenate(
+            [[FORM_INDICES], np.array([5, 5], "<u4").view(np.uint8)]).astype(np.uint8)
     elif broken == "range":
-        wire["w" + INDEX_SUFFIX] = np.array([0, 6], np.uint32)
-    elif broken == "both":
-        wire["w" + MASK_SUFFIX] = np.zeros((2, 3), bool)
+        wire["w" + POSITIONS_SUFFIX] = _positions(0, 6, size=7)
+    elif broken == "missing":
+        del wire["w" + POSITIONS_SUFFIX]
     else:
-        del wire["w" + INDEX_SUFFIX]
-        wire["w" + MASK_SUFFIX] = np.ones((3, 2), bool)
+        wire["w" + POSITIONS_SUFFIX] = np.ones((2, 3), bool)
     with pytest.raises(ValueError):
         unpack_sent(wire, "w", (2, 3))
 
@@ -201,7 +215,7 @@ def test_strategy_drops_replies_over_budget_or_with_dense_sparse_tensors():
     result = strategy.start(InlineGrid(client_app, 3), numpy_to_arrayrecord(initial),
                             num_rounds=1)
     reasons = "\n".join(strategy.dropped[1])
-    assert "more than the 2" in reasons and "needs 'w:sent-values'" in reasons
+    assert "more than the 2" in reasons and "needs 'w@values'" in reasons
     final = {k: v.numpy() for k, v in result.arrays.items()}
     np.testing.assert_allclose(final["w"], np.where(MASKS[2], VALUES[2], G))
 

@@ -36,12 +36,10 @@ from pathlib import Path
 from typing import Any
 
 from flwr.app import Context, Message, RecordDict
-from flwr.proto.node_pb2 import NodeInfo
 from flwr.serverapp import Grid, ServerApp
-from flwr.supercore import log
-from flwr.supercore.run import Run
 from omegaconf import DictConfig
 
+from fl_strategies.flwr_compat import FLWR_VERSION, NodeInfo, Run, log
 from simulations import CONF_DIR as PACKAGE_CONF_DIR
 from simulations.app.config import ConfigError
 
@@ -189,8 +187,6 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """Compose the run from the run config, run it on the SuperNodes, write results."""
-    from flwr.supercore.version import package_version
-
     from simulations.app.compose import compose_run, execute_plan
 
     run_config = dict(context.run_config)
@@ -207,7 +203,7 @@ def main(grid: Grid, context: Context) -> None:
     summary = execute_plan(plan, polling)
     info = {
         "run_id": context.run_id,
-        "flwr_version": package_version,
+        "flwr_version": FLWR_VERSION,
         "overrides": overrides,
         "conf_dir": str(conf_dir),
         "node_ids": sorted(int(n) for n in grid.get_node_ids()),

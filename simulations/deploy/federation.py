@@ -318,10 +318,10 @@ class LocalFederation:
 
     def _app_dir(self, app: Path) -> Path:
         """``app``, or a copy of it under a name ``flwr build`` accepts (letters, digits, -)."""
-        from flwr.cli.utils import is_valid_name
+        from fl_strategies.flwr_compat import is_valid_app_name
 
         app = app.resolve()
-        if is_valid_name(app.name)[0]:
+        if is_valid_app_name(app.name):
             return app
         staged = self.workdir / "app" / "fedlean"
         if not staged.exists():

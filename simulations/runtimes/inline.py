@@ -17,11 +17,14 @@ from uuid import uuid4
 
 from flwr.app import Context, Error, Message, RecordDict
 from flwr.serverapp import Grid
-from flwr.supercore.run import Run
-from flwr.supercore.task_identity import TaskIdentity
 
-SUPERLINK_NODE_ID = 1  # flwr.common.constant.SUPERLINK_NODE_ID
-CLIENT_APP_ERROR_CODE = 1  # flwr.common.constant.ErrorCode.CLIENT_APP_RAISED_EXCEPTION
+from fl_strategies.flwr_compat import (
+    CLIENT_APP_ERROR_CODE,
+    NODE_UNAVAILABLE_ERROR_CODE,
+    Run,
+    set_message_id,
+    set_task_identity,
+)
 
 ClientCallable = Callable[[Message, Context], Message]
 
@@ -65,9 +68,7 @@ class InlineGrid(Grid):
         }
         self._replies: dict[str, Message] = {}
         # Messages built by strategies read the sender's identity from here.
-        TaskIdentity.run_id = run_id
-        TaskIdentity.node_id = SUPERLINK_NODE_ID
-        TaskIdentity.task_id = 1
+        set_task_identity(run_id)
 
     def set_run(self, run: Run) -> None:
         """Set the run (kept for the Grid interface)."""
@@ -93,9 +94,9 @@ class InlineGrid(Grid):
         """Deliver each message to its node's ClientApp now; keep the reply."""
         ids = []
         for message in messages:
-            message.metadata.__dict__["_message_id"] = uuid4().hex
+            set_message_id(message, uuid4().hex)
             reply = self._call_client(isolated_copy(message))
-            reply.metadata.__dict__["_message_id"] = uuid4().hex
+            set_message_id(reply, uuid4().hex)
             self._replies[message.metadata.message_id] = isolated_copy(reply)
             ids.append(message.metadata.message_id)
         return ids
@@ -103,8 +104,8 @@ class InlineGrid(Grid):
     def _call_client(self, message: Message) -> Message:
         context = self.contexts.get(message.metadata.dst_node_id)
         if context is None:
-            return Message(Error(CLIENT_APP_ERROR_CODE, f"unknown node {message.metadata.dst_node_id}"),
-                           reply_to=message)
+            return Message(Error(NODE_UNAVAILABLE_ERROR_CODE,
+                                 f"unknown node {message.metadata.dst_node_id}"), reply_to=message)
         try:
             return self.client_app(message, context)
         except Exception as exc:  # noqa: BLE001 - a failing client becomes an error reply

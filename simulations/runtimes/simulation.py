@@ -9,7 +9,6 @@ ServerApp by closure.
 
 from __future__ import annotations
 
-import inspect
 import logging
 import os
 from pathlib import Path
@@ -18,6 +17,7 @@ from typing import Any
 from flwr.app import Context
 from flwr.serverapp import Grid, ServerApp
 
+from fl_strategies.flwr_compat import run_simulation, shorten_engine_polling
 from simulations.app.compose import RunPlan, compose_run, execute_plan
 from simulations.app.config import ConfigError
 from simulations.runtimes.inline import InlineGrid
@@ -50,37 +50,8 @@ def ray_backend_config(backend: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def shorten_engine_polling(interval: float) -> bool:
-    """Make Flower's simulation engine look for new messages every ``interval`` s.
-
-    Flower 1.41's engine (``vce_api.add_messages_to_queue``) polls its LinkState with
-    a hard-coded 0.1 s sleep, i.e. about 50 ms of idle latency per exchange, which
-    dominates rounds of small models. This swaps in the same loop with a shorter
-    wait. If Flower's function no longer has the expected signature, nothing is
-    changed and ``False`` is returned.
-    """
-    from flwr.server.superlink.fleet.vce import vce_api
-
-    original = vce_api.add_messages_to_queue
-    expected = ["state", "queue", "nodes_mapping", "f_stop"]
-    if list(inspect.signature(original).parameters) != expected:
-        return False
-
-    def add_messages_to_queue(state: Any, queue: Any, nodes_mapping: Any, f_stop: Any) -> None:
-        while not f_stop.is_set():
-            for node_id in nodes_mapping.keys():
-                for message in state.get_message_ins(node_id=node_id, limit=1):
-                    queue.put(message)
-            f_stop.wait(interval)
-
-    vce_api.add_messages_to_queue = add_messages_to_queue
-    return True
-
-
 def run_ray(plan: RunPlan, quiet: bool = False) -> dict[str, Any]:
     """Run the plan with Flower's Simulation Runtime on Ray."""
-    from flwr.simulation import run_simulation
-
     from simulations.app.client_app import app as client_app
 
     summaries: list[dict[str, Any]] = []

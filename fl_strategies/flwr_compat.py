@@ -1,0 +1,140 @@
+"""Every private or internal Flower name fedlean uses, behind one seam.
+
+Flower's public API (``flwr.app``, ``flwr.serverapp``, ``flwr.clientapp``,
+``flwr.serverapp.strategy``) is imported directly everywhere. What fedlean needs beyond
+it (object serialization for measured bytes, the sender identity of messages built
+outside a runtime, the message id a SuperLink would assign, the simulation engine's
+polling loop, constants, the version) is imported or reached here only, so that a
+Flower upgrade breaks one module and ``tests/test_flwr_compat.py`` says which name.
+
+Tested with :data:`TESTED_FLWR` (``pyproject.toml`` pins the same range). Names that
+need the simulation extra (Ray) are imported when first used.
+"""
+
+from __future__ import annotations
+
+import inspect
+from collections.abc import Mapping
+from typing import Any
+
+from flwr.app import Message
+from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
+from flwr.proto.node_pb2 import NodeInfo
+from flwr.supercore import log
+from flwr.supercore.inflatable.inflatable_object import (
+    get_all_nested_objects,
+    no_object_id_recompute,
+)
+from flwr.supercore.inflatable.inflatable_utils import inflate_object_from_contents
+from flwr.supercore.run import Run
+from flwr.supercore.task_identity import TaskIdentity
+from flwr.supercore.version import package_version
+
+#: The Flower versions this module was tested with (as a pip specifier).
+TESTED_FLWR = ">=1.42,<1.43"
+#: Installed Flower version.
+FLWR_VERSION: str = package_version
+#: Error code of a reply whose ClientApp raised.
+CLIENT_APP_ERROR_CODE: int = ErrorCode.CLIENT_APP_RAISED_EXCEPTION
+#: Error code of a reply for a message whose destination node does not exist.
+NODE_UNAVAILABLE_ERROR_CODE: int = ErrorCode.NODE_UNAVAILABLE
+
+__all__ = [
+    "CLIENT_APP_ERROR_CODE",
+    "FLWR_VERSION",
+    "NODE_UNAVAILABLE_ERROR_CODE",
+    "SUPERLINK_NODE_ID",
+    "TESTED_FLWR",
+    "NodeInfo",
+    "Run",
+    "inflate_message",
+    "is_valid_app_name",
+    "log",
+    "nested_objects",
+    "no_object_id_recompute",
+    "run_simulation",
+    "set_message_id",
+    "set_task_identity",
+    "shorten_engine_polling",
+]
+
+# The simulation engine's polling function that :func:`shorten_engine_polling` replaces.
+ENGINE_POLL_PARAMETERS = ["state", "queue", "nodes_mapping", "f_stop"]
+
+
+def nested_objects(obj: Any) -> Mapping[str, Any]:
+    """Flower's serializable objects of a message or record, by object id.
+
+    Each value's ``deflate()`` is the bytes Flower puts on the wire for it. Call inside
+    :func:`no_object_id_recompute`, or Flower re-hashes every nested object once per
+    ancestor.
+    """
+    return get_all_nested_objects(obj)
+
+
+def inflate_message(object_id: str, contents: Mapping[str, bytes]) -> Message:
+    """Rebuild a message from its serialized objects (object id -> deflated bytes)."""
+    message = inflate_object_from_contents(object_id, dict(contents))
+    if not isinstance(message, Message):
+        raise TypeError(f"object {object_id} inflates to {type(message).__name__}, not Message")
+    return message
+
+
+def set_message_id(message: Message, message_id: str) -> None:
+    """Give a message the id a SuperLink would assign (Flower exposes no setter)."""
+    message.metadata.__dict__["_message_id"] = message_id
+
+
+def set_task_identity(run_id: int, node_id: int = SUPERLINK_NODE_ID, task_id: int = 1) -> None:
+    """Set the sender identity that messages built outside a Flower runtime read."""
+    TaskIdentity.run_id = run_id
+    TaskIdentity.node_id = node_id
+    TaskIdentity.task_id = task_id
+
+
+def shorten_engine_polling(interval: float) -> bool:
+    """Make Flower's simulation engine look for new messages every ``interval`` s.
+
+    Flower's engine (``vce_api.add_messages_to_queue``) polls its LinkState with a
+    hard-coded 0.1 s sleep, i.e. about 50 ms of idle latency per exchange, which
+    dominates rounds of small models. This swaps in the same loop with a shorter
+    wait. If Flower's function no longer has the expected signature, nothing is
+    changed and ``False`` is returned.
+    """
+    from flwr.server.superlink.fleet.vce import vce_api
+
+    original = vce_api.add_messages_to_queue
+    if list(inspect.signature(original).parameters) != ENGINE_POLL_PARAMETERS:
+        return False
+
+    def add_messages_to_queue(state: Any, queue: Any, nodes_mapping: Any, f_stop: Any) -> None:
+        while not f_stop.is_set():
+            for node_id in nodes_mapping.keys():
+                for message in state.get_message_ins(node_id=node_id, limit=1):
+                    queue.put(message)
+            f_stop.wait(interval)
+
+    vce_api.add_messages_to_queue = add_messages_to_queue
+    return True
+
+
+def is_valid_app_name(name: str) -> bool:
+    """Whether ``flwr build`` accepts ``name`` as an app directory name."""
+    from flwr.cli.utils import is_valid_name
+
+    return bool(is_valid_name(name)[0])
+
+
+def run_simulation(**kwargs: Any) -> None:
+    """Flower's ``flwr.simulation.run_simulation`` (deprecated by Flower, still working).
+
+    Parameters
+    ----------
+    **kwargs
+        Passed on: ``server_app``, ``client_app``, ``num_supernodes``,
+        ``backend_name``, ``backend_config``, ``verbose_logging``.
+
+    """
+    from flwr.simulation import run_simulation as flower_run_simulation
+
+    flower_run_simulation(**kwargs)
