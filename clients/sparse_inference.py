@@ -55,8 +55,7 @@ def to_csr(model: nn.Module) -> tuple[nn.Module, int]:
 
 
 @torch.inference_mode()
-def items_per_second(model: nn.Module, inputs: Tensor, seconds: float = 1.0,
-                     warmup: float = 0.05) -> float:
+def items_per_second(model: nn.Module, inputs: Tensor, seconds: float = 1.0, warmup: float = 0.05) -> float:
     """Inputs processed per second by ``model`` on repeated batches ``inputs``."""
     model.eval()
     end = time.perf_counter() + warmup
@@ -69,9 +68,14 @@ def items_per_second(model: nn.Module, inputs: Tensor, seconds: float = 1.0,
     return batches * inputs.shape[0] / elapsed
 
 
-def inference_report(model: nn.Module, input_shape: tuple[int, ...], seconds: float = 1.0,
-                     batch_sizes: tuple[int, ...] = (1, 64), threads: int = 1,
-                     repeats: int = 5) -> dict[str, Any]:
+def inference_report(
+    model: nn.Module,
+    input_shape: tuple[int, ...],
+    seconds: float = 1.0,
+    batch_sizes: tuple[int, ...] = (1, 64),
+    threads: int = 1,
+    repeats: int = 5,
+) -> dict[str, Any]:
     """Throughput (items/s) of ``model`` in dense and in CSR format, per batch size.
 
     Parameters
@@ -115,8 +119,9 @@ def inference_report(model: nn.Module, input_shape: tuple[int, ...], seconds: fl
     return report
 
 
-def final_model_benchmark(dims: Mapping[str, Any], seconds: float = 1.0
-                          ) -> Callable[[Mapping[str, np.ndarray]], dict[str, Any]]:
+def final_model_benchmark(
+    dims: Mapping[str, Any], seconds: float = 1.0
+) -> Callable[[Mapping[str, np.ndarray]], dict[str, Any]]:
     """A strategy's ``final_model_fn``: load the final arrays, measure both formats.
 
     Parameters

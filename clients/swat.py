@@ -143,8 +143,18 @@ class _SwatConv2dFn(torch.autograd.Function):
     """Conv2d with given weight mask (forward) and activation threshold (backward)."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, weight_mask, act_threshold, stride, padding,  # noqa: D102
-                dilation, groups):
+    def forward(
+        ctx,
+        x,
+        weight,
+        bias,
+        weight_mask,
+        act_threshold,
+        stride,
+        padding,  # noqa: D102
+        dilation,
+        groups,
+    ):
         sparse_weight = weight * weight_mask
         x_sparse = x * (x.abs() >= act_threshold)
         ctx.save_for_backward(x_sparse, sparse_weight)
@@ -160,8 +170,16 @@ class _SwatConv2dFn(torch.autograd.Function):
         # grad_input depends on the input's shape only, grad_weight on its values:
         # passing the top-K'd activations gives SWAT's dW = dY * topk(X).
         grad_x, grad_w, grad_b = torch.ops.aten.convolution_backward(
-            grad_out, x_sparse, sparse_weight, ctx.bias_sizes, list(stride), list(padding),
-            list(dilation), False, [0, 0], groups,
+            grad_out,
+            x_sparse,
+            sparse_weight,
+            ctx.bias_sizes,
+            list(stride),
+            list(padding),
+            list(dilation),
+            False,
+            [0, 0],
+            groups,
             [ctx.needs_input_grad[0], ctx.needs_input_grad[1], need_b],
         )
         return grad_x, grad_w, grad_b, None, None, None, None, None, None
@@ -206,8 +224,11 @@ class SwatMixin:
             # Evaluation uses the current top-K weights; activations are not
             # touched by the forward pass.
             return topk_mask(self.weight, self.swat.keep), x.new_zeros(())
-        refresh = (self.weight_threshold is None or self.steps < self.swat.warmup
-                   or self.steps % self.swat.period == 0)
+        refresh = (
+            self.weight_threshold is None
+            or self.steps < self.swat.warmup
+            or self.steps % self.swat.period == 0
+        )
         if refresh:
             self.weight_threshold = topk_threshold(self.weight, self.swat.keep)
             self.act_threshold = topk_threshold(x, self.swat.keep)
@@ -217,8 +238,7 @@ class SwatMixin:
             mask = self.weight.abs() >= self.weight_threshold
         return mask, self.act_threshold.to(x.dtype)  # type: ignore[union-attr]
 
-    def _count(self, x: Tensor, weight_mask: Tensor, act_threshold: Tensor,
-               out_positions: int) -> None:
+    def _count(self, x: Tensor, weight_mask: Tensor, act_threshold: Tensor, out_positions: int) -> None:
         """Add one training step's FLOPs (2 per multiply-accumulate).
 
         ``out_positions`` is how many times each weight is applied (batch rows for
@@ -242,16 +262,22 @@ class SwatMixin:
 class SwatLinear(SwatMixin, nn.Linear):
     """``nn.Linear`` trained the SWAT way (see the module docstring)."""
 
-    def __init__(self, in_features: int, out_features: int, bias: bool = True,
-                 config: SwatConfig | None = None, device=None, dtype=None) -> None:
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        bias: bool = True,
+        config: SwatConfig | None = None,
+        device=None,
+        dtype=None,
+    ) -> None:
         super().__init__(in_features, out_features, bias, device=device, dtype=dtype)
         self._init_swat(config or SwatConfig())
 
     @classmethod
     def from_dense(cls, module: nn.Linear, config: SwatConfig) -> SwatLinear:
         """A SWAT layer sharing ``module``'s Parameters (same names, same values)."""
-        new = cls(module.in_features, module.out_features, module.bias is not None, config,
-                  device="meta")
+        new = cls(module.in_features, module.out_features, module.bias is not None, config, device="meta")
         new.weight, new.bias = module.weight, module.bias
         new.train(module.training)
         return new
@@ -277,10 +303,19 @@ class SwatConv2d(SwatMixin, nn.Conv2d):
     @classmethod
     def from_dense(cls, module: nn.Conv2d, config: SwatConfig) -> SwatConv2d:
         """A SWAT layer sharing ``module``'s Parameters (same names, same values)."""
-        new = cls(module.in_channels, module.out_channels, module.kernel_size,
-                  stride=module.stride, padding=module.padding, dilation=module.dilation,
-                  groups=module.groups, bias=module.bias is not None,
-                  padding_mode=module.padding_mode, config=config, device="meta")
+        new = cls(
+            module.in_channels,
+            module.out_channels,
+            module.kernel_size,
+            stride=module.stride,
+            padding=module.padding,
+            dilation=module.dilation,
+            groups=module.groups,
+            bias=module.bias is not None,
+            padding_mode=module.padding_mode,
+            config=config,
+            device="meta",
+        )
         new.weight, new.bias = module.weight, module.bias
         new.train(module.training)
         return new
@@ -294,19 +329,26 @@ class SwatConv2d(SwatMixin, nn.Conv2d):
             padding = (0, 0)
         mask, act_threshold = self._thresholds(x)
         if self.training and torch.is_grad_enabled():
-            out = _SwatConv2dFn.apply(x, self.weight, self.bias, mask, act_threshold,
-                                      self.stride, padding, self.dilation, self.groups)
+            out = _SwatConv2dFn.apply(
+                x,
+                self.weight,
+                self.bias,
+                mask,
+                act_threshold,
+                self.stride,
+                padding,
+                self.dilation,
+                self.groups,
+            )
             self._count(x, mask, act_threshold, out.numel() // self.out_channels)
             return out
-        return F.conv2d(x, self.weight * mask, self.bias, self.stride, padding,
-                        self.dilation, self.groups)
+        return F.conv2d(x, self.weight * mask, self.bias, self.stride, padding, self.dilation, self.groups)
 
     def extra_repr(self) -> str:  # noqa: D102
         return f"{super().extra_repr()}, sparsity={self.swat.sparsity}"
 
 
-def swat_layer_names(model: nn.Module, sparsify_first: bool = False,
-                     sparsify_last: bool = True) -> list[str]:
+def swat_layer_names(model: nn.Module, sparsify_first: bool = False, sparsify_last: bool = True) -> list[str]:
     """Names of the Conv2d/Linear modules SWAT replaces, in registration order.
 
     Parameters
@@ -319,8 +361,7 @@ def swat_layer_names(model: nn.Module, sparsify_first: bool = False,
         Also the last one, usually the classifier (reference ``sparsify_last_layer: True``).
 
     """
-    names = [name for name, m in model.named_modules()
-             if name and isinstance(m, nn.Conv2d | nn.Linear)]
+    names = [name for name, m in model.named_modules() if name and isinstance(m, nn.Conv2d | nn.Linear)]
     chosen = list(names)
     if names and not sparsify_first:
         chosen.remove(names[0])
@@ -342,8 +383,12 @@ def swatify(model: nn.Module, config: SwatConfig, names: Iterable[str]) -> int:
         return SwatLinear.from_dense(module, config)  # type: ignore[arg-type]
 
     count = replace_modules(
-        model, lambda name, m: name in wanted and isinstance(m, nn.Conv2d | nn.Linear)
-        and not isinstance(m, SwatMixin), make)
+        model,
+        lambda name, m: (
+            name in wanted and isinstance(m, nn.Conv2d | nn.Linear) and not isinstance(m, SwatMixin)
+        ),
+        make,
+    )
     if count != len(wanted):
         raise ValueError(f"swatify replaced {count} modules, {len(wanted)} were named")
     return count

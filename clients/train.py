@@ -91,8 +91,11 @@ def set_torch_threads(threads: int | None) -> None:
 
 
 def make_optimizer(
-    params: Iterator[nn.Parameter] | list, name: str = "sgd", lr: float = 0.01,
-    momentum: float = 0.0, weight_decay: float = 0.0,
+    params: Iterator[nn.Parameter] | list,
+    name: str = "sgd",
+    lr: float = 0.01,
+    momentum: float = 0.0,
+    weight_decay: float = 0.0,
 ) -> torch.optim.Optimizer:
     """SGD or Adam with the given settings."""
     if name == "sgd":
@@ -178,13 +181,16 @@ def train_loop(
             targets += labels.numel()
             steps += 1
     targets = max(targets, 1)
-    return LoopStats(total_loss / targets, correct / targets, seen // max(epochs, 1), steps,
-                     time.perf_counter() - start)
+    return LoopStats(
+        total_loss / targets, correct / targets, seen // max(epochs, 1), steps, time.perf_counter() - start
+    )
 
 
 @torch.no_grad()
 def evaluate_model(
-    model: nn.Module, loader: DataLoader, device: torch.device,
+    model: nn.Module,
+    loader: DataLoader,
+    device: torch.device,
     forward: Callable[[nn.Module, Tensor], Tensor] | None = None,
 ) -> LoopStats:
     """Loss and accuracy of ``model`` over ``loader``."""
@@ -199,8 +205,9 @@ def evaluate_model(
         correct += int((logits.argmax(1) == labels).sum())
         seen += labels.size(0)
         targets += labels.numel()
-    return LoopStats(total_loss / max(targets, 1), correct / max(targets, 1), seen,
-                     seconds=time.perf_counter() - start)
+    return LoopStats(
+        total_loss / max(targets, 1), correct / max(targets, 1), seen, seconds=time.perf_counter() - start
+    )
 
 
 def replace_modules(
@@ -213,8 +220,9 @@ def replace_modules(
     The replacement must keep the same parameter names so that state dicts from
     the server still load.
     """
-    targets = [(name, module) for name, module in model.named_modules()
-               if name and should_replace(name, module)]
+    targets = [
+        (name, module) for name, module in model.named_modules() if name and should_replace(name, module)
+    ]
     for name, module in targets:
         parent_name, _, child = name.rpartition(".")
         parent = model.get_submodule(parent_name) if parent_name else model

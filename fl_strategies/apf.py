@@ -61,10 +61,15 @@ class APF(StabilityFreezingStrategy):
 
     method_name = "apf"
 
-    def __init__(self, alpha: float = 0.99, threshold: float = 0.05, tighten_at: float = 0.8,
-                 eps: float = 1e-12, **kwargs: Any) -> None:
-        super().__init__(alpha=alpha, threshold=threshold, tighten_at=tighten_at, eps=eps,
-                         **kwargs)
+    def __init__(
+        self,
+        alpha: float = 0.99,
+        threshold: float = 0.05,
+        tighten_at: float = 0.8,
+        eps: float = 1e-12,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(alpha=alpha, threshold=threshold, tighten_at=tighten_at, eps=eps, **kwargs)
         self.period = np.zeros(0, np.int32)
         self.frozen_until = np.zeros(0, np.int64)
 
@@ -74,8 +79,9 @@ class APF(StabilityFreezingStrategy):
         self.period = np.zeros(size, np.int32)
         self.frozen_until = np.zeros(size, np.int64)
 
-    def update_state(self, server_round: int, delta: np.ndarray,
-                     replies: list[ParsedReply]) -> dict[str, float]:
+    def update_state(
+        self, server_round: int, delta: np.ndarray, replies: list[ParsedReply]
+    ) -> dict[str, float]:
         """Check the synced scalars, update their periods, set next round's mask."""
         checked = self.sync_mask
         ema_update(self.ema, self.abs_ema, delta, self.alpha, where=checked)
@@ -100,12 +106,21 @@ class APF(StabilityFreezingStrategy):
 
     def summary_fields(self) -> dict[str, Any]:
         """Settings and the final state."""
-        return {**super().summary_fields(), "alpha": self.alpha,
-                "initial_threshold": self.initial_threshold, "final_threshold": self.threshold,
-                "tighten_at": self.tighten_at}
+        return {
+            **super().summary_fields(),
+            "alpha": self.alpha,
+            "initial_threshold": self.initial_threshold,
+            "final_threshold": self.threshold,
+            "tighten_at": self.tighten_at,
+        }
 
     def summary(self) -> None:
         """Log the settings."""
-        log(INFO, "\t├──> APF alpha %s, threshold %s, tighten at %s", self.alpha,
-            self.threshold, self.tighten_at)
+        log(
+            INFO,
+            "\t├──> APF alpha %s, threshold %s, tighten at %s",
+            self.alpha,
+            self.threshold,
+            self.tighten_at,
+        )
         super().summary()

@@ -124,9 +124,7 @@ def decode_reply_arrays(
     return arrays
 
 
-def check_reply_array(
-    name: str, value: np.ndarray, shape: tuple[int, ...], kinds: str | None = None
-) -> None:
+def check_reply_array(name: str, value: np.ndarray, shape: tuple[int, ...], kinds: str | None = None) -> None:
     """Shape, dtype kind (numpy ``dtype.kind`` letters) and finiteness of one array."""
     if tuple(value.shape) != tuple(shape):
         raise ReplyError(f"array '{name}' has shape {value.shape}, expected {tuple(shape)}")
@@ -289,8 +287,9 @@ class FedleanStrategy(FedAvg):
         arrays = self.decode_reply(server_round, content, ARRAYS_KEY, expected)
         for name, shape in expected.items():
             reference = self.global_arrays.get(name)
-            check_reply_array(name, arrays[name], shape,
-                              reference.dtype.kind if reference is not None else None)
+            check_reply_array(
+                name, arrays[name], shape, reference.dtype.kind if reference is not None else None
+            )
         return ParsedReply(
             node_id=message.metadata.src_node_id,
             num_examples=num_examples,
@@ -308,9 +307,7 @@ class FedleanStrategy(FedAvg):
                 raise ReplyError(f"metric '{name}' is not finite")
         return content
 
-    def aggregate_replies(
-        self, server_round: int, replies: list[ParsedReply]
-    ) -> dict[str, np.ndarray]:
+    def aggregate_replies(self, server_round: int, replies: list[ParsedReply]) -> dict[str, np.ndarray]:
         """New global model from validated replies (default: weighted mean)."""
         merged = weighted_mean([r.arrays for r in replies], [r.num_examples for r in replies])
         return {**self.global_arrays, **merged}
@@ -353,8 +350,7 @@ class FedleanStrategy(FedAvg):
                 parsed.append(self.parse_train_reply(server_round, message))
             except ReplyError as exc:
                 self._drop(server_round, message, "train", exc)
-        log(INFO, "aggregate_train: %d valid replies, %d dropped", len(parsed),
-            len(replies) - len(parsed))
+        log(INFO, "aggregate_train: %d valid replies, %d dropped", len(parsed), len(replies) - len(parsed))
         if not parsed:
             return None, None
         new_global = self.aggregate_replies(server_round, parsed)
@@ -379,9 +375,7 @@ class FedleanStrategy(FedAvg):
         self._count(server_round, "eval_bytes_down", messages)
         return messages
 
-    def aggregate_evaluate(
-        self, server_round: int, replies: Iterable[Message]
-    ) -> MetricRecord | None:
+    def aggregate_evaluate(self, server_round: int, replies: Iterable[Message]) -> MetricRecord | None:
         """Aggregate evaluation metrics of the valid replies."""
         replies = list(replies)
         self._count(server_round, "eval_bytes_up", replies)
@@ -463,8 +457,7 @@ class FedleanStrategy(FedAvg):
             if evaluate_fn is not None:
                 model = self._adopt(arrays)
                 view = self.central_view(model)
-                record = self.global_record() if view is self._global_arrays else (
-                    numpy_to_arrayrecord(view))
+                record = self.global_record() if view is self._global_arrays else (numpy_to_arrayrecord(view))
                 central = evaluate_fn(server_round, record)
             if on_round_end is not None:
                 on_round_end(self.round_record(server_round, central))
@@ -518,8 +511,7 @@ class FedleanStrategy(FedAvg):
             if content is None:
                 messages.append(message)
             else:
-                messages.append(Message(content=content, message_type=message_type,
-                                        dst_node_id=node_id))
+                messages.append(Message(content=content, message_type=message_type, dst_node_id=node_id))
         return messages
 
     def _count(self, server_round: int, key: str, messages: list[Message]) -> None:
@@ -543,5 +535,4 @@ class FedleanStrategy(FedAvg):
     def _drop(self, server_round: int, message: Message, phase: str, exc: Exception) -> None:
         node = message.metadata.src_node_id
         self.dropped[server_round].append(f"{node}: {exc}")
-        log(WARNING, "round %d %s: dropped reply from node %s: %s", server_round, phase,
-            node, exc)
+        log(WARNING, "round %d %s: dropped reply from node %s: %s", server_round, phase, node, exc)

@@ -47,14 +47,17 @@ FORM_BITMASK = 1
 FORM_INDICES = 2
 FORM_ZLIB_BITMASK = 3
 FORM_ZLIB_DELTA = 4
-FORMS = {FORM_BITMASK: "bitmask", FORM_INDICES: "indices", FORM_ZLIB_BITMASK: "zlib-bitmask",
-         FORM_ZLIB_DELTA: "zlib-delta"}
+FORMS = {
+    FORM_BITMASK: "bitmask",
+    FORM_INDICES: "indices",
+    FORM_ZLIB_BITMASK: "zlib-bitmask",
+    FORM_ZLIB_DELTA: "zlib-delta",
+}
 #: Largest element count a header may claim when the receiver gives no expected shape
 #: (2**28 float32 values = 1 GiB); larger claims are rejected before any allocation.
 MAX_ELEMENTS = 2**28
 # Codes for the dtypes a sparse blob may carry (value dtype on the wire / original).
-_DTYPES: dict[int, np.dtype] = {0: np.dtype(np.float32), 1: np.dtype(np.float16),
-                                 2: np.dtype(np.float64)}
+_DTYPES: dict[int, np.dtype] = {0: np.dtype(np.float32), 1: np.dtype(np.float16), 2: np.dtype(np.float64)}
 _DTYPE_CODES: dict[np.dtype, int] = {v: k for k, v in _DTYPES.items()}
 
 ENCODINGS = ("dense", "auto", "sparse")
@@ -289,9 +292,7 @@ def decode_sparse(blob: np.ndarray, shape: tuple[int, ...] | None = None) -> np.
     per_position = 4 + value_dtype.itemsize if fmt == FORM_INDICES else None
     positions, value_bytes = _decode_form(fmt, body, size, per_position)
     if value_bytes.size != positions.size * value_dtype.itemsize:
-        raise CodecError(
-            f"sparse blob holds {value_bytes.size} value bytes for {positions.size} positions"
-        )
+        raise CodecError(f"sparse blob holds {value_bytes.size} value bytes for {positions.size} positions")
     out = np.zeros(size, dtype=orig_dtype)
     out[positions] = value_bytes.view(value_dtype.newbyteorder("<")).astype(orig_dtype)
     return out.reshape(claimed)

@@ -41,8 +41,7 @@ LABELS_KEY = "labels"
 INDICES_KEY = "indices"
 TEST_FEATURES_KEY = "test-features"
 TEST_LABELS_KEY = "test-labels"
-REPLY_KEYS = (FEATURES_KEY, LOGITS_KEY, LABELS_KEY, INDICES_KEY, TEST_FEATURES_KEY,
-              TEST_LABELS_KEY)
+REPLY_KEYS = (FEATURES_KEY, LOGITS_KEY, LABELS_KEY, INDICES_KEY, TEST_FEATURES_KEY, TEST_LABELS_KEY)
 # ... and of a training message (down): LOGITS_KEY and INDICES_KEY.
 # Metrics of a training reply: the edge model on the local test split, KD on or off.
 EDGE_ACCURACY_KEY = "edge-accuracy"
@@ -58,8 +57,9 @@ EDGE_FLOPS_SAMPLE_KEY = "edge-flops-train-per-sample"
 class DistillationServer(Protocol):
     """The server model of FedGKT with its optimizer and device (kept across rounds)."""
 
-    def fit(self, features: np.ndarray, labels: np.ndarray, client_logits: np.ndarray,
-            server_round: int) -> Mapping[str, float]:
+    def fit(
+        self, features: np.ndarray, labels: np.ndarray, client_logits: np.ndarray, server_round: int
+    ) -> Mapping[str, float]:
         """Train on the round's uploaded features; return training metrics."""
 
     def predict(self, features: np.ndarray) -> np.ndarray:
@@ -128,8 +128,14 @@ class FedGKT(FedleanStrategy):
 
     method_name = "fedgkt"
 
-    def __init__(self, server: DistillationServer, num_classes: int,
-                 feature_shape: Sequence[int], float16: bool = True, **kwargs: Any) -> None:
+    def __init__(
+        self,
+        server: DistillationServer,
+        num_classes: int,
+        feature_shape: Sequence[int],
+        float16: bool = True,
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         self.server = server
         self.num_classes = int(num_classes)
@@ -171,42 +177,48 @@ class FedGKT(FedleanStrategy):
         return ParsedReply(
             node_id=message.metadata.src_node_id,
             num_examples=num_examples,
-            arrays={k: v.astype(np.int64) if v.dtype.kind in "iu" else v.astype(np.float32)
-                    for k, v in arrays.items()},
+            arrays={
+                k: v.astype(np.int64) if v.dtype.kind in "iu" else v.astype(np.float32)
+                for k, v in arrays.items()
+            },
             metrics=content.metric_records[METRICS_KEY],
             content=content,
         )
 
-    def aggregate_replies(
-        self, server_round: int, replies: list[ParsedReply]
-    ) -> dict[str, np.ndarray]:
+    def aggregate_replies(self, server_round: int, replies: list[ParsedReply]) -> dict[str, np.ndarray]:
         """Train the server model on all uploads; keep each node's logits; evaluate."""
         start = time.perf_counter()
 
         def joined(key: str) -> np.ndarray:
             return np.concatenate([r.arrays[key] for r in replies])
 
-        stats: dict[str, float] = dict(self.server.fit(
-            joined(FEATURES_KEY), joined(LABELS_KEY), joined(LOGITS_KEY), server_round))
+        stats: dict[str, float] = dict(
+            self.server.fit(joined(FEATURES_KEY), joined(LABELS_KEY), joined(LOGITS_KEY), server_round)
+        )
         for reply in replies:
             self.server_logits[reply.node_id] = (
-                reply.arrays[INDICES_KEY], self.server.predict(reply.arrays[FEATURES_KEY]))
+                reply.arrays[INDICES_KEY],
+                self.server.predict(reply.arrays[FEATURES_KEY]),
+            )
         test_labels = joined(TEST_LABELS_KEY)
         if len(test_labels):
             loss, accuracy = softmax_loss_accuracy(
-                self.server.predict(joined(TEST_FEATURES_KEY)), test_labels)
+                self.server.predict(joined(TEST_FEATURES_KEY)), test_labels
+            )
             stats.update(accuracy=accuracy, server_accuracy=accuracy, server_loss=loss)
         seconds = time.perf_counter() - start
         self.server_seconds += seconds
         stats["server_seconds"] = seconds
         stats.update(self._edge_stats(replies))
         for key in (EDGE_FLOPS_TRAIN_KEY, EDGE_FLOPS_EXTRACT_KEY):  # summed over the round's clients
-            stats[key.replace("-", "_")] = float(sum(float(r.metrics.get(key, 0)) for r in replies))
-        self.edge_flops_per_sample = max([float(r.metrics.get(EDGE_FLOPS_SAMPLE_KEY, 0)) for r in replies]
-                                         + [self.edge_flops_per_sample])
+            stats[key.replace("-", "_")] = float(sum(scalar_metric(r.metrics, key) for r in replies))
+        self.edge_flops_per_sample = max(
+            [scalar_metric(r.metrics, EDGE_FLOPS_SAMPLE_KEY) for r in replies] + [self.edge_flops_per_sample]
+        )
         stats["upload_feature_bytes"] = sum(
             encoded_bytes(r.content.array_records[ARRAYS_KEY], (FEATURES_KEY, TEST_FEATURES_KEY))
-            for r in replies)
+            for r in replies
+        )
         self.round_stats[server_round] = stats
         return self.server.state()
 
@@ -217,13 +229,19 @@ class FedGKT(FedleanStrategy):
     def summary_fields(self) -> dict[str, Any]:
         """The server model's facts; ``final_model.npz`` holds the server model."""
         rounds = list(self.round_stats.values()) or [{}]
-        edge = {f"{key}_per_round": sum(r.get(key, 0.0) for r in rounds) / len(rounds)
-                for key in ("edge_flops_train", "edge_flops_extract")}
+        edge = {
+            f"{key}_per_round": sum(r.get(key, 0.0) for r in rounds) / len(rounds)
+            for key in ("edge_flops_train", "edge_flops_extract")
+        }
         edge["edge_flops_per_round"] = sum(edge.values())
-        return {**self.server.describe(), "final_model_is": "server model",
-                "server_seconds_total": round(self.server_seconds, 3),
-                "feature_shape": list(self.feature_shape),
-                "edge_flops_train_per_sample": self.edge_flops_per_sample, **edge}
+        return {
+            **self.server.describe(),
+            "final_model_is": "server model",
+            "server_seconds_total": round(self.server_seconds, 3),
+            "feature_shape": list(self.feature_shape),
+            "edge_flops_train_per_sample": self.edge_flops_per_sample,
+            **edge,
+        }
 
     def encode_global(self, server_round: int, arrays: dict[str, np.ndarray]) -> ArrayRecord:
         """Nothing shared: no model weights travel, each node gets its own logits."""
@@ -238,8 +256,7 @@ class FedGKT(FedleanStrategy):
         config: ConfigRecord,
     ) -> RecordDict | None:
         """The node's own server logits (:meth:`logits_for`) and the round's config."""
-        return RecordDict({self.arrayrecord_key: self.logits_for(node_id),
-                           self.configrecord_key: config})
+        return RecordDict({self.arrayrecord_key: self.logits_for(node_id), self.configrecord_key: config})
 
     # ------------------------------------------------------- Flower's methods
     def logits_for(self, node_id: int) -> ArrayRecord:
@@ -247,8 +264,9 @@ class FedGKT(FedleanStrategy):
         if node_id not in self.server_logits:
             return ArrayRecord()
         indices, logits = self.server_logits[node_id]
-        return encode_arrays({INDICES_KEY: indices, LOGITS_KEY: logits},
-                             encoding=self.encoding, float16=self.float16)
+        return encode_arrays(
+            {INDICES_KEY: indices, LOGITS_KEY: logits}, encoding=self.encoding, float16=self.float16
+        )
 
     def configure_evaluate(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -258,34 +276,55 @@ class FedGKT(FedleanStrategy):
 
     def summary(self) -> None:
         """Log the server side of FedGKT."""
-        log(INFO, "\t├──> FedGKT server: %s, logits float16: %s", self.server.describe(),
-            self.float16)
+        log(INFO, "\t├──> FedGKT server: %s, logits float16: %s", self.server.describe(), self.float16)
         super().summary()
 
-    def start(self, grid: Grid, initial_arrays: ArrayRecord, num_rounds: int = 3,
-              timeout: float = 3600, train_config: ConfigRecord | None = None,
-              evaluate_config: ConfigRecord | None = None, evaluate_fn: Any = None,
-              on_round_end: Any = None) -> Result:
+    def start(
+        self,
+        grid: Grid,
+        initial_arrays: ArrayRecord,
+        num_rounds: int = 3,
+        timeout: float = 3600,
+        train_config: ConfigRecord | None = None,
+        evaluate_config: ConfigRecord | None = None,
+        evaluate_fn: Any = None,
+        on_round_end: Any = None,
+    ) -> Result:
         """As :meth:`FedleanStrategy.start`, from the server model, without central evaluation.
 
         ``initial_arrays`` is replaced by the server model's initial state (the edge
         models never leave the clients); ``evaluate_fn`` is ignored with a log line.
         """
         if evaluate_fn is not None:
-            log(WARNING, "FedGKT: no single global model to evaluate centrally; skipping "
-                "central evaluation (server_accuracy and edge_accuracy come every round)")
-        return super().start(grid, numpy_to_arrayrecord(self.server.state()), num_rounds,
-                             timeout, train_config, evaluate_config, None, on_round_end)
+            log(
+                WARNING,
+                "FedGKT: no single global model to evaluate centrally; skipping "
+                "central evaluation (server_accuracy and edge_accuracy come every round)",
+            )
+        return super().start(
+            grid,
+            numpy_to_arrayrecord(self.server.state()),
+            num_rounds,
+            timeout,
+            train_config,
+            evaluate_config,
+            None,
+            on_round_end,
+        )
 
     # --------------------------------------------------------------- helpers
     @staticmethod
     def _edge_stats(replies: list[ParsedReply]) -> dict[str, float]:
         """Edge-model test accuracy/loss, weighted by each client's test examples."""
-        pairs = [(len(r.arrays[TEST_LABELS_KEY]), r.metrics) for r in replies
-                 if EDGE_ACCURACY_KEY in r.metrics and len(r.arrays[TEST_LABELS_KEY])]
+        pairs = [
+            (len(r.arrays[TEST_LABELS_KEY]), r.metrics)
+            for r in replies
+            if EDGE_ACCURACY_KEY in r.metrics and len(r.arrays[TEST_LABELS_KEY])
+        ]
         total = sum(n for n, _ in pairs)
         if not total:
             return {}
-        return {"edge_accuracy": sum(n * scalar_metric(m, EDGE_ACCURACY_KEY) for n, m in pairs)
-                / total,
-                "edge_loss": sum(n * scalar_metric(m, EDGE_LOSS_KEY) for n, m in pairs) / total}
+        return {
+            "edge_accuracy": sum(n * scalar_metric(m, EDGE_ACCURACY_KEY) for n, m in pairs) / total,
+            "edge_loss": sum(n * scalar_metric(m, EDGE_LOSS_KEY) for n, m in pairs) / total,
+        }

@@ -132,8 +132,7 @@ class FedSparsifyGlobal(FedleanStrategy):
         self.seed = int(seed)
         self.final_model_fn = final_model_fn
         # Validates t_0/T/frequency/exponent once, before any round runs.
-        sparsity_at(self.t_0, self.s_0, self.s_f, self.t_0, self.t_end, self.frequency,
-                    self.exponent)
+        sparsity_at(self.t_0, self.s_0, self.s_f, self.t_0, self.t_end, self.frequency, self.exponent)
         self.keep: Mask = {}
         self.mask_bytes: dict[int, int] = defaultdict(int)
         self.targets: dict[int, float] = {}
@@ -141,12 +140,11 @@ class FedSparsifyGlobal(FedleanStrategy):
     # ------------------------------------------------------------ the method
     def target_sparsity(self, server_round: int) -> float:
         """Sparsity the global model has after round ``server_round`` (eq. 1)."""
-        return sparsity_at(server_round, self.s_0, self.s_f, self.t_0, self.t_end,
-                           self.frequency, self.exponent)
+        return sparsity_at(
+            server_round, self.s_0, self.s_f, self.t_0, self.t_end, self.frequency, self.exponent
+        )
 
-    def select_keep(
-        self, server_round: int, arrays: Mapping[str, np.ndarray], sparsity: float
-    ) -> Mask:
+    def select_keep(self, server_round: int, arrays: Mapping[str, np.ndarray], sparsity: float) -> Mask:
         """New keep mask at ``sparsity`` (default: global magnitude pruning)."""
         return magnitude_prune(arrays, self.keep, sparsity)
 
@@ -167,9 +165,7 @@ class FedSparsifyGlobal(FedleanStrategy):
         config[PRUNE_SCOPE_KEY] = self.prune_scope
         config[MASKED_KEY] = self.is_masked
 
-    def aggregate_replies(
-        self, server_round: int, replies: list[ParsedReply]
-    ) -> dict[str, np.ndarray]:
+    def aggregate_replies(self, server_round: int, replies: list[ParsedReply]) -> dict[str, np.ndarray]:
         """FedAvg, then prune the average to this round's target sparsity."""
         merged = apply_mask(super().aggregate_replies(server_round, replies), self.keep)
         return self.prune(server_round, merged)
@@ -213,9 +209,17 @@ class FedSparsifyGlobal(FedleanStrategy):
 
     def summary(self) -> None:
         """Log the schedule."""
-        log(INFO, "\t├──> pruning: s_0=%s s_f=%s t_0=%s T=%s f=%s n=%s scope=%s",
-            self.s_0, self.s_f, self.t_0, self.t_end, self.frequency, self.exponent,
-            self.prune_scope)
+        log(
+            INFO,
+            "\t├──> pruning: s_0=%s s_f=%s t_0=%s T=%s f=%s n=%s scope=%s",
+            self.s_0,
+            self.s_f,
+            self.t_0,
+            self.t_end,
+            self.frequency,
+            self.exponent,
+            self.prune_scope,
+        )
         super().summary()
 
     # ------------------------------------------------------- Flower's methods
@@ -228,6 +232,8 @@ class FedSparsifyGlobal(FedleanStrategy):
 
     # --------------------------------------------------------------- helpers
     def _nonzero_params(self) -> int:
-        return sum(int(np.count_nonzero(v)) for v in self.global_arrays.values()
-                   if np.issubdtype(v.dtype, np.floating))
-
+        return sum(
+            int(np.count_nonzero(v))
+            for v in self.global_arrays.values()
+            if np.issubdtype(v.dtype, np.floating)
+        )

@@ -75,16 +75,21 @@ class FedSparsifyLocal(FedSparsifyGlobal):
         self.mask_bytes[server_round] += record_bytes(message.content.array_records[MASK_KEY])
         for name, value in mask.items():
             if value.dtype != bool or value.shape != self.keep[name].shape:
-                raise ReplyError(f"mask '{name}' is {value.dtype}{value.shape}, expected "
-                                 f"bool{self.keep[name].shape}")
+                raise ReplyError(
+                    f"mask '{name}' is {value.dtype}{value.shape}, expected bool{self.keep[name].shape}"
+                )
             # A client cannot revive what the server pruned.
             mask[name] = value & self.keep[name]
-        return MaskedReply(reply.node_id, reply.num_examples, apply_mask(reply.arrays, mask),
-                           reply.metrics, reply.content, mask=mask)
+        return MaskedReply(
+            reply.node_id,
+            reply.num_examples,
+            apply_mask(reply.arrays, mask),
+            reply.metrics,
+            reply.content,
+            mask=mask,
+        )
 
-    def aggregate_replies(
-        self, server_round: int, replies: list[ParsedReply]
-    ) -> dict[str, np.ndarray]:
+    def aggregate_replies(self, server_round: int, replies: list[ParsedReply]) -> dict[str, np.ndarray]:
         """Majority vote over the clients' masks; average the kept positions."""
         self.targets[server_round] = self.target_sparsity(server_round)
         merged, keep = majority_vote(

@@ -60,8 +60,7 @@ def parse_quorum(value: str | float) -> str | float:
     except (TypeError, ValueError):
         fraction = math.nan
     if not 0.0 < fraction <= 1.0:
-        raise ValueError(f"thaw_quorum must be 'any', 'majority' or a fraction in (0, 1], "
-                         f"got {value!r}")
+        raise ValueError(f"thaw_quorum must be 'any', 'majority' or a fraction in (0, 1], got {value!r}")
     return fraction
 
 
@@ -107,10 +106,16 @@ class GWPF(StabilityFreezingStrategy):
     method_name = "gwpf"
     mask_spec = GWPF_MASKS
 
-    def __init__(self, alpha: float = 0.99, threshold: float = 0.5, tighten_at: float = 0.8,
-                 thaw_quorum: str | float = "any", eps: float = 1e-12, **kwargs: Any) -> None:
-        super().__init__(alpha=alpha, threshold=threshold, tighten_at=tighten_at, eps=eps,
-                         **kwargs)
+    def __init__(
+        self,
+        alpha: float = 0.99,
+        threshold: float = 0.5,
+        tighten_at: float = 0.8,
+        thaw_quorum: str | float = "any",
+        eps: float = 1e-12,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(alpha=alpha, threshold=threshold, tighten_at=tighten_at, eps=eps, **kwargs)
         self.thaw_quorum = parse_quorum(thaw_quorum)
         self.freeze_len = np.zeros(0, np.int32)
         self.thaw_len = np.zeros(0, np.int32)
@@ -136,8 +141,9 @@ class GWPF(StabilityFreezingStrategy):
             return {VOTES_KEY: (0,)}
         return {VOTES_KEY: (int((~self.sync_mask).sum()),)}
 
-    def update_state(self, server_round: int, delta: np.ndarray,
-                     replies: list[ParsedReply]) -> dict[str, float]:
+    def update_state(
+        self, server_round: int, delta: np.ndarray, replies: list[ParsedReply]
+    ) -> dict[str, float]:
         """Thaw from the votes, freeze from the EMAs, tighten; set next round's masks."""
         active = self.active
         frozen = ~active
@@ -175,12 +181,23 @@ class GWPF(StabilityFreezingStrategy):
 
     def summary_fields(self) -> dict[str, Any]:
         """Settings and the final state."""
-        return {**super().summary_fields(), "alpha": self.alpha,
-                "initial_threshold": self.initial_threshold, "final_threshold": self.threshold,
-                "tighten_at": self.tighten_at, "thaw_quorum": self.thaw_quorum}
+        return {
+            **super().summary_fields(),
+            "alpha": self.alpha,
+            "initial_threshold": self.initial_threshold,
+            "final_threshold": self.threshold,
+            "tighten_at": self.tighten_at,
+            "thaw_quorum": self.thaw_quorum,
+        }
 
     def summary(self) -> None:
         """Log the settings."""
-        log(INFO, "\t├──> GWPF alpha %s, threshold %s, tighten at %s, thaw quorum %s",
-            self.alpha, self.threshold, self.tighten_at, self.thaw_quorum)
+        log(
+            INFO,
+            "\t├──> GWPF alpha %s, threshold %s, tighten at %s, thaw quorum %s",
+            self.alpha,
+            self.threshold,
+            self.tighten_at,
+            self.thaw_quorum,
+        )
         super().summary()

@@ -36,6 +36,5 @@ class OneShot(FedSparsifyGlobal):
         if not 0 <= ft_rounds < num_rounds:
             raise ValueError(f"ft_rounds must be in [0, num_rounds), got {ft_rounds}")
         prune_round = num_rounds - ft_rounds
-        super().__init__(num_rounds=num_rounds, t_0=prune_round, t_end=prune_round,
-                         frequency=1, **kwargs)
+        super().__init__(num_rounds=num_rounds, t_0=prune_round, t_end=prune_round, frequency=1, **kwargs)
         self.ft_rounds = ft_rounds

@@ -106,9 +106,7 @@ class FlatLayout:
         return out
 
 
-def freezable_names(
-    arrays: Mapping[str, np.ndarray], trainable: Iterable[str] | None = None
-) -> list[str]:
+def freezable_names(arrays: Mapping[str, np.ndarray], trainable: Iterable[str] | None = None) -> list[str]:
     """Names of the arrays that may be frozen: the trainable ones, sorted.
 
     Without an explicit ``trainable`` list, every floating array whose name does not
@@ -121,15 +119,18 @@ def freezable_names(
             raise ValueError(f"freezable names not in the model: {unknown[:3]}")
         return sorted(names)
     return sorted(
-        name for name, value in arrays.items()
-        if np.issubdtype(np.asarray(value).dtype, np.floating)
-        and not name.endswith(BUFFER_SUFFIXES)
+        name
+        for name, value in arrays.items()
+        if np.issubdtype(np.asarray(value).dtype, np.floating) and not name.endswith(BUFFER_SUFFIXES)
     )
 
 
 # ---------------------------------------------------------------------- stability
 def ema_update(
-    ema: np.ndarray, abs_ema: np.ndarray, delta: np.ndarray, alpha: float,
+    ema: np.ndarray,
+    abs_ema: np.ndarray,
+    delta: np.ndarray,
+    alpha: float,
     where: np.ndarray | None = None,
 ) -> None:
     """In place: ``ema = a*ema + (1-a)*delta`` and the same for ``|delta|``.
@@ -203,8 +204,9 @@ def decode_mask(name: str, arrays: Mapping[str, np.ndarray], previous: np.ndarra
 MaskSpec = tuple[tuple[str, str | None, bool], ...]
 
 
-def encode_masks(spec: MaskSpec, current: Mapping[str, np.ndarray],
-                 previous: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+def encode_masks(
+    spec: MaskSpec, current: Mapping[str, np.ndarray], previous: Mapping[str, np.ndarray] | None = None
+) -> dict[str, np.ndarray]:
     """Wire arrays of the masks ``current`` as changes of ``previous`` (None: initial)."""
     out: dict[str, np.ndarray] = {}
     for name, within, initial in spec:
@@ -220,8 +222,12 @@ def encode_masks(spec: MaskSpec, current: Mapping[str, np.ndarray],
     return out
 
 
-def decode_masks(spec: MaskSpec, arrays: Mapping[str, np.ndarray], size: int,
-                 previous: Mapping[str, np.ndarray] | None = None) -> dict[str, np.ndarray]:
+def decode_masks(
+    spec: MaskSpec,
+    arrays: Mapping[str, np.ndarray],
+    size: int,
+    previous: Mapping[str, np.ndarray] | None = None,
+) -> dict[str, np.ndarray]:
     """Inverse of :func:`encode_masks`.
 
     Raises
@@ -277,8 +283,9 @@ class PartialSyncStrategy(FedleanStrategy):
     #: Masks sent to clients; clients upload the positions of their union.
     mask_spec: MaskSpec = (("active", None, True),)
 
-    def __init__(self, freezable_keys: Sequence[str] | None = None, measure_dense: bool = True,
-                 **kwargs: Any) -> None:
+    def __init__(
+        self, freezable_keys: Sequence[str] | None = None, measure_dense: bool = True, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         self.freezable_keys = list(freezable_keys) if freezable_keys is not None else None
         self.measure_dense = measure_dense
@@ -306,8 +313,9 @@ class PartialSyncStrategy(FedleanStrategy):
         """Method-specific reply arrays and shapes for this round (default: none)."""
         return {}
 
-    def update_state(self, server_round: int, delta: np.ndarray,
-                     replies: list[ParsedReply]) -> dict[str, float]:
+    def update_state(
+        self, server_round: int, delta: np.ndarray, replies: list[ParsedReply]
+    ) -> dict[str, float]:
         """Set :attr:`masks` for the next round; return per-round metrics."""
         raise NotImplementedError
 
@@ -315,8 +323,9 @@ class PartialSyncStrategy(FedleanStrategy):
     def _ensure_state(self) -> FlatLayout:
         if self.layout is None:
             names = freezable_names(self.global_arrays, self.freezable_keys)
-            reserved = ({VALUES_KEY} | mask_keys(n for n, _, _ in self.mask_spec)
-                        | set(self.extra_reply_arrays()))
+            reserved = (
+                {VALUES_KEY} | mask_keys(n for n, _, _ in self.mask_spec) | set(self.extra_reply_arrays())
+            )
             clash = sorted(reserved & set(self.global_arrays))
             if clash:
                 raise ValueError(f"model array names clash with the protocol keys: {clash}")
@@ -332,8 +341,11 @@ class PartialSyncStrategy(FedleanStrategy):
 
     def is_fresh(self, node_id: int, server_round: int) -> bool:
         """Whether a node holds last round's state, so a partial message suffices."""
-        return (self.known_masks is not None and server_round > 1
-                and self.node_round.get(node_id) == server_round - 1)
+        return (
+            self.known_masks is not None
+            and server_round > 1
+            and self.node_round.get(node_id) == server_round - 1
+        )
 
     def _full_arrays(self) -> ArrayRecord:
         masks = encode_masks(self.mask_spec, self.masks)
@@ -390,17 +402,17 @@ class PartialSyncStrategy(FedleanStrategy):
         if partial is not None:
             # Serialized payload of the masks in one partial message (npy bytes).
             record = partial.array_records[ARRAYS_KEY]
-            stats["mask_bytes"] = sum(len(record[k].data) for k in record
-                                      if k.startswith(MASK_PREFIX))
+            stats["mask_bytes"] = sum(len(record[k].data) for k in record if k.startswith(MASK_PREFIX))
         if self.measure_dense:
-            dense_config = ConfigRecord({"server-round": server_round,
-                                         RUN_CONFIG_KEY: self._client_config_json})
-            dense = Message(content=RecordDict({
-                ARRAYS_KEY: self.downlink_record(), CONFIG_KEY: dense_config}),
+            dense_config = ConfigRecord(
+                {"server-round": server_round, RUN_CONFIG_KEY: self._client_config_json}
+            )
+            dense = Message(
+                content=RecordDict({ARRAYS_KEY: self.downlink_record(), CONFIG_KEY: dense_config}),
                 message_type=MessageType.TRAIN,
-                dst_node_id=node_ids[0])
-            self.dense_bytes.setdefault(server_round, {})["down"] = (
-                len(messages) * message_bytes(dense))
+                dst_node_id=node_ids[0],
+            )
+            self.dense_bytes.setdefault(server_round, {})["down"] = len(messages) * message_bytes(dense)
         return messages
 
     def expected_reply_arrays(self, server_round: int) -> dict[str, tuple[int, ...]]:
@@ -414,17 +426,15 @@ class PartialSyncStrategy(FedleanStrategy):
         """The base checks plus: synced values are floats, extras are booleans."""
         parsed = super().parse_train_reply(server_round, message)
         if parsed.arrays[VALUES_KEY].dtype.kind != "f":
-            raise ReplyError(f"'{VALUES_KEY}' has dtype {parsed.arrays[VALUES_KEY].dtype}, "
-                             "expected float")
+            raise ReplyError(f"'{VALUES_KEY}' has dtype {parsed.arrays[VALUES_KEY].dtype}, expected float")
         for name in self.extra_reply_arrays():
             if parsed.arrays[name].dtype != bool:
-                raise ReplyError(f"'{name}' has dtype {parsed.arrays[name].dtype}, "
-                                 "expected bool (packed bits)")
+                raise ReplyError(
+                    f"'{name}' has dtype {parsed.arrays[name].dtype}, expected bool (packed bits)"
+                )
         return parsed
 
-    def aggregate_replies(
-        self, server_round: int, replies: list[ParsedReply]
-    ) -> dict[str, np.ndarray]:
+    def aggregate_replies(self, server_round: int, replies: list[ParsedReply]) -> dict[str, np.ndarray]:
         """Weighted mean of the synced values and the non-freezable arrays.
 
         Positions not synced keep their global value. Then :meth:`update_state`
@@ -442,7 +452,8 @@ class PartialSyncStrategy(FedleanStrategy):
         self.known_masks = {name: mask.copy() for name, mask in self.masks.items()}
         stats = self.update_state(server_round, delta, replies)
         self.round_stats.setdefault(server_round, {}).update(
-            {"synced_fraction": float(sync.mean()) if sync.size else 1.0, **stats})
+            {"synced_fraction": float(sync.mean()) if sync.size else 1.0, **stats}
+        )
         for reply in replies:
             self.node_round[reply.node_id] = server_round
         new_global = dict(self.global_arrays)
@@ -457,8 +468,7 @@ class PartialSyncStrategy(FedleanStrategy):
         replies = list(replies)
         arrays, metrics = super().aggregate_train(server_round, replies)
         if self.measure_dense:
-            aggregated = [m for m in replies
-                          if self.node_round.get(m.metadata.src_node_id) == server_round]
+            aggregated = [m for m in replies if self.node_round.get(m.metadata.src_node_id) == server_round]
             dense = self.dense_bytes.setdefault(server_round, {})
             dense["up"] = 0
             if aggregated:
@@ -466,14 +476,20 @@ class PartialSyncStrategy(FedleanStrategy):
                 # for it, through the downlink codec the evaluation shares) and the same
                 # metrics.
                 first = aggregated[0].content.metric_records[METRICS_KEY]
-                dense_reply = Message(content=RecordDict({
-                    ARRAYS_KEY: self.downlink_record(),
-                    METRICS_KEY: MetricRecord(dict(first.items()))}),
-                    message_type=MessageType.TRAIN, dst_node_id=aggregated[0].metadata.src_node_id)
+                dense_reply = Message(
+                    content=RecordDict(
+                        {ARRAYS_KEY: self.downlink_record(), METRICS_KEY: MetricRecord(dict(first.items()))}
+                    ),
+                    message_type=MessageType.TRAIN,
+                    dst_node_id=aggregated[0].metadata.src_node_id,
+                )
                 dense["up"] = len(aggregated) * message_bytes(dense_reply)
             # A dropped reply would have cost the same under FedAvg: count it as it was.
-            dense["up"] += sum(message_bytes(m) for m in replies
-                               if self.node_round.get(m.metadata.src_node_id) != server_round)
+            dense["up"] += sum(
+                message_bytes(m)
+                for m in replies
+                if self.node_round.get(m.metadata.src_node_id) != server_round
+            )
         return arrays, metrics
 
     def method_metrics(self, server_round: int) -> dict[str, float]:
@@ -495,9 +511,11 @@ class PartialSyncStrategy(FedleanStrategy):
         """Totals of the dense-equivalent bytes and of the savings."""
         saved = [self.method_metrics(r).get("bytes_saved") for r in sorted(self.dense_bytes)]
         dense = [self.method_metrics(r).get("dense_equiv_bytes") for r in sorted(self.dense_bytes)]
-        return {"freezable_params": self.layout.size if self.layout else None,
-                "total_bytes_saved": int(sum(s for s in saved if s is not None)),
-                "total_dense_equiv_bytes": int(sum(d for d in dense if d is not None))}
+        return {
+            "freezable_params": self.layout.size if self.layout else None,
+            "total_bytes_saved": int(sum(s for s in saved if s is not None)),
+            "total_dense_equiv_bytes": int(sum(d for d in dense if d is not None)),
+        }
 
 
 class StabilityFreezingStrategy(PartialSyncStrategy):
@@ -522,8 +540,7 @@ class StabilityFreezingStrategy(PartialSyncStrategy):
 
     """
 
-    def __init__(self, alpha: float, threshold: float, tighten_at: float, eps: float,
-                 **kwargs: Any) -> None:
+    def __init__(self, alpha: float, threshold: float, tighten_at: float, eps: float, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if not 0.0 <= alpha < 1.0:
             raise ValueError(f"alpha must be in [0, 1), got {alpha}")

@@ -60,8 +60,7 @@ class PruneAtInit(FedSparsifyGlobal):
     method_name = "prune_at_init"
     score_name = ""
 
-    def __init__(self, score_batches: int = 0, grasp_temperature: float = 200.0,
-                 **kwargs: Any) -> None:
+    def __init__(self, score_batches: int = 0, grasp_temperature: float = 200.0, **kwargs: Any) -> None:
         super().__init__(**kwargs)
         if score_batches < 0:
             raise ValueError(f"score_batches must be >= 0, got {score_batches}")
@@ -73,9 +72,7 @@ class PruneAtInit(FedSparsifyGlobal):
         """``s_f`` from the start: the mask is fixed."""
         return self.s_f
 
-    def select_keep(
-        self, server_round: int, arrays: Mapping[str, np.ndarray], sparsity: float
-    ) -> Mask:
+    def select_keep(self, server_round: int, arrays: Mapping[str, np.ndarray], sparsity: float) -> Mask:
         """The round-0 mask, unchanged."""
         return self.keep
 
@@ -90,8 +87,7 @@ class PruneAtInit(FedSparsifyGlobal):
                 scores = self._request_scores(grid, node, arrays, timeout)
             except ReplyError as exc:
                 self.dropped[0].append(f"{node}: {exc}")
-                log(WARNING, "round 0: no %s scores from node %s: %s", self.score_name,
-                    node, exc)
+                log(WARNING, "round 0: no %s scores from node %s: %s", self.score_name, node, exc)
                 continue
             self.scoring_node = node
             self.keep = prune_by_score(scores, self.keep, self.s_f)
@@ -99,18 +95,20 @@ class PruneAtInit(FedSparsifyGlobal):
             return apply_mask(arrays, self.keep)
         raise RuntimeError(f"no node returned {self.score_name} scores")
 
-    def _request_scores(self, grid: Grid, node: int, arrays: dict[str, np.ndarray],
-                        timeout: float) -> dict[str, np.ndarray]:
-        config = ConfigRecord({
-            RUN_CONFIG_KEY: json.dumps(self.client_config, sort_keys=True),
-            "server-round": 0,
-            SCORE_KEY: self.score_name,
-            PRUNE_SCOPE_KEY: self.prune_scope,
-            SCORE_BATCHES_KEY: self.score_batches,
-            GRASP_TEMPERATURE_KEY: self.grasp_temperature,
-        })
-        content = RecordDict({ARRAYS_KEY: encode_arrays(arrays, encoding=self.encoding),
-                              CONFIG_KEY: config})
+    def _request_scores(
+        self, grid: Grid, node: int, arrays: dict[str, np.ndarray], timeout: float
+    ) -> dict[str, np.ndarray]:
+        config = ConfigRecord(
+            {
+                RUN_CONFIG_KEY: json.dumps(self.client_config, sort_keys=True),
+                "server-round": 0,
+                SCORE_KEY: self.score_name,
+                PRUNE_SCOPE_KEY: self.prune_scope,
+                SCORE_BATCHES_KEY: self.score_batches,
+                GRASP_TEMPERATURE_KEY: self.grasp_temperature,
+            }
+        )
+        content = RecordDict({ARRAYS_KEY: encode_arrays(arrays, encoding=self.encoding), CONFIG_KEY: config})
         messages = [Message(content=content, message_type=MessageType.TRAIN, dst_node_id=node)]
         self._count(0, "bytes_down", messages)
         replies = list(grid.send_and_receive(messages, timeout=timeout))

@@ -55,8 +55,11 @@ SQGRAD_KEY = "sqgrad"  # ArrayRecord: sum over local steps of g**2 per prunable 
 def split_keep(arrays: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], Mask]:
     """Separate the model's values from the ``prunefl-keep:`` mask entries."""
     values = {k: v for k, v in arrays.items() if not k.startswith(KEEP_PREFIX)}
-    keep = {k[len(KEEP_PREFIX):]: np.asarray(v, dtype=bool) for k, v in arrays.items()
-            if k.startswith(KEEP_PREFIX)}
+    keep = {
+        k[len(KEEP_PREFIX) :]: np.asarray(v, dtype=bool)
+        for k, v in arrays.items()
+        if k.startswith(KEEP_PREFIX)
+    }
     return values, keep
 
 
@@ -107,20 +110,21 @@ class PruneFL(PruneAtInit):
         """Validate the values as usual, then the squared gradients (finite, >= 0)."""
         reply = super().parse_train_reply(server_round, message)
         sqgrad = decode_reply_arrays(message.content, SQGRAD_KEY, self.keep)
-        self.sqgrad_bytes[server_round] = (self.sqgrad_bytes.get(server_round, 0)
-                                           + record_bytes(message.content.array_records[SQGRAD_KEY]))
+        self.sqgrad_bytes[server_round] = self.sqgrad_bytes.get(server_round, 0) + record_bytes(
+            message.content.array_records[SQGRAD_KEY]
+        )
         for name, value in sqgrad.items():
             if value.shape != self.keep[name].shape or not np.issubdtype(value.dtype, np.floating):
-                raise ReplyError(f"sqgrad '{name}' is {value.dtype}{value.shape}, expected "
-                                 f"float{self.keep[name].shape}")
+                raise ReplyError(
+                    f"sqgrad '{name}' is {value.dtype}{value.shape}, expected float{self.keep[name].shape}"
+                )
             if (value < 0).any():
                 raise ReplyError(f"sqgrad '{name}' has negative entries")
-        return GradReply(reply.node_id, reply.num_examples, reply.arrays, reply.metrics,
-                         reply.content, sqgrad=sqgrad)
+        return GradReply(
+            reply.node_id, reply.num_examples, reply.arrays, reply.metrics, reply.content, sqgrad=sqgrad
+        )
 
-    def aggregate_replies(
-        self, server_round: int, replies: list[ParsedReply]
-    ) -> dict[str, np.ndarray]:
+    def aggregate_replies(self, server_round: int, replies: list[ParsedReply]) -> dict[str, np.ndarray]:
         """Accumulate the clients' squared gradients, then FedAvg and maybe readjust."""
         for reply in replies:
             for name, value in reply.sqgrad.items():  # type: ignore[attr-defined]
@@ -135,8 +139,9 @@ class PruneFL(PruneAtInit):
         if server_round % self.readjust_every == 0 and self.importance:
             everything = {n: np.ones_like(m, dtype=bool) for n, m in self.keep.items()}
             new_keep = prune_by_score(self.importance, everything, self.s_f)
-            self.regrown[server_round] = int(sum(np.count_nonzero(new_keep[n] & ~self.keep[n])
-                                                 for n in new_keep))
+            self.regrown[server_round] = int(
+                sum(np.count_nonzero(new_keep[n] & ~self.keep[n]) for n in new_keep)
+            )
             self.keep = new_keep
             self.readjusted.append(server_round)
             self.importance = {}
@@ -144,12 +149,17 @@ class PruneFL(PruneAtInit):
 
     def method_metrics(self, server_round: int) -> dict[str, float]:
         """FedSparsify's fields plus whether (and how much) the mask was readjusted."""
-        return {**super().method_metrics(server_round),
-                "readjusted": int(server_round in self.readjusted),
-                "regrown": self.regrown.get(server_round, 0),
-                "sqgrad_bytes": self.sqgrad_bytes.get(server_round, 0)}
+        return {
+            **super().method_metrics(server_round),
+            "readjusted": int(server_round in self.readjusted),
+            "regrown": self.regrown.get(server_round, 0),
+            "sqgrad_bytes": self.sqgrad_bytes.get(server_round, 0),
+        }
 
     def summary_fields(self) -> dict[str, Any]:
         """FedSparsify's fields plus the readjustment rounds."""
-        return {**super().summary_fields(), "readjust_every": self.readjust_every,
-                "readjusted_rounds": list(self.readjusted)}
+        return {
+            **super().summary_fields(),
+            "readjust_every": self.readjust_every,
+            "readjusted_rounds": list(self.readjusted),
+        }

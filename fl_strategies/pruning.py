@@ -139,9 +139,7 @@ def mask_counts(keep: Mapping[str, np.ndarray]) -> tuple[int, int]:
     return total - alive, total
 
 
-def prune_by_score(
-    scores: Mapping[str, np.ndarray], keep: Mapping[str, np.ndarray], sparsity: float
-) -> Mask:
+def prune_by_score(scores: Mapping[str, np.ndarray], keep: Mapping[str, np.ndarray], sparsity: float) -> Mask:
     """Prune the lowest-scored alive positions, pooled over all tensors.
 
     Parameters
@@ -193,9 +191,7 @@ def magnitude_prune(
     return prune_by_score({n: np.abs(arrays[n]) for n in keep}, keep, sparsity)
 
 
-def random_prune(
-    keep: Mapping[str, np.ndarray], sparsity: float, rng: np.random.Generator
-) -> Mask:
+def random_prune(keep: Mapping[str, np.ndarray], sparsity: float, rng: np.random.Generator) -> Mask:
     """Prune uniformly random alive positions until ``sparsity`` is reached."""
     return prune_by_score({n: rng.random(np.shape(m)) for n, m in keep.items()}, keep, sparsity)
 
@@ -254,7 +250,6 @@ def majority_vote(
             mean = numerator / w.sum()
         else:
             denominator = (stack_mask * w.reshape(shape)).sum(axis=0)
-            mean = np.divide(numerator, denominator, out=np.zeros_like(numerator),
-                             where=denominator > 0)
+            mean = np.divide(numerator, denominator, out=np.zeros_like(numerator), where=denominator > 0)
         merged[name] = np.where(keep[name], mean, 0.0).astype(values[0][name].dtype)
     return {name: merged[name] for name in values[0]}, keep

@@ -28,8 +28,6 @@ class RandomPrune(FedSparsifyGlobal):
         super().__init__(**kwargs)
         self.rng = np.random.default_rng(self.seed)
 
-    def select_keep(
-        self, server_round: int, arrays: Mapping[str, np.ndarray], sparsity: float
-    ) -> Mask:
+    def select_keep(self, server_round: int, arrays: Mapping[str, np.ndarray], sparsity: float) -> Mask:
         """Random positions among the alive ones."""
         return random_prune(self.keep, sparsity, self.rng)

@@ -76,8 +76,9 @@ class Swat(FedleanStrategy):
 
     method_name = "swat"
 
-    def __init__(self, sparsity: float = 0.9, sparse_keys: Iterable[str] = (),
-                 eval_topk: bool = True, **kwargs: Any) -> None:
+    def __init__(
+        self, sparsity: float = 0.9, sparse_keys: Iterable[str] = (), eval_topk: bool = True, **kwargs: Any
+    ) -> None:
         super().__init__(**kwargs)
         if not 0.0 <= sparsity < 1.0:
             raise ValueError(f"sparsity must be in [0, 1), got {sparsity}")
@@ -91,9 +92,7 @@ class Swat(FedleanStrategy):
         """Fraction of weights SWAT keeps active (``1 - sparsity``)."""
         return 1.0 - self.sparsity
 
-    def aggregate_replies(
-        self, server_round: int, replies: list[ParsedReply]
-    ) -> dict[str, np.ndarray]:
+    def aggregate_replies(self, server_round: int, replies: list[ParsedReply]) -> dict[str, np.ndarray]:
         """FedAvg; also sum the clients' training FLOPs of the round."""
         self.record_flops(server_round, replies)
         return super().aggregate_replies(server_round, replies)
@@ -109,21 +108,33 @@ class Swat(FedleanStrategy):
         flops = self.flops.get(server_round)
         if not flops:
             return {"sparsity": self.sparsity}
-        ratio = flops["flops_train_swat"] / flops["flops_train_dense"] if flops[
-            "flops_train_dense"] else float("nan")
+        ratio = (
+            flops["flops_train_swat"] / flops["flops_train_dense"]
+            if flops["flops_train_dense"]
+            else float("nan")
+        )
         return {"sparsity": self.sparsity, **flops, "flops_swat_fraction": ratio}
 
     def summary_fields(self) -> dict[str, Any]:
         """Sparsity, the sparsified tensors and the run's FLOPs totals."""
         dense = sum(f["flops_train_dense"] for f in self.flops.values())
         sparse = sum(f["flops_train_swat"] for f in self.flops.values())
-        return {"sparsity": self.sparsity, "swat_tensors": len(self.sparse_keys),
-                "total_flops_train_dense": dense, "total_flops_train_swat": sparse}
+        return {
+            "sparsity": self.sparsity,
+            "swat_tensors": len(self.sparse_keys),
+            "total_flops_train_dense": dense,
+            "total_flops_train_swat": sparse,
+        }
 
     def summary(self) -> None:
         """Log SWAT's settings."""
-        log(INFO, "\t├──> SWAT sparsity: %s over %d tensors, eval_topk=%s", self.sparsity,
-            len(self.sparse_keys), self.eval_topk)
+        log(
+            INFO,
+            "\t├──> SWAT sparsity: %s over %d tensors, eval_topk=%s",
+            self.sparsity,
+            len(self.sparse_keys),
+            self.eval_topk,
+        )
         super().summary()
 
     def central_view(self, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

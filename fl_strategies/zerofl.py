@@ -110,8 +110,10 @@ def pack_sent(name: str, values: np.ndarray, mask: np.ndarray) -> dict[str, np.n
     if mask.shape != values.shape:
         raise ValueError(f"mask shape {mask.shape} differs from values shape {values.shape}")
     flat_mask = mask.reshape(-1)
-    return {name + VALUES_SUFFIX: np.ascontiguousarray(values.reshape(-1)[flat_mask]),
-            name + POSITIONS_SUFFIX: encode_positions(flat_mask)}
+    return {
+        name + VALUES_SUFFIX: np.ascontiguousarray(values.reshape(-1)[flat_mask]),
+        name + POSITIONS_SUFFIX: encode_positions(flat_mask),
+    }
 
 
 def unpack_sent(
@@ -212,8 +214,13 @@ class ZeroFL(Swat):
 
     method_name = "zerofl"
 
-    def __init__(self, uplink: str = "topk_weights", mask_ratio: float = 0.0,
-                 aggregation: str = "sender_mean", **kwargs: Any) -> None:
+    def __init__(
+        self,
+        uplink: str = "topk_weights",
+        mask_ratio: float = 0.0,
+        aggregation: str = "sender_mean",
+        **kwargs: Any,
+    ) -> None:
         super().__init__(**kwargs)
         if uplink not in UPLINKS:
             raise ValueError(f"uplink must be one of {UPLINKS}, got {uplink!r}")
@@ -257,8 +264,10 @@ class ZeroFL(Swat):
                 raise ReplyError(str(exc)) from exc
             budget = topk_keep_count(sent[name].size, self.density)
             if int(sent[name].sum()) > budget:
-                raise ReplyError(f"'{name}' sends {int(sent[name].sum())} positions, "
-                                 f"more than the {budget} of density {self.density:.3f}")
+                raise ReplyError(
+                    f"'{name}' sends {int(sent[name].sum())} positions, "
+                    f"more than the {budget} of density {self.density:.3f}"
+                )
             wire_names |= {name + VALUES_SUFFIX, name + POSITIONS_SUFFIX}
         missing = sorted(set(dense_expected) - set(arrays))
         extra = sorted(set(arrays) - wire_names)
@@ -269,31 +278,43 @@ class ZeroFL(Swat):
             if tuple(value.shape) != tuple(shape):
                 raise ReplyError(f"array '{name}' has shape {value.shape}, expected {shape}")
             if value.dtype.kind != self.global_arrays[name].dtype.kind:
-                raise ReplyError(f"array '{name}' has dtype {value.dtype}, expected "
-                                 f"{self.global_arrays[name].dtype}")
+                raise ReplyError(
+                    f"array '{name}' has dtype {value.dtype}, expected {self.global_arrays[name].dtype}"
+                )
             values[name] = value
         for name, value in values.items():
             if value.dtype.kind == "f" and not np.all(np.isfinite(value)):
                 raise ReplyError(f"array '{name}' has non-finite values")
-        return SparseReply(node_id=message.metadata.src_node_id, num_examples=num_examples,
-                           arrays=values, metrics=content.metric_records[METRICS_KEY],
-                           content=content, sent=sent)
+        return SparseReply(
+            node_id=message.metadata.src_node_id,
+            num_examples=num_examples,
+            arrays=values,
+            metrics=content.metric_records[METRICS_KEY],
+            content=content,
+            sent=sent,
+        )
 
-    def aggregate_replies(
-        self, server_round: int, replies: list[ParsedReply]
-    ) -> dict[str, np.ndarray]:
+    def aggregate_replies(self, server_round: int, replies: list[ParsedReply]) -> dict[str, np.ndarray]:
         """Dense tensors: weighted mean; sparsified ones: :func:`aggregate_sparse`."""
         self.record_flops(server_round, replies)
         weights = [float(r.num_examples) for r in replies]
         dense_keys = [k for k in self.global_arrays if k not in self.sparse_keys]
-        merged = weighted_mean([{k: r.arrays[k] for k in dense_keys} for r in replies],
-                               weights) if dense_keys else {}
+        merged = (
+            weighted_mean([{k: r.arrays[k] for k in dense_keys} for r in replies], weights)
+            if dense_keys
+            else {}
+        )
         sent_total, covered, size = 0, 0, 0
         for name in self.sparse_keys:
             masks = [r.sent[name] for r in replies]  # type: ignore[attr-defined]
-            merged[name] = aggregate_sparse(self.global_arrays[name],
-                                            [r.arrays[name] for r in replies], masks,
-                                            weights, self.additive, self.aggregation)
+            merged[name] = aggregate_sparse(
+                self.global_arrays[name],
+                [r.arrays[name] for r in replies],
+                masks,
+                weights,
+                self.additive,
+                self.aggregation,
+            )
             sent_total += sum(int(m.sum()) for m in masks)
             covered += int(np.logical_or.reduce(masks).sum())
             size += masks[0].size
@@ -306,18 +327,26 @@ class ZeroFL(Swat):
 
     def method_metrics(self, server_round: int) -> dict[str, float]:
         """FLOPs (see :class:`Swat`), mean sent fraction and union coverage of the round."""
-        return {**super().method_metrics(server_round),
-                **self.uplink_stats.get(server_round, {})}
+        return {**super().method_metrics(server_round), **self.uplink_stats.get(server_round, {})}
 
     def summary_fields(self) -> dict[str, Any]:
         """Uplink settings next to SWAT's fields."""
-        return {**super().summary_fields(), "uplink": self.uplink,
-                "aggregation": self.aggregation,
-                "mask_ratio": self.mask_ratio, "uplink_density_target": self.density}
+        return {
+            **super().summary_fields(),
+            "uplink": self.uplink,
+            "aggregation": self.aggregation,
+            "mask_ratio": self.mask_ratio,
+            "uplink_density_target": self.density,
+        }
 
     def summary(self) -> None:
         """Log the uplink settings."""
-        log(INFO, "\t├──> ZeroFL uplink: %s, density %.3f (mask_ratio %s), aggregation %s",
-            self.uplink, self.density, self.mask_ratio, self.aggregation)
+        log(
+            INFO,
+            "\t├──> ZeroFL uplink: %s, density %.3f (mask_ratio %s), aggregation %s",
+            self.uplink,
+            self.density,
+            self.mask_ratio,
+            self.aggregation,
+        )
         super().summary()
-

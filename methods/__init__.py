@@ -15,5 +15,14 @@ from .registry import (
     require,
 )
 
-__all__ = ["BuildContext", "ConfigError", "MethodConfig", "MethodEntry", "all_methods", "get_method",
-           "load_plugins", "register", "require"]
+__all__ = [
+    "BuildContext",
+    "ConfigError",
+    "MethodConfig",
+    "MethodEntry",
+    "all_methods",
+    "get_method",
+    "load_plugins",
+    "register",
+    "require",
+]

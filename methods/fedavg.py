@@ -31,11 +31,23 @@ class FedProxConfig(MethodConfig):
         require(self.proximal_mu >= 0, "method.proximal_mu", self.proximal_mu, "must be >= 0")
 
 
-register(MethodEntry(
-    name="fedavg", config=FedAvgConfig, client=ClientMethod, summary="FedAvg, dense both ways",
-    build=lambda cfg, ctx: FedAvg(**ctx.common)))
-register(MethodEntry(
-    name="fedprox", config=FedProxConfig, client=FedProxClient, summary="FedAvg + proximal term",
-    build=lambda cfg, ctx: FedProx(proximal_mu=cfg.proximal_mu, **ctx.common)))
+register(
+    MethodEntry(
+        name="fedavg",
+        config=FedAvgConfig,
+        client=ClientMethod,
+        summary="FedAvg, dense both ways",
+        build=lambda cfg, ctx: FedAvg(**ctx.common),
+    )
+)
+register(
+    MethodEntry(
+        name="fedprox",
+        config=FedProxConfig,
+        client=FedProxClient,
+        summary="FedAvg + proximal term",
+        build=lambda cfg, ctx: FedProx(proximal_mu=cfg.proximal_mu, **ctx.common),
+    )
+)
 
 __all__ = ["BuildContext", "FedAvgConfig", "FedProxConfig"]

@@ -31,34 +31,44 @@ from .registry import BuildContext, MethodConfig, MethodEntry, register, require
 class PruningConfig(MethodConfig):
     """Knobs every pruning method has."""
 
-    s_f: float = 0.9                # final sparsity over the prunable tensors
-    prune_scope: str = "weights"    # weights (Conv/Linear weights) | all (every float parameter)
+    s_f: float = 0.9  # final sparsity over the prunable tensors
+    prune_scope: str = "weights"  # weights (Conv/Linear weights) | all (every float parameter)
     benchmark_seconds: float = 1.0  # CPU inference throughput window per format at the end (0 = skip)
 
     def check(self, run: Mapping[str, Any]) -> None:  # noqa: D102
         require(0.0 <= self.s_f < 1.0, "method.s_f", self.s_f, "must be in [0, 1)")
-        require(self.prune_scope in ("weights", "all"), "method.prune_scope", self.prune_scope,
-                "must be 'weights' or 'all'")
-        require(self.benchmark_seconds >= 0, "method.benchmark_seconds", self.benchmark_seconds,
-                "must be >= 0")
+        require(
+            self.prune_scope in ("weights", "all"),
+            "method.prune_scope",
+            self.prune_scope,
+            "must be 'weights' or 'all'",
+        )
+        require(
+            self.benchmark_seconds >= 0, "method.benchmark_seconds", self.benchmark_seconds, "must be >= 0"
+        )
 
     def strategy_kwargs(self, ctx: BuildContext) -> dict[str, Any]:
         """Constructor arguments every pruning strategy takes."""
-        return {"num_rounds": int(ctx.run["num_rounds"]), "s_f": self.s_f,
-                "s_0": float(getattr(self, "s_0", 0.0)), "prune_scope": self.prune_scope,
-                "seed": int(ctx.run["seed"]),
-                "final_model_fn": final_model_benchmark(ctx.dims, self.benchmark_seconds), **ctx.common}
+        return {
+            "num_rounds": int(ctx.run["num_rounds"]),
+            "s_f": self.s_f,
+            "s_0": float(getattr(self, "s_0", 0.0)),
+            "prune_scope": self.prune_scope,
+            "seed": int(ctx.run["seed"]),
+            "final_model_fn": final_model_benchmark(ctx.dims, self.benchmark_seconds),
+            **ctx.common,
+        }
 
 
 @dataclass
 class ScheduledPruningConfig(PruningConfig):
     """Progressive pruning on the schedule of eq. 1."""
 
-    s_0: float = 0.0            # initial sparsity
-    t_0: int = 1                # first pruning round
-    t_end: int | None = None    # round where s_f is reached (T of eq. 1); None = num_rounds
-    frequency: int = 1          # prune every f rounds
-    exponent: Any = 3           # n of eq. 1 (int or float; Any keeps an int an int on the wire)
+    s_0: float = 0.0  # initial sparsity
+    t_0: int = 1  # first pruning round
+    t_end: int | None = None  # round where s_f is reached (T of eq. 1); None = num_rounds
+    frequency: int = 1  # prune every f rounds
+    exponent: Any = 3  # n of eq. 1 (int or float; Any keeps an int an int on the wire)
 
     def check(self, run: Mapping[str, Any]) -> None:  # noqa: D102
         super().check(run)
@@ -70,13 +80,23 @@ class ScheduledPruningConfig(PruningConfig):
         else:
             require(self.t_end >= self.t_0, "method.t_end", self.t_end, f"must be >= method.t_0={self.t_0}")
         require(self.frequency >= 1, "method.frequency", self.frequency, "must be an integer >= 1")
-        require(isinstance(self.exponent, int | float) and not isinstance(self.exponent, bool)
-                and self.exponent > 0, "method.exponent", self.exponent, "must be a number > 0")
+        require(
+            isinstance(self.exponent, int | float)
+            and not isinstance(self.exponent, bool)
+            and self.exponent > 0,
+            "method.exponent",
+            self.exponent,
+            "must be a number > 0",
+        )
 
     def schedule_kwargs(self) -> dict[str, Any]:
         """The schedule's constructor arguments."""
-        return {"t_0": self.t_0, "t_end": self.t_end, "frequency": self.frequency,
-                "exponent": float(self.exponent)}
+        return {
+            "t_0": self.t_0,
+            "t_end": self.t_end,
+            "frequency": self.frequency,
+            "exponent": float(self.exponent),
+        }
 
 
 @dataclass
@@ -91,12 +111,13 @@ class FedSparsifyLocalConfig(ScheduledPruningConfig):
     """FedSparsify-Local: clients prune, the server merges masks by majority vote."""
 
     name: str = "fedsparsify_local"
-    mv_average: str = "all"   # all (pruned count as 0, reference default) | nnz (only clients that kept it)
+    mv_average: str = "all"  # all (pruned count as 0, reference default) | nnz (only clients that kept it)
 
     def check(self, run: Mapping[str, Any]) -> None:  # noqa: D102
         super().check(run)
-        require(self.mv_average in ("all", "nnz"), "method.mv_average", self.mv_average,
-                "must be 'all' or 'nnz'")
+        require(
+            self.mv_average in ("all", "nnz"), "method.mv_average", self.mv_average, "must be 'all' or 'nnz'"
+        )
 
 
 @dataclass
@@ -116,8 +137,12 @@ class OneShotConfig(PruningConfig):
     def check(self, run: Mapping[str, Any]) -> None:  # noqa: D102
         super().check(run)
         rounds = int(run["num_rounds"])
-        require(0 <= self.ft_rounds < rounds, "method.ft_rounds", self.ft_rounds,
-                f"must be in [0, num_rounds={rounds})")
+        require(
+            0 <= self.ft_rounds < rounds,
+            "method.ft_rounds",
+            self.ft_rounds,
+            f"must be in [0, num_rounds={rounds})",
+        )
 
 
 @dataclass
@@ -125,12 +150,13 @@ class SnipConfig(PruningConfig):
     """SNIP: prune at initialisation from one client's connection sensitivities."""
 
     name: str = "snip"
-    score_batches: int = 0    # mini-batches scored; 0 = the client's whole training split
+    score_batches: int = 0  # mini-batches scored; 0 = the client's whole training split
 
     def check(self, run: Mapping[str, Any]) -> None:  # noqa: D102
         super().check(run)
-        require(self.score_batches >= 0, "method.score_batches", self.score_batches,
-                "must be an integer >= 0")
+        require(
+            self.score_batches >= 0, "method.score_batches", self.score_batches, "must be an integer >= 0"
+        )
 
 
 @dataclass
@@ -142,8 +168,7 @@ class GraspConfig(SnipConfig):
 
     def check(self, run: Mapping[str, Any]) -> None:  # noqa: D102
         super().check(run)
-        require(self.grasp_temperature > 0, "method.grasp_temperature", self.grasp_temperature,
-                "must be > 0")
+        require(self.grasp_temperature > 0, "method.grasp_temperature", self.grasp_temperature, "must be > 0")
 
 
 @dataclass
@@ -156,46 +181,90 @@ class PruneFLConfig(SnipConfig):
 
     name: str = "prunefl"
     s_f: float = 0.3
-    readjust_every: int = 50   # rounds between mask readjustments (FedSparsify's setting)
+    readjust_every: int = 50  # rounds between mask readjustments (FedSparsify's setting)
 
     def check(self, run: Mapping[str, Any]) -> None:  # noqa: D102
         super().check(run)
-        require(self.readjust_every >= 1, "method.readjust_every", self.readjust_every,
-                "must be an integer >= 1")
+        require(
+            self.readjust_every >= 1, "method.readjust_every", self.readjust_every, "must be an integer >= 1"
+        )
 
 
 def _at_init(cls: type[Snip] | type[Grasp]) -> Any:
     def build(cfg: SnipConfig, ctx: BuildContext) -> Snip | Grasp:
-        return cls(score_batches=cfg.score_batches,
-                   grasp_temperature=float(getattr(cfg, "grasp_temperature", 200.0)),
-                   **cfg.strategy_kwargs(ctx))
+        return cls(
+            score_batches=cfg.score_batches,
+            grasp_temperature=float(getattr(cfg, "grasp_temperature", 200.0)),
+            **cfg.strategy_kwargs(ctx),
+        )
 
     return build
 
 
-register(MethodEntry(
-    name="fedsparsify_global", config=FedSparsifyGlobalConfig, client=FedSparsifyClient,
-    summary="progressive magnitude pruning of the global model",
-    build=lambda cfg, ctx: FedSparsifyGlobal(**cfg.schedule_kwargs(), **cfg.strategy_kwargs(ctx))))
-register(MethodEntry(
-    name="fedsparsify_local", config=FedSparsifyLocalConfig, client=FedSparsifyClient,
-    summary="client-side pruning, majority-vote masks",
-    build=lambda cfg, ctx: FedSparsifyLocal(mv_average=cfg.mv_average, **cfg.schedule_kwargs(),
-                                            **cfg.strategy_kwargs(ctx))))
-register(MethodEntry(
-    name="random_prune", config=RandomPruneConfig, client=FedSparsifyClient,
-    summary="random pruning on FedSparsify's schedule",
-    build=lambda cfg, ctx: RandomPrune(**cfg.schedule_kwargs(), **cfg.strategy_kwargs(ctx))))
-register(MethodEntry(
-    name="oneshot", config=OneShotConfig, client=FedSparsifyClient,
-    summary="one-shot magnitude pruning (+ fine-tuning)",
-    build=lambda cfg, ctx: OneShot(ft_rounds=cfg.ft_rounds, **cfg.strategy_kwargs(ctx))))
-register(MethodEntry(name="snip", config=SnipConfig, client=FedSparsifyClient,
-                     summary="SNIP pruning at initialisation", build=_at_init(Snip)))
-register(MethodEntry(name="grasp", config=GraspConfig, client=FedSparsifyClient,
-                     summary="GraSP pruning at initialisation", build=_at_init(Grasp)))
-register(MethodEntry(
-    name="prunefl", config=PruneFLConfig, client=PruneFLClient,
-    summary="one client's initial mask, readjusted from aggregated squared gradients",
-    build=lambda cfg, ctx: PruneFL(readjust_every=cfg.readjust_every, score_batches=cfg.score_batches,
-                                   **cfg.strategy_kwargs(ctx))))
+register(
+    MethodEntry(
+        name="fedsparsify_global",
+        config=FedSparsifyGlobalConfig,
+        client=FedSparsifyClient,
+        summary="progressive magnitude pruning of the global model",
+        build=lambda cfg, ctx: FedSparsifyGlobal(**cfg.schedule_kwargs(), **cfg.strategy_kwargs(ctx)),
+    )
+)
+register(
+    MethodEntry(
+        name="fedsparsify_local",
+        config=FedSparsifyLocalConfig,
+        client=FedSparsifyClient,
+        summary="client-side pruning, majority-vote masks",
+        build=lambda cfg, ctx: FedSparsifyLocal(
+            mv_average=cfg.mv_average, **cfg.schedule_kwargs(), **cfg.strategy_kwargs(ctx)
+        ),
+    )
+)
+register(
+    MethodEntry(
+        name="random_prune",
+        config=RandomPruneConfig,
+        client=FedSparsifyClient,
+        summary="random pruning on FedSparsify's schedule",
+        build=lambda cfg, ctx: RandomPrune(**cfg.schedule_kwargs(), **cfg.strategy_kwargs(ctx)),
+    )
+)
+register(
+    MethodEntry(
+        name="oneshot",
+        config=OneShotConfig,
+        client=FedSparsifyClient,
+        summary="one-shot magnitude pruning (+ fine-tuning)",
+        build=lambda cfg, ctx: OneShot(ft_rounds=cfg.ft_rounds, **cfg.strategy_kwargs(ctx)),
+    )
+)
+register(
+    MethodEntry(
+        name="snip",
+        config=SnipConfig,
+        client=FedSparsifyClient,
+        summary="SNIP pruning at initialisation",
+        build=_at_init(Snip),
+    )
+)
+register(
+    MethodEntry(
+        name="grasp",
+        config=GraspConfig,
+        client=FedSparsifyClient,
+        summary="GraSP pruning at initialisation",
+        build=_at_init(Grasp),
+    )
+)
+register(
+    MethodEntry(
+        name="prunefl",
+        config=PruneFLConfig,
+        client=PruneFLClient,
+        summary="one client's initial mask, readjusted from aggregated squared gradients",
+        build=lambda cfg, ctx: PruneFL(
+            readjust_every=cfg.readjust_every, score_batches=cfg.score_batches, **cfg.strategy_kwargs(ctx)
+        ),
+    )
+)

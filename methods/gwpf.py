@@ -22,9 +22,9 @@ from .registry import BuildContext, MethodConfig, MethodEntry, register, require
 class StabilityFreezingConfig(MethodConfig):
     """Knobs GWPF and APF share (an EMA of aggregated updates decides what freezes)."""
 
-    alpha: float = 0.99       # EMA decay of the aggregated update (new_global - old_global)
-    threshold: float = 0.5    # freeze when |ema| / (abs_ema + eps) < threshold
-    tighten_at: float = 0.8   # halve the threshold every round while the frozen fraction exceeds this
+    alpha: float = 0.99  # EMA decay of the aggregated update (new_global - old_global)
+    threshold: float = 0.5  # freeze when |ema| / (abs_ema + eps) < threshold
+    tighten_at: float = 0.8  # halve the threshold every round while the frozen fraction exceeds this
     eps: float = 1e-12
 
     def check(self, run: Mapping[str, Any]) -> None:  # noqa: D102
@@ -36,8 +36,14 @@ class StabilityFreezingConfig(MethodConfig):
     def strategy_kwargs(self, ctx: BuildContext) -> dict[str, Any]:
         """Constructor arguments shared by :class:`GWPF` and :class:`APF`."""
         keys = [name for name, p in ctx.model().named_parameters() if p.requires_grad]
-        return {"alpha": self.alpha, "threshold": self.threshold, "tighten_at": self.tighten_at,
-                "eps": self.eps, "freezable_keys": keys, **ctx.common}
+        return {
+            "alpha": self.alpha,
+            "threshold": self.threshold,
+            "tighten_at": self.tighten_at,
+            "eps": self.eps,
+            "freezable_keys": keys,
+            **ctx.common,
+        }
 
 
 @dataclass
@@ -48,9 +54,9 @@ class GWPFConfig(StabilityFreezingConfig):
     """
 
     name: str = "gwpf"
-    thaw_quorum: Any = "any"          # any | majority | a fraction in (0, 1] of the replying clients
-    vote_alpha: float | None = None   # client EMA decay of frozen scalars' local drift (None = alpha)
-    vote_min_rounds: int = 2          # a scalar votes once its drift EMAs hold this many rounds (our reading)
+    thaw_quorum: Any = "any"  # any | majority | a fraction in (0, 1] of the replying clients
+    vote_alpha: float | None = None  # client EMA decay of frozen scalars' local drift (None = alpha)
+    vote_min_rounds: int = 2  # a scalar votes once its drift EMAs hold this many rounds (our reading)
 
     def check(self, run: Mapping[str, Any]) -> None:  # noqa: D102
         super().check(run)
@@ -58,10 +64,18 @@ class GWPFConfig(StabilityFreezingConfig):
             parse_quorum(self.thaw_quorum)
         except ValueError as exc:
             require(False, "method.thaw_quorum", self.thaw_quorum, str(exc))
-        require(self.vote_alpha is None or 0.0 <= self.vote_alpha < 1.0, "method.vote_alpha",
-                self.vote_alpha, "must be null or in [0, 1)")
-        require(self.vote_min_rounds >= 1, "method.vote_min_rounds", self.vote_min_rounds,
-                "must be an integer >= 1")
+        require(
+            self.vote_alpha is None or 0.0 <= self.vote_alpha < 1.0,
+            "method.vote_alpha",
+            self.vote_alpha,
+            "must be null or in [0, 1)",
+        )
+        require(
+            self.vote_min_rounds >= 1,
+            "method.vote_min_rounds",
+            self.vote_min_rounds,
+            "must be an integer >= 1",
+        )
 
 
 @dataclass
@@ -69,12 +83,24 @@ class APFConfig(StabilityFreezingConfig):
     """APF (adaptive parameter freezing), the comparator GWPF is judged against."""
 
     name: str = "apf"
-    threshold: float = 0.05   # stable when |ema| / (abs_ema + eps) < threshold (our reading of APF)
+    threshold: float = 0.05  # stable when |ema| / (abs_ema + eps) < threshold (our reading of APF)
 
 
-register(MethodEntry(
-    name="gwpf", config=GWPFConfig, client=GWPFClient, summary="freeze/thaw from aggregated gradients",
-    build=lambda cfg, ctx: GWPF(thaw_quorum=parse_quorum(cfg.thaw_quorum), **cfg.strategy_kwargs(ctx))))
-register(MethodEntry(
-    name="apf", config=APFConfig, client=APFClient, summary="adaptive parameter freezing",
-    build=lambda cfg, ctx: APF(**cfg.strategy_kwargs(ctx))))
+register(
+    MethodEntry(
+        name="gwpf",
+        config=GWPFConfig,
+        client=GWPFClient,
+        summary="freeze/thaw from aggregated gradients",
+        build=lambda cfg, ctx: GWPF(thaw_quorum=parse_quorum(cfg.thaw_quorum), **cfg.strategy_kwargs(ctx)),
+    )
+)
+register(
+    MethodEntry(
+        name="apf",
+        config=APFConfig,
+        client=APFClient,
+        summary="adaptive parameter freezing",
+        build=lambda cfg, ctx: APF(**cfg.strategy_kwargs(ctx)),
+    )
+)

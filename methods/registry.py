@@ -143,11 +143,12 @@ def register(entry: MethodEntry) -> MethodEntry:
     """Add ``entry`` to the registry; a second entry of the same name is an error."""
     known = _REGISTRY.get(entry.name)
     if known is not None and known != entry:
-        raise ValueError(f"method {entry.name!r} is registered twice "
-                         f"({known.config.__module__} and {entry.config.__module__})")
+        raise ValueError(
+            f"method {entry.name!r} is registered twice "
+            f"({known.config.__module__} and {entry.config.__module__})"
+        )
     if entry.config.name is not MISSING and getattr(entry.config, "name", None) != entry.name:
-        raise ValueError(f"method {entry.name!r}: its config's default name is "
-                         f"{entry.config.name!r}")
+        raise ValueError(f"method {entry.name!r}: its config's default name is {entry.config.name!r}")
     _REGISTRY[entry.name] = entry
     return entry
 

@@ -32,8 +32,11 @@ def precheck(argv: Sequence[str]) -> None:
     if any(arg.startswith("-") for arg in argv):
         return
     # hydra.searchpath decides which configs exist (a plug-in's yaml); other hydra.* keys do not matter here.
-    overrides = [arg for arg in argv if arg.startswith("hydra.searchpath=")
-                 or not arg.startswith(("hydra.", "+hydra.", "++hydra."))]
+    overrides = [
+        arg
+        for arg in argv
+        if arg.startswith("hydra.searchpath=") or not arg.startswith(("hydra.", "+hydra.", "++hydra."))
+    ]
     try:
         with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
             cfg = compose(config_name="config", overrides=overrides)
@@ -72,8 +75,10 @@ def main(cfg: DictConfig) -> float | None:
     except ConfigError as exc:
         print(f"fedlean: invalid config: {exc}", file=sys.stderr)
         raise SystemExit(2) from None
-    print(f"fedlean: results in {out_dir} (final accuracy {summary['final_accuracy']}, "
-          f"{summary['total_mb']:.3f} MB up+down)")
+    print(
+        f"fedlean: results in {out_dir} (final accuracy {summary['final_accuracy']}, "
+        f"{summary['total_mb']:.3f} MB up+down)"
+    )
     return summary["final_accuracy"]
 
 

@@ -14,8 +14,14 @@ from fl_strategies.partial_sync import synced_positions
 from simulations.runtimes.inline import InlineGrid
 
 SETTINGS = {
-    "train": {"epochs": 1, "batch_size": 8, "optimizer": "sgd", "lr": 0.1, "momentum": 0.0,
-              "weight_decay": 0.0},
+    "train": {
+        "epochs": 1,
+        "batch_size": 8,
+        "optimizer": "sgd",
+        "lr": 0.1,
+        "momentum": 0.0,
+        "weight_decay": 0.0,
+    },
     "seed": 0,
 }
 
@@ -28,8 +34,12 @@ def tiny_model() -> nn.Module:
 def reply(node_id: int, num_examples: int, **arrays: np.ndarray) -> ParsedReply:
     from flwr.app import MetricRecord
 
-    return ParsedReply(node_id=node_id, num_examples=num_examples, arrays=dict(arrays),
-                       metrics=MetricRecord({"num-examples": num_examples}))
+    return ParsedReply(
+        node_id=node_id,
+        num_examples=num_examples,
+        arrays=dict(arrays),
+        metrics=MetricRecord({"num-examples": num_examples}),
+    )
 
 
 def method_defaults(method_settings):
@@ -41,8 +51,7 @@ def method_defaults(method_settings):
     return {**dataclasses.asdict(get_method(method_settings["name"]).config()), **method_settings}
 
 
-def run_real_clients(strategy, client_cls, method_settings, num_nodes=3, rounds=4,
-                     on_receive=None):
+def run_real_clients(strategy, client_cls, method_settings, num_nodes=3, rounds=4, on_receive=None):
     """Run a strategy with real client classes on a tiny model; return records and grid.
 
     ``on_receive(strategy, job, client)`` is called right after each client applied a
@@ -50,24 +59,33 @@ def run_real_clients(strategy, client_cls, method_settings, num_nodes=3, rounds=
     """
     settings = {**SETTINGS, "method": method_defaults(method_settings)}
     generator = torch.Generator().manual_seed(1)
-    data = [TensorDataset(torch.randn(24, 4, generator=generator),
-                          torch.randint(0, 3, (24,), generator=generator))
-            for _ in range(num_nodes)]
+    data = [
+        TensorDataset(
+            torch.randn(24, 4, generator=generator), torch.randint(0, 3, (24,), generator=generator)
+        )
+        for _ in range(num_nodes)
+    ]
 
     class Recording(client_cls):
         def receive(self, job):
             super().receive(job)
-            if on_receive is not None and job.content.config_records["config"].get(
-                    "sync-full") is not None:
+            if on_receive is not None and job.content.config_records["config"].get("sync-full") is not None:
                 on_receive(strategy, job, self)
 
     def client_app(message, context):
         config = message.content.config_records["config"]
         index = context.node_config["partition-id"]
-        job = ClientJob(settings=settings, model=tiny_model(), train_set=data[index],
-                        test_set=data[index], device=torch.device("cpu"),
-                        content=message.content, context=context,
-                        server_round=int(config.get("server-round", 0)), partition_id=index)
+        job = ClientJob(
+            settings=settings,
+            model=tiny_model(),
+            train_set=data[index],
+            test_set=data[index],
+            device=torch.device("cpu"),
+            content=message.content,
+            context=context,
+            server_round=int(config.get("server-round", 0)),
+            partition_id=index,
+        )
         client = Recording(settings)
         if message.metadata.message_type == "train":
             return Message(client.train(job), reply_to=message)
@@ -75,8 +93,9 @@ def run_real_clients(strategy, client_cls, method_settings, num_nodes=3, rounds=
 
     grid = InlineGrid(client_app, num_nodes)
     records: list[dict] = []
-    result = strategy.start(grid, numpy_to_arrayrecord(model_arrays(tiny_model())),
-                            num_rounds=rounds, on_round_end=records.append)
+    result = strategy.start(
+        grid, numpy_to_arrayrecord(model_arrays(tiny_model())), num_rounds=rounds, on_round_end=records.append
+    )
     return records, grid, result
 
 
@@ -90,8 +109,7 @@ def check_consistent_view(strategy, job, client):
     else:
         layout = strategy.layout
         synced = synced_positions(strategy.known_masks)
-        np.testing.assert_array_equal(layout.flatten(local)[synced],
-                                      layout.flatten(glob)[synced])
+        np.testing.assert_array_equal(layout.flatten(local)[synced], layout.flatten(glob)[synced])
         for key in strategy.buffer_keys:
             np.testing.assert_array_equal(local[key], glob[key], err_msg=key)
     for name, mask in strategy.masks.items():

@@ -27,8 +27,9 @@ def feed_updates(strategy, deltas, start=1):
         used.append(sync)
         old = strategy.layout.flatten(strategy.global_arrays)
         new = old[sync] + np.asarray(delta, np.float32)[sync]
-        strategy.global_arrays = strategy.aggregate_replies(t, [
-            reply(1, 5, **{VALUES_KEY: new}), reply(2, 5, **{VALUES_KEY: new})])
+        strategy.global_arrays = strategy.aggregate_replies(
+            t, [reply(1, 5, **{VALUES_KEY: new}), reply(2, 5, **{VALUES_KEY: new})]
+        )
     return used
 
 
@@ -51,8 +52,9 @@ def test_ema_tracks_updates_not_values():
 
 
 def test_freezing_period_grows_additively_while_stable_and_halves_otherwise():
-    assert aimd_step(np.array([0, 3, 5, 4]), np.array([True, True, False, False]),
-                     np.array([True, True, True, False])).tolist() == [1, 4, 2, 4]
+    assert aimd_step(
+        np.array([0, 3, 5, 4]), np.array([True, True, False, False]), np.array([True, True, True, False])
+    ).tolist() == [1, 4, 2, 4]
     strategy = make_strategy(size=1, threshold=0.5, tighten_at=1.0)
     used = feed_updates(strategy, [[0.0]] * 9)  # never moves: stable at every check
     pattern = "".join("A" if m[0] else "F" for m in used)
@@ -93,8 +95,7 @@ def test_rollback_hook_keeps_frozen_entries_at_their_value():
 
 
 def test_real_clients_roll_back_frozen_scalars_and_send_them_neither_way():
-    strategy = APF(fraction_evaluate=0.0, min_available_nodes=3, min_train_nodes=3,
-                   alpha=0.5, threshold=0.5)
+    strategy = APF(fraction_evaluate=0.0, min_available_nodes=3, min_train_nodes=3, alpha=0.5, threshold=0.5)
     sizes = []
 
     def on_receive(strat, job, client):
@@ -104,11 +105,15 @@ def test_real_clients_roll_back_frozen_scalars_and_send_them_neither_way():
             from fl_strategies.codec import decode_arrays
 
             down = decode_arrays(job.content.array_records["arrays"])
-            sizes.append((len(down[VALUES_KEY]), int(synced_positions(strat.known_masks).sum()),
-                          int(strat.sync_mask.sum())))
+            sizes.append(
+                (
+                    len(down[VALUES_KEY]),
+                    int(synced_positions(strat.known_masks).sum()),
+                    int(strat.sync_mask.sum()),
+                )
+            )
 
-    records, grid, _ = run_real_clients(strategy, APFClient, {"name": "apf"}, rounds=5,
-                                        on_receive=on_receive)
+    records, grid, _ = run_real_clients(strategy, APFClient, {"name": "apf"}, rounds=5, on_receive=on_receive)
     assert all(r["dropped"] == 0 for r in records[1:])
     assert records[-1]["frozen_fraction"] > 0
     # Down: the values of the positions synced last round only.
@@ -120,10 +125,11 @@ def test_real_clients_roll_back_frozen_scalars_and_send_them_neither_way():
     layout = strategy.layout
     for node_id in grid.node_ids:
         state = grid.contexts[node_id].state.array_records["partial-sync-state"]
-        local = {k[len("model/"):]: v.numpy() for k, v in state.items() if k.startswith("model/")}
+        local = {k[len("model/") :]: v.numpy() for k, v in state.items() if k.startswith("model/")}
         # The last round's masks are those of round 5 (known_masks after aggregation).
         was_frozen = ~synced_positions(strategy.known_masks)
-        np.testing.assert_array_equal(layout.flatten(local)[was_frozen],
-                                      layout.flatten(strategy.global_arrays)[was_frozen])
+        np.testing.assert_array_equal(
+            layout.flatten(local)[was_frozen], layout.flatten(strategy.global_arrays)[was_frozen]
+        )
     assert frozen.any()
     assert model_arrays(tiny_model()).keys() == strategy.global_arrays.keys()

@@ -73,8 +73,12 @@ def test_encode_arrays_auto_mixes_encodings_and_decodes_back():
         "votes": RNG.random(100) > 0.5,
     }
     record = encode_arrays(arrays)
-    assert set(record.keys()) == {"dense.weight", "pruned.weight" + SPARSE_SUFFIX,
-                                  "bn.num_batches_tracked", "votes" + BITS_SUFFIX}
+    assert set(record.keys()) == {
+        "dense.weight",
+        "pruned.weight" + SPARSE_SUFFIX,
+        "bn.num_batches_tracked",
+        "votes" + BITS_SUFFIX,
+    }
     decoded = decode_arrays(record)
     for key, value in arrays.items():
         np.testing.assert_array_equal(decoded[key], value)
@@ -116,14 +120,21 @@ def test_unknown_encoding_rejected():
 
 
 def _message_of(arrays, encoding):
-    content = RecordDict({"arrays": encode_arrays(arrays, encoding=encoding),
-                          "config": ConfigRecord({"server-round": 1})})
+    content = RecordDict(
+        {"arrays": encode_arrays(arrays, encoding=encoding), "config": ConfigRecord({"server-round": 1})}
+    )
     return Message(content, dst_node_id=5, message_type="train")
 
 
 def test_ninety_percent_sparse_model_message_is_at_most_15_percent_of_dense():
-    shapes = {"fc1.weight": (256, 784), "fc1.bias": (256,), "fc2.weight": (256, 256),
-              "fc2.bias": (256,), "out.weight": (10, 256), "out.bias": (10,)}
+    shapes = {
+        "fc1.weight": (256, 784),
+        "fc1.bias": (256,),
+        "fc2.weight": (256, 256),
+        "fc2.bias": (256,),
+        "out.weight": (10, 256),
+        "out.bias": (10,),
+    }
     dense = {k: RNG.standard_normal(s).astype(np.float32) for k, s in shapes.items()}
     pruned = {}
     for key, value in dense.items():
@@ -141,12 +152,15 @@ def _mask(size, positions):
     return mask
 
 
-@pytest.mark.parametrize(("mask", "form"), [
-    (RNG.random(4096) < 0.5, FORM_BITMASK),  # dense, random: nothing to compress
-    (_mask(100_000, [3, 50_000]), FORM_INDICES),  # two spread positions: 8 bytes
-    (np.arange(40_000) < 20_000, FORM_ZLIB_BITMASK),  # one long run
-    (_mask(1_000_000, range(0, 1_000_000, 997)), FORM_ZLIB_DELTA),  # regular gaps
-])
+@pytest.mark.parametrize(
+    ("mask", "form"),
+    [
+        (RNG.random(4096) < 0.5, FORM_BITMASK),  # dense, random: nothing to compress
+        (_mask(100_000, [3, 50_000]), FORM_INDICES),  # two spread positions: 8 bytes
+        (np.arange(40_000) < 20_000, FORM_ZLIB_BITMASK),  # one long run
+        (_mask(1_000_000, range(0, 1_000_000, 997)), FORM_ZLIB_DELTA),  # regular gaps
+    ],
+)
 def test_position_set_picks_the_smallest_form_and_round_trips(mask, form):
     blob = encode_positions(mask)
     assert blob[0] == form

@@ -42,29 +42,39 @@ def conversions(monkeypatch):
 
 def echo_client(message, context):
     if message.metadata.message_type == "evaluate":
-        return Message(RecordDict({"metrics": MetricRecord({"num-examples": 5, "loss": 1.0})}),
-                       reply_to=message)
+        return Message(
+            RecordDict({"metrics": MetricRecord({"num-examples": 5, "loss": 1.0})}), reply_to=message
+        )
     arrays = decode_arrays(message.content.array_records["arrays"])
-    return Message(RecordDict({"arrays": encode_arrays({k: v + 1 for k, v in arrays.items()}),
-                               "metrics": MetricRecord({"num-examples": 10})}), reply_to=message)
+    return Message(
+        RecordDict(
+            {
+                "arrays": encode_arrays({k: v + 1 for k, v in arrays.items()}),
+                "metrics": MetricRecord({"num-examples": 10}),
+            }
+        ),
+        reply_to=message,
+    )
 
 
 def fedavg_counts(rounds: int, counts: Counter[str]) -> dict[str, int]:
     counts.clear()
     initial = numpy_to_arrayrecord({"w": np.ones((4, 3), np.float32)})
     strategy = FedAvg(min_available_nodes=3, fraction_evaluate=1.0)
-    strategy.start(InlineGrid(echo_client, 3), initial, num_rounds=rounds,
-                   evaluate_fn=lambda server_round, arrays: MetricRecord({"x": 1.0}))
-    return {name: counts[name] - (1 if name == "numpy_to_arrayrecord" else 0)
-            for name in COUNTED}
+    strategy.start(
+        InlineGrid(echo_client, 3),
+        initial,
+        num_rounds=rounds,
+        evaluate_fn=lambda server_round, arrays: MetricRecord({"x": 1.0}),
+    )
+    return {name: counts[name] - (1 if name == "numpy_to_arrayrecord" else 0) for name in COUNTED}
 
 
 def gwpf_counts(rounds: int, counts: Counter[str]) -> dict[str, int]:
     counts.clear()
     strategy = GWPF(min_available_nodes=3, fraction_evaluate=1.0, threshold=0.9)
     run_real_clients(strategy, GWPFClient, {"name": "gwpf"}, num_nodes=3, rounds=rounds)
-    return {name: counts[name] - (1 if name == "numpy_to_arrayrecord" else 0)
-            for name in COUNTED}
+    return {name: counts[name] - (1 if name == "numpy_to_arrayrecord" else 0) for name in COUNTED}
 
 
 def per_round(run, counts):

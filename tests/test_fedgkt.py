@@ -89,10 +89,15 @@ def test_teacher_table_orders_rows_by_sample_index_and_rejects_bad_indices():
 
 def _settings(**method):
     return {
-        "method": {"name": "fedgkt", "temperature": 3.0, "alpha": 0.5, "epochs_client": 1,
-                   "float16": True, **method},
-        "model": {"name": "resnet8_56", "in_channels": 1, "num_classes": NUM_CLASSES,
-                  "image_size": 8},
+        "method": {
+            "name": "fedgkt",
+            "temperature": 3.0,
+            "alpha": 0.5,
+            "epochs_client": 1,
+            "float16": True,
+            **method,
+        },
+        "model": {"name": "resnet8_56", "in_channels": 1, "num_classes": NUM_CLASSES, "image_size": 8},
         "train": {"epochs": 1, "batch_size": 5, "optimizer": "adam", "lr": 1e-3},
         "seed": 0,
     }
@@ -106,15 +111,24 @@ def test_kd_targets_follow_their_samples_under_a_shuffled_loader():
     rng = np.random.default_rng(0)
     server_logits = rng.normal(size=(n, NUM_CLASSES)).astype(np.float32)  # row i: sample i
     order = rng.permutation(n)  # the server may send them in any order
-    content = RecordDict({
-        "arrays": encode_arrays({INDICES_KEY: order, LOGITS_KEY: server_logits[order]}),
-        "config": ConfigRecord()})
+    content = RecordDict(
+        {
+            "arrays": encode_arrays({INDICES_KEY: order, LOGITS_KEY: server_logits[order]}),
+            "config": ConfigRecord(),
+        }
+    )
     settings = _settings()
-    job = ClientJob(settings=settings, model=nn.Identity(), train_set=train_set,
-                    test_set=train_set, device=torch.device("cpu"), content=content,
-                    context=Context(run_id=1, node_id=7, node_config={}, state=RecordDict(),
-                                    run_config={}),
-                    server_round=2, partition_id=0)
+    job = ClientJob(
+        settings=settings,
+        model=nn.Identity(),
+        train_set=train_set,
+        test_set=train_set,
+        device=torch.device("cpu"),
+        content=content,
+        context=Context(run_id=1, node_id=7, node_config={}, state=RecordDict(), run_config={}),
+        server_round=2,
+        partition_id=0,
+    )
     client = FedGKTClient(settings)
     client.receive(job)
     job.train_set = with_indices(job.train_set)
@@ -134,32 +148,61 @@ def test_kd_targets_follow_their_samples_under_a_shuffled_loader():
 # ------------------------------------------------------ round trip (Inline)
 def _tiny_server_model():
     torch.manual_seed(0)
-    return nn.Sequential(nn.Conv2d(16, 8, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1),
-                         nn.Flatten(), nn.Linear(8, NUM_CLASSES))
+    return nn.Sequential(
+        nn.Conv2d(16, 8, 3, padding=1),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(8, NUM_CLASSES),
+    )
 
 
 def _run_cfg():
     return {
-        "method": {"name": "fedgkt", "temperature": 3.0, "alpha": 1.0, "epochs_client": 1,
-                   "epochs_server": 1, "distill_on_server": True, "float16": True,
-                   "server_model": "resnet56_server", "server_optimizer": "adam",
-                   "server_lr": 1e-3},
+        "method": {
+            "name": "fedgkt",
+            "temperature": 3.0,
+            "alpha": 1.0,
+            "epochs_client": 1,
+            "epochs_server": 1,
+            "distill_on_server": True,
+            "float16": True,
+            "server_model": "resnet56_server",
+            "server_optimizer": "adam",
+            "server_lr": 1e-3,
+        },
         "dataset": {"name": "digits", "resize": None, "test_fraction": 0.2},
         "partition": {"name": "dirichlet", "alpha": 1.0},
         "model": {"name": "resnet8_56"},
         "optimizer": {"name": "adam", "lr": 1e-3},
-        "local_epochs": 1, "batch_size": 32, "seed": 0, "device": "cpu",
+        "local_epochs": 1,
+        "batch_size": 32,
+        "seed": 0,
+        "device": "cpu",
     }
 
 
 def test_two_client_round_trip_each_client_gets_only_its_own_logits():
     model = _tiny_server_model()
-    server = GKTServer(model, make_optimizer(model.parameters(), "adam", 1e-3),
-                       torch.device("cpu"), temperature=3.0, alpha=1.0, epochs=1, batch_size=32,
-                       feature_shape=(16, 8, 8))
-    strategy = FedGKT(server=server, num_classes=NUM_CLASSES, feature_shape=(16, 8, 8),
-                      client_config=client_settings(_run_cfg()), min_available_nodes=2,
-                      min_train_nodes=2, fraction_evaluate=0.0)
+    server = GKTServer(
+        model,
+        make_optimizer(model.parameters(), "adam", 1e-3),
+        torch.device("cpu"),
+        temperature=3.0,
+        alpha=1.0,
+        epochs=1,
+        batch_size=32,
+        feature_shape=(16, 8, 8),
+    )
+    strategy = FedGKT(
+        server=server,
+        num_classes=NUM_CLASSES,
+        feature_shape=(16, 8, 8),
+        client_config=client_settings(_run_cfg()),
+        min_available_nodes=2,
+        min_train_nodes=2,
+        fraction_evaluate=0.0,
+    )
     received: dict[tuple[int, int], dict] = {}
     uploaded: dict[tuple[int, int], dict] = {}
     replies: dict[tuple[int, int], MetricRecord] = {}
@@ -216,7 +259,8 @@ def test_two_client_round_trip_each_client_gets_only_its_own_logits():
             assert records[t][key.replace("-", "_")] == sum(replies[(t, n)][key] for n in (a, b)) > 0
     summary = strategy.summary_fields()
     assert summary["edge_flops_per_round"] == pytest.approx(
-        summary["edge_flops_train_per_round"] + summary["edge_flops_extract_per_round"])
+        summary["edge_flops_train_per_round"] + summary["edge_flops_extract_per_round"]
+    )
     assert summary["edge_flops_train_per_sample"] == replies[(1, a)]["edge-flops-train-per-sample"] > 0
 
 
@@ -234,8 +278,14 @@ def test_logits_sent_to_each_node_are_that_nodes_own():
         def describe(self):
             return {}
 
-    strategy = FedGKT(server=FakeServer(), num_classes=NUM_CLASSES, feature_shape=(2,),
-                      min_available_nodes=2, min_train_nodes=2, fraction_evaluate=0.0)
+    strategy = FedGKT(
+        server=FakeServer(),
+        num_classes=NUM_CLASSES,
+        feature_shape=(2,),
+        min_available_nodes=2,
+        min_train_nodes=2,
+        fraction_evaluate=0.0,
+    )
     seen = {}
 
     def client(message, context):
@@ -244,9 +294,15 @@ def test_logits_sent_to_each_node_are_that_nodes_own():
         n = 3 + (node % 2)
         indices = np.arange(n)[::-1].copy()
         features = np.full((n, 2), float(node), np.float32) + indices[:, None]
-        return Message(RecordDict({"arrays": encode_arrays(_upload(n, features, indices)),
-                                   "metrics": MetricRecord({"num-examples": n})}),
-                       reply_to=message)
+        return Message(
+            RecordDict(
+                {
+                    "arrays": encode_arrays(_upload(n, features, indices)),
+                    "metrics": MetricRecord({"num-examples": n}),
+                }
+            ),
+            reply_to=message,
+        )
 
     grid = InlineGrid(client, 2)
     strategy.start(grid, numpy_to_arrayrecord({}), num_rounds=2)
@@ -258,12 +314,14 @@ def test_logits_sent_to_each_node_are_that_nodes_own():
 
 # --------------------------------------------------------- reply validation
 def _upload(n, features=None, indices=None, num_test=2):
-    return {FEATURES_KEY: features if features is not None else np.ones((n, 2), np.float32),
-            LOGITS_KEY: np.zeros((n, NUM_CLASSES), np.float32),
-            LABELS_KEY: np.arange(n) % NUM_CLASSES,
-            INDICES_KEY: indices if indices is not None else np.arange(n),
-            TEST_FEATURES_KEY: np.ones((num_test, 2), np.float32),
-            TEST_LABELS_KEY: np.zeros(num_test, np.int64)}
+    return {
+        FEATURES_KEY: features if features is not None else np.ones((n, 2), np.float32),
+        LOGITS_KEY: np.zeros((n, NUM_CLASSES), np.float32),
+        LABELS_KEY: np.arange(n) % NUM_CLASSES,
+        INDICES_KEY: indices if indices is not None else np.arange(n),
+        TEST_FEATURES_KEY: np.ones((num_test, 2), np.float32),
+        TEST_LABELS_KEY: np.zeros(num_test, np.int64),
+    }
 
 
 BAD_UPLOADS = {
@@ -301,14 +359,20 @@ def test_bad_uploads_are_dropped_with_a_log_line(caplog):
         upload = _upload(4)
         if index < len(kinds):
             upload = BAD_UPLOADS[kinds[index]](upload)
-        return Message(RecordDict({"arrays": encode_arrays(upload),
-                                   "metrics": MetricRecord({"num-examples": 4})}),
-                       reply_to=message)
+        return Message(
+            RecordDict({"arrays": encode_arrays(upload), "metrics": MetricRecord({"num-examples": 4})}),
+            reply_to=message,
+        )
 
     num_nodes = len(kinds) + 1
-    strategy = FedGKT(server=RecordingServer(), num_classes=NUM_CLASSES, feature_shape=(2,),
-                      min_available_nodes=num_nodes, min_train_nodes=num_nodes,
-                      fraction_evaluate=0.0)
+    strategy = FedGKT(
+        server=RecordingServer(),
+        num_classes=NUM_CLASSES,
+        feature_shape=(2,),
+        min_available_nodes=num_nodes,
+        min_train_nodes=num_nodes,
+        fraction_evaluate=0.0,
+    )
     with caplog.at_level(logging.WARNING, logger="flwr"):
         strategy.start(InlineGrid(client, num_nodes), numpy_to_arrayrecord({}), num_rounds=1)
     text = "\n".join(strategy.dropped[1])
@@ -351,8 +415,12 @@ def test_experiment_configs_compose():
 
     conf = str(CONF_DIR)
     with initialize_config_dir(config_dir=conf, version_base=None):
-        for name, dataset in [("fedgkt_cifar10", "cifar10"), ("fedgkt_cifar100", "cifar100"),
-                              ("fedgkt_cinic10", "cinic10"), ("fedgkt_digits", "digits")]:
+        for name, dataset in [
+            ("fedgkt_cifar10", "cifar10"),
+            ("fedgkt_cifar100", "cifar100"),
+            ("fedgkt_cinic10", "cinic10"),
+            ("fedgkt_digits", "digits"),
+        ]:
             cfg = compose("config", overrides=[f"+experiment={name}"])
             assert cfg.method.name == "fedgkt" and cfg.model.name == "resnet8_56"
             assert cfg.dataset.name == dataset and not cfg.central_eval
@@ -393,12 +461,22 @@ def test_server_loss_is_kd_plus_alpha_times_ce_as_in_fedml():
         grads = torch.autograd.grad(loss, list(ref.parameters()))
         return [p.detach() - lr * g for p, g in zip(ref.parameters(), grads, strict=True)]
 
-    fedml = stepped(lambda z: kd_loss(z, client_logits, temperature)
-                    + alpha * nn.functional.cross_entropy(z, labels))
-    swapped = stepped(lambda z: alpha * kd_loss(z, client_logits, temperature)
-                      + nn.functional.cross_entropy(z, labels))
-    server = GKTServer(model, make_optimizer(model.parameters(), "sgd", lr), torch.device("cpu"),
-                       temperature=temperature, alpha=alpha, epochs=1, batch_size=n, feature_shape=(4,))
+    fedml = stepped(
+        lambda z: kd_loss(z, client_logits, temperature) + alpha * nn.functional.cross_entropy(z, labels)
+    )
+    swapped = stepped(
+        lambda z: alpha * kd_loss(z, client_logits, temperature) + nn.functional.cross_entropy(z, labels)
+    )
+    server = GKTServer(
+        model,
+        make_optimizer(model.parameters(), "sgd", lr),
+        torch.device("cpu"),
+        temperature=temperature,
+        alpha=alpha,
+        epochs=1,
+        batch_size=n,
+        feature_shape=(4,),
+    )
     server.fit(features.numpy(), labels.numpy(), client_logits.numpy(), server_round=1)
     for got, want, other in zip(model.parameters(), fedml, swapped, strict=True):
         torch.testing.assert_close(got.detach(), want, rtol=1e-5, atol=1e-6)
@@ -410,11 +488,17 @@ def _edge_job(settings, n_train=20, n_test=7, state=None):
     train = TensorDataset(torch.randn(n_train, 1, 8, 8) * 2 + 1, torch.randint(0, NUM_CLASSES, (n_train,)))
     test = TensorDataset(torch.randn(n_test, 1, 8, 8) * 2 + 1, torch.randint(0, NUM_CLASSES, (n_test,)))
     content = RecordDict({"arrays": encode_arrays({}), "config": ConfigRecord({"server-round": 1})})
-    return ClientJob(settings=settings, model=nn.Identity(), train_set=train, test_set=test,
-                     device=torch.device("cpu"), content=content,
-                     context=Context(run_id=1, node_id=3, node_config={}, state=state or RecordDict(),
-                                     run_config={}),
-                     server_round=1, partition_id=0)
+    return ClientJob(
+        settings=settings,
+        model=nn.Identity(),
+        train_set=train,
+        test_set=test,
+        device=torch.device("cpu"),
+        content=content,
+        context=Context(run_id=1, node_id=3, node_config={}, state=state or RecordDict(), run_config={}),
+        server_round=1,
+        partition_id=0,
+    )
 
 
 def test_features_are_extracted_in_eval_mode_and_leave_batchnorm_statistics_alone():
@@ -458,12 +542,15 @@ def test_edge_flops_of_a_round_include_extraction_over_train_and_test_images():
     # The cost tool's per-round table counts the same way.
     from simulations.tools.gkt_costs import edge_round_flops
 
-    rows = [{"model": "edge", "flops_train": train, "flops_forward": forward},
-            {"model": "big", "flops_train": 10 * train, "flops_forward": 10 * forward}]
+    rows = [
+        {"model": "edge", "flops_train": train, "flops_forward": forward},
+        {"model": "big", "flops_train": 10 * train, "flops_forward": 10 * forward},
+    ]
     edge, big = edge_round_flops(rows, 20, 7, epochs=2)
     assert (edge["train_flops"], edge["extract_flops"]) == (train * 40, forward * 27)
     assert big["extract_flops"] == 0 and big["round_ratio"] == pytest.approx(
-        10 * train * 40 / (train * 40 + forward * 27))
+        10 * train * 40 / (train * 40 + forward * 27)
+    )
 
 
 def test_edge_stem_checkpoint_loads_matching_stem_parameters_only(tmp_path):
@@ -497,7 +584,8 @@ def test_edge_stem_checkpoint_loads_matching_stem_parameters_only(tmp_path):
     torch.save({"state_dict": {"fc.weight": torch.zeros(1)}}, tmp_path / "other.pth")
     with pytest.raises(ValueError, match="no tensor matches"):
         FedGKTClient(_settings(edge_stem_checkpoint=str(tmp_path / "other.pth"))).restore_edge(
-            _edge_job(settings))
+            _edge_job(settings)
+        )
 
 
 def test_edge_stem_checkpoint_must_exist():
@@ -507,7 +595,15 @@ def test_edge_stem_checkpoint_must_exist():
     from simulations.app.config import validate_config
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-        cfg = OmegaConf.to_container(compose("config", overrides=[
-            "method=fedgkt", "model=resnet8_56", "method.edge_stem_checkpoint=/nonexistent/best.pth"]))
+        cfg = OmegaConf.to_container(
+            compose(
+                "config",
+                overrides=[
+                    "method=fedgkt",
+                    "model=resnet8_56",
+                    "method.edge_stem_checkpoint=/nonexistent/best.pth",
+                ],
+            )
+        )
     with pytest.raises(ConfigError, match=r"^method.edge_stem_checkpoint='/nonexistent/best.pth': no such"):
         validate_config(cfg)

@@ -43,16 +43,19 @@ def _one_torch_thread():
 
 
 RNG = np.random.default_rng(0)
-GLOBAL = {"l1.weight": RNG.normal(size=(40, 30)).astype(np.float32),
-          "l1.bias": RNG.normal(size=40).astype(np.float32),
-          "l2.weight": RNG.normal(size=(10, 40)).astype(np.float32),
-          "l2.bias": np.zeros(10, np.float32)}
+GLOBAL = {
+    "l1.weight": RNG.normal(size=(40, 30)).astype(np.float32),
+    "l1.bias": RNG.normal(size=40).astype(np.float32),
+    "l2.weight": RNG.normal(size=(10, 40)).astype(np.float32),
+    "l2.bias": np.zeros(10, np.float32),
+}
 PRUNABLE = 40 * 30 + 10 * 40
 
 
 def _reply(arrays, index, extra=None):
-    content = RecordDict({"arrays": encode_arrays(arrays),
-                          "metrics": MetricRecord({"num-examples": 10 * (index + 1)})})
+    content = RecordDict(
+        {"arrays": encode_arrays(arrays), "metrics": MetricRecord({"num-examples": 10 * (index + 1)})}
+    )
     for key, record in (extra or {}).items():
         content[key] = record
     return content
@@ -60,8 +63,12 @@ def _reply(arrays, index, extra=None):
 
 def _run(strategy, client_app, num_nodes, rounds):
     records = []
-    result = strategy.start(InlineGrid(client_app, num_nodes), numpy_to_arrayrecord(GLOBAL),
-                            num_rounds=rounds, on_round_end=records.append)
+    result = strategy.start(
+        InlineGrid(client_app, num_nodes),
+        numpy_to_arrayrecord(GLOBAL),
+        num_rounds=rounds,
+        on_round_end=records.append,
+    )
     return result, records
 
 
@@ -79,8 +86,9 @@ def test_global_follows_schedule_and_pruned_weights_never_regrow():
         arrays = {k: np.where(v != 0, v + 0.1, shift).astype(v.dtype) for k, v in arrays.items()}
         return Message(_reply(arrays, index), reply_to=message)
 
-    strategy = FedSparsifyGlobal(num_rounds=5, s_f=0.8, min_available_nodes=3,
-                                 min_train_nodes=3, fraction_evaluate=0.0)
+    strategy = FedSparsifyGlobal(
+        num_rounds=5, s_f=0.8, min_available_nodes=3, min_train_nodes=3, fraction_evaluate=0.0
+    )
     original = strategy.aggregate_replies
 
     def spy(server_round, replies):
@@ -117,8 +125,9 @@ def test_oneshot_prunes_once_at_t_minus_ft_rounds():
         arrays = decode_arrays(message.content.array_records["arrays"])
         return Message(_reply(arrays, 0), reply_to=message)
 
-    strategy = OneShot(num_rounds=6, ft_rounds=2, s_f=0.9, min_available_nodes=2,
-                       min_train_nodes=2, fraction_evaluate=0.0)
+    strategy = OneShot(
+        num_rounds=6, ft_rounds=2, s_f=0.9, min_available_nodes=2, min_train_nodes=2, fraction_evaluate=0.0
+    )
     _, records = _run(strategy, client_app, 2, 6)
     assert [records[t]["sparsity"] for t in range(1, 4)] == [0.0] * 3
     assert all(records[t]["sparsity"] == pytest.approx(0.9, abs=1e-3) for t in (4, 5, 6))
@@ -131,8 +140,9 @@ def test_random_prune_is_not_magnitude_and_hits_the_count():
         arrays = decode_arrays(message.content.array_records["arrays"])
         return Message(_reply(arrays, 0), reply_to=message)
 
-    strategy = RandomPrune(num_rounds=2, s_f=0.5, seed=3, min_available_nodes=1,
-                           min_train_nodes=1, fraction_evaluate=0.0)
+    strategy = RandomPrune(
+        num_rounds=2, s_f=0.5, seed=3, min_available_nodes=1, min_train_nodes=1, fraction_evaluate=0.0
+    )
     result, records = _run(strategy, client_app, 1, 2)
     assert records[2]["sparsity"] == pytest.approx(0.5)
     magnitude = magnitude_prune(GLOBAL, full_mask(GLOBAL, ["l1.weight", "l2.weight"]), 0.5)
@@ -148,8 +158,7 @@ def test_local_majority_vote_with_mask_bits_and_no_revival():
         config = message.content.config_records["config"]
         target = config["local-sparsity"]
         arrays = decode_arrays(message.content.array_records["arrays"])
-        arrays = {k: (v + 0.01 * (index + 1)).astype(v.dtype) if v.any() else v
-                  for k, v in arrays.items()}
+        arrays = {k: (v + 0.01 * (index + 1)).astype(v.dtype) if v.any() else v for k, v in arrays.items()}
         keep = mask_from_zeros(arrays, ["l1.weight", "l2.weight"])
         rng = np.random.default_rng(index)
         noisy = {k: arrays[k] * rng.uniform(0.5, 1.5, arrays[k].shape) for k in keep}
@@ -159,9 +168,14 @@ def test_local_majority_vote_with_mask_bits_and_no_revival():
         values = {k: np.where(keep.get(k, True), v, 0).astype(v.dtype) for k, v in arrays.items()}
         return Message(_reply(values, index, {"mask": encode_arrays(keep)}), reply_to=message)
 
-    strategy = FedSparsifyLocal(num_rounds=4, s_f=0.75, mv_average="nnz",
-                                min_available_nodes=n_clients, min_train_nodes=n_clients,
-                                fraction_evaluate=0.0)
+    strategy = FedSparsifyLocal(
+        num_rounds=4,
+        s_f=0.75,
+        mv_average="nnz",
+        min_available_nodes=n_clients,
+        min_train_nodes=n_clients,
+        fraction_evaluate=0.0,
+    )
     captured = {}
     original = strategy.aggregate_replies
 
@@ -178,8 +192,9 @@ def test_local_majority_vote_with_mask_bits_and_no_revival():
     for t in (2, 3, 4):
         replies, old_keep, new_keep, out = captured[t]
         masks = [r.mask for r in replies]
-        merged, keep = majority_vote([r.arrays for r in replies], masks,
-                                     [r.num_examples for r in replies], "nnz")
+        merged, keep = majority_vote(
+            [r.arrays for r in replies], masks, [r.num_examples for r in replies], "nnz"
+        )
         # Reply order is not partition order: find the reviving client by its node.
         partition = {r.node_id: grid.contexts[r.node_id].node_config["partition-id"] for r in replies}
         reviver = next(r for r in replies if partition[r.node_id] == 0)
@@ -201,8 +216,7 @@ def test_local_reply_without_mask_is_dropped():
         extra = {} if index == 0 else {"mask": encode_arrays(full_mask(arrays, ["l1.weight", "l2.weight"]))}
         return Message(_reply(arrays, index, extra), reply_to=message)
 
-    strategy = FedSparsifyLocal(num_rounds=1, min_available_nodes=2, min_train_nodes=2,
-                                fraction_evaluate=0.0)
+    strategy = FedSparsifyLocal(num_rounds=1, min_available_nodes=2, min_train_nodes=2, fraction_evaluate=0.0)
     _, records = _run(strategy, client_app, 2, 1)
     assert records[1]["dropped"] == 1 and "no ArrayRecord 'mask'" in strategy.dropped[1][0]
 
@@ -216,23 +230,26 @@ def test_snip_round_zero_asks_one_client_and_fixes_the_mask():
         arrays = decode_arrays(message.content.array_records["arrays"])
         if "prune-score" in config:
             requests.append((context.node_config["partition-id"], config["prune-score"]))
-            scores = {k: np.arange(arrays[k].size, dtype=np.float32).reshape(arrays[k].shape)
-                      for k in ("l1.weight", "l2.weight")}
-            return Message(RecordDict({"scores": encode_arrays(scores),
-                                       "metrics": MetricRecord({"num-examples": 5})}),
-                           reply_to=message)
+            scores = {
+                k: np.arange(arrays[k].size, dtype=np.float32).reshape(arrays[k].shape)
+                for k in ("l1.weight", "l2.weight")
+            }
+            return Message(
+                RecordDict({"scores": encode_arrays(scores), "metrics": MetricRecord({"num-examples": 5})}),
+                reply_to=message,
+            )
         assert config["mask-from-zeros"]
         return Message(_reply(arrays, 0), reply_to=message)
 
-    strategy = Snip(num_rounds=3, s_f=0.5, seed=1, min_available_nodes=3, min_train_nodes=3,
-                    fraction_evaluate=0.0)
+    strategy = Snip(
+        num_rounds=3, s_f=0.5, seed=1, min_available_nodes=3, min_train_nodes=3, fraction_evaluate=0.0
+    )
     _, records = _run(strategy, client_app, 3, 3)
     assert len(requests) == 1 and requests[0][1] == "snip"
     assert records[0]["bytes_down"] > 4 * PRUNABLE and records[0]["bytes_up"] > 4 * PRUNABLE
     assert records[3]["cum_bytes_up"] == sum(records[t]["bytes_up"] for t in range(4))
     # Pooled over both tensors, the 800 lowest scores are 0..399 in each of them.
-    np.testing.assert_array_equal(strategy.keep["l1.weight"].reshape(-1),
-                                  np.arange(1200) >= 400)
+    np.testing.assert_array_equal(strategy.keep["l1.weight"].reshape(-1), np.arange(1200) >= 400)
     assert not strategy.keep["l2.weight"].any()
     assert all(records[t]["sparsity"] == 0.5 for t in (1, 2, 3))
 
@@ -261,9 +278,14 @@ def test_snip_and_grasp_scores_by_hand():
         chunks = torch.split(vector, [int(np.prod(s)) for s in shapes])
         originals = {n: params[n].data.clone() for n in names}
         weights = {n: c.reshape(s) for n, c, s in zip(names, chunks, shapes, strict=True)}
-        out = sum(nn.functional.cross_entropy(
-            torch.func.functional_call(model, {**dict(model.named_parameters()), **weights}, (x,))
-            / temperature, y) for x, y in batches)
+        out = sum(
+            nn.functional.cross_entropy(
+                torch.func.functional_call(model, {**dict(model.named_parameters()), **weights}, (x,))
+                / temperature,
+                y,
+            )
+            for x, y in batches
+        )
         for n in names:
             params[n].data = originals[n]
         return out
@@ -316,9 +338,18 @@ def test_real_run_on_digits(tmp_path: Path, method: str):
 
     conf = str(CONF_DIR)
     with initialize_config_dir(config_dir=conf, version_base=None):
-        cfg = compose("config", overrides=[
-            f"method={method}", "num_clients=3", "num_rounds=3", "local_epochs=1",
-            "fraction_evaluate=0", "method.s_f=0.6", "method.benchmark_seconds=0.02"])
+        cfg = compose(
+            "config",
+            overrides=[
+                f"method={method}",
+                "num_clients=3",
+                "num_rounds=3",
+                "local_epochs=1",
+                "fraction_evaluate=0",
+                "method.s_f=0.6",
+                "method.benchmark_seconds=0.02",
+            ],
+        )
     summary = run_inline(compose_run(cfg, tmp_path), quiet=True)
     records = [json.loads(line) for line in (tmp_path / "rounds.jsonl").read_text().splitlines()]
     final = np.load(tmp_path / "final_model.npz")
@@ -367,10 +398,20 @@ def test_real_clients_reply_exactly_as_sparse_as_the_mask_sent(tmp_path: Path, m
     from simulations.app.compose import compose_run, execute_plan
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-        cfg = compose("config", overrides=[
-            f"method={method}", "num_clients=3", "num_rounds=3", "local_epochs=1",
-            "fraction_evaluate=0", "central_eval=false", "method.s_f=0.6",
-            "method.benchmark_seconds=0", *SPARSE_REPLY_METHODS[method]])
+        cfg = compose(
+            "config",
+            overrides=[
+                f"method={method}",
+                "num_clients=3",
+                "num_rounds=3",
+                "local_epochs=1",
+                "fraction_evaluate=0",
+                "central_eval=false",
+                "method.s_f=0.6",
+                "method.benchmark_seconds=0",
+                *SPARSE_REPLY_METHODS[method],
+            ],
+        )
     plan = compose_run(cfg, tmp_path)
     exchanges = []
 
@@ -400,14 +441,22 @@ def test_real_clients_reply_exactly_as_sparse_as_the_mask_sent(tmp_path: Path, m
             np.testing.assert_array_equal(pruned, ~sent_keep[name])
             assert pruned.any() and not down[name][pruned].any()
             revived = pruned & (up[name] != 0)
-            assert not revived.any(), (f"round {config['server-round']} node "
-                                       f"{message.metadata.dst_node_id} {name}: "
-                                       f"{int(revived.sum())} pruned weights came back nonzero")
+            assert not revived.any(), (
+                f"round {config['server-round']} node "
+                f"{message.metadata.dst_node_id} {name}: "
+                f"{int(revived.sum())} pruned weights came back nonzero"
+            )
             assert (up[name][~pruned] != 0).any()  # it trained and sent real values
         checked.add(int(config["server-round"]))
     # Not vacuous: the masked rounds of each method were checked (3 replies each).
-    expected_rounds = {"fedsparsify_global": {3}, "oneshot": {3}, "random_prune": {3},
-                       "snip": {1, 2, 3}, "grasp": {1, 2, 3}, "prunefl": {1, 2, 3}}[method]
+    expected_rounds = {
+        "fedsparsify_global": {3},
+        "oneshot": {3},
+        "random_prune": {3},
+        "snip": {1, 2, 3},
+        "grasp": {1, 2, 3},
+        "prunefl": {1, 2, 3},
+    }[method]
     assert expected_rounds <= checked
 
 
@@ -435,13 +484,16 @@ def test_paper_setups_compose_validate_and_build(experiment, monkeypatch):
     dataset, model, classes, clients, fraction, rounds, batch = PAPER_SETUPS[experiment]
     for method in ("fedsparsify_global", "fedsparsify_local", "oneshot", "fedavg"):
         with initialize_config_dir(config_dir=conf, version_base=None):
-            cfg = OmegaConf.to_container(compose("config", overrides=[
-                f"+experiment={experiment}", f"method={method}"]), resolve=True)
+            cfg = OmegaConf.to_container(
+                compose("config", overrides=[f"+experiment={experiment}", f"method={method}"]), resolve=True
+            )
         assert (cfg["dataset"]["name"], cfg["model"]["name"], cfg["method"]["name"]) == (
-            dataset, model, method)
+            dataset,
+            model,
+            method,
+        )
         assert cfg["partition"] == {"name": "pathological", "classes_per_partition": classes}
-        assert (cfg["num_clients"], cfg["fraction_train"], cfg["num_rounds"]) == (
-            clients, fraction, rounds)
+        assert (cfg["num_clients"], cfg["fraction_train"], cfg["num_rounds"]) == (clients, fraction, rounds)
         assert (cfg["batch_size"], cfg["local_epochs"], cfg["seed"]) == (batch, 4, 1990)
         # Everything but the data files (absent here) validates.
         monkeypatch.setattr("clients.data.validate_data_source", lambda *args: None)

@@ -37,9 +37,11 @@ def make_strategy(size=2, buffers=None, **kwargs) -> GWPF:
 
 def votes_reply(strategy, node_id, values, vote_value=False, num_examples=10):
     frozen = int((~strategy.sync_mask).sum())
-    return reply(node_id, num_examples, **{
-        VALUES_KEY: np.asarray(values, np.float32),
-        VOTES_KEY: np.full(frozen, vote_value, dtype=bool)})
+    return reply(
+        node_id,
+        num_examples,
+        **{VALUES_KEY: np.asarray(values, np.float32), VOTES_KEY: np.full(frozen, vote_value, dtype=bool)},
+    )
 
 
 def feed_updates(strategy, deltas):
@@ -49,7 +51,8 @@ def feed_updates(strategy, deltas):
         sync = strategy.sync_mask
         new = old[sync] + np.asarray(delta, np.float32)[sync]
         strategy.global_arrays = strategy.aggregate_replies(
-            t, [votes_reply(strategy, 1, new), votes_reply(strategy, 2, new)])
+            t, [votes_reply(strategy, 1, new), votes_reply(strategy, 2, new)]
+        )
 
 
 def test_oscillating_parameter_freezes_and_drifting_one_stays_active():
@@ -79,35 +82,56 @@ def test_ema_tracks_updates_not_values():
 def test_aggregate_of_synced_set_is_weighted_mean_and_others_keep_global():
     strategy = make_strategy(size=3)
     strategy.global_arrays = {"w": np.array([1.0, 2.0, 3.0], np.float32)}
-    strategy.masks = {"active": np.array([True, False, True]),
-                      "thawed": np.array([False, False, False])}
+    strategy.masks = {"active": np.array([True, False, True]), "thawed": np.array([False, False, False])}
     frozen_votes = {VOTES_KEY: np.zeros(1, bool)}
-    new = strategy.aggregate_replies(1, [
-        reply(1, 1, **{VALUES_KEY: np.array([10.0, 30.0], np.float32)}, **frozen_votes),
-        reply(2, 3, **{VALUES_KEY: np.array([2.0, 6.0], np.float32)}, **frozen_votes)])
+    new = strategy.aggregate_replies(
+        1,
+        [
+            reply(1, 1, **{VALUES_KEY: np.array([10.0, 30.0], np.float32)}, **frozen_votes),
+            reply(2, 3, **{VALUES_KEY: np.array([2.0, 6.0], np.float32)}, **frozen_votes),
+        ],
+    )
     np.testing.assert_allclose(new["w"], [(10 + 3 * 2) / 4, 2.0, (30 + 3 * 6) / 4])
 
 
 def test_bn_buffers_are_never_frozen_and_always_averaged():
-    buffers = {"bn.running_mean": np.zeros(2, np.float32),
-               "bn.running_var": np.ones(2, np.float32),
-               "bn.num_batches_tracked": np.array(4, np.int64)}
+    buffers = {
+        "bn.running_mean": np.zeros(2, np.float32),
+        "bn.running_var": np.ones(2, np.float32),
+        "bn.num_batches_tracked": np.array(4, np.int64),
+    }
     strategy = make_strategy(size=2, buffers=buffers)
     assert freezable_names(strategy.global_arrays) == ["w"]
     assert sorted(strategy.buffer_keys) == sorted(buffers)
     assert strategy.expected_reply_arrays(1)["bn.running_mean"] == (2,)
     for t in range(1, 4):
-        new = strategy.aggregate_replies(t, [
-            reply(1, 1, **{VALUES_KEY: np.zeros(int(strategy.sync_mask.sum()), np.float32),
-                           VOTES_KEY: np.zeros(int((~strategy.sync_mask).sum()), bool),
-                           "bn.running_mean": np.array([1.0, 1.0], np.float32),
-                           "bn.running_var": np.array([2.0, 2.0], np.float32),
-                           "bn.num_batches_tracked": np.array(6, np.int64)}),
-            reply(2, 3, **{VALUES_KEY: np.zeros(int(strategy.sync_mask.sum()), np.float32),
-                           VOTES_KEY: np.zeros(int((~strategy.sync_mask).sum()), bool),
-                           "bn.running_mean": np.array([5.0, 5.0], np.float32),
-                           "bn.running_var": np.array([4.0, 4.0], np.float32),
-                           "bn.num_batches_tracked": np.array(10, np.int64)})])
+        new = strategy.aggregate_replies(
+            t,
+            [
+                reply(
+                    1,
+                    1,
+                    **{
+                        VALUES_KEY: np.zeros(int(strategy.sync_mask.sum()), np.float32),
+                        VOTES_KEY: np.zeros(int((~strategy.sync_mask).sum()), bool),
+                        "bn.running_mean": np.array([1.0, 1.0], np.float32),
+                        "bn.running_var": np.array([2.0, 2.0], np.float32),
+                        "bn.num_batches_tracked": np.array(6, np.int64),
+                    },
+                ),
+                reply(
+                    2,
+                    3,
+                    **{
+                        VALUES_KEY: np.zeros(int(strategy.sync_mask.sum()), np.float32),
+                        VOTES_KEY: np.zeros(int((~strategy.sync_mask).sum()), bool),
+                        "bn.running_mean": np.array([5.0, 5.0], np.float32),
+                        "bn.running_var": np.array([4.0, 4.0], np.float32),
+                        "bn.num_batches_tracked": np.array(10, np.int64),
+                    },
+                ),
+            ],
+        )
         strategy.global_arrays = new
         np.testing.assert_allclose(new["bn.running_mean"], [4.0, 4.0])
         np.testing.assert_allclose(new["bn.running_var"], [3.5, 3.5])
@@ -155,16 +179,18 @@ def test_frozen_parameter_drifting_on_one_client_is_thawed_under_any_not_majorit
     votes = [True, False, False]
     sync = strategy.sync_mask
     old = strategy.layout.flatten(strategy.global_arrays)[sync]
-    strategy.global_arrays = strategy.aggregate_replies(4, [
-        votes_reply(strategy, i, old + 0.1, vote_value=v) for i, v in enumerate(votes)])
+    strategy.global_arrays = strategy.aggregate_replies(
+        4, [votes_reply(strategy, i, old + 0.1, vote_value=v) for i, v in enumerate(votes)]
+    )
     assert strategy.masks["thawed"].tolist() == [thawed, False]
     assert strategy.sync_mask.tolist() == [thawed, True]
     assert strategy.round_stats[4]["thawed_count"] == int(thawed)
     # Without further votes the thaw length halves back to 0: frozen again.
     sync = strategy.sync_mask
     old = strategy.layout.flatten(strategy.global_arrays)[sync]
-    strategy.global_arrays = strategy.aggregate_replies(5, [
-        votes_reply(strategy, i, old + 0.1) for i in range(3)])
+    strategy.global_arrays = strategy.aggregate_replies(
+        5, [votes_reply(strategy, i, old + 0.1) for i in range(3)]
+    )
     assert strategy.sync_mask.tolist() == [False, True]
 
 
@@ -182,9 +208,11 @@ def test_votes_cost_at_most_one_bit_each_on_the_wire():
 
     def reply_bytes(votes):
         arrays = {VALUES_KEY: np.ones(100, np.float32), VOTES_KEY: votes}
-        message = Message(RecordDict({"arrays": encode_arrays(arrays),
-                                      "metrics": MetricRecord({"num-examples": 1})}),
-                          dst_node_id=1, message_type=MessageType.TRAIN)
+        message = Message(
+            RecordDict({"arrays": encode_arrays(arrays), "metrics": MetricRecord({"num-examples": 1})}),
+            dst_node_id=1,
+            message_type=MessageType.TRAIN,
+        )
         return message_bytes(message)
 
     base = reply_bytes(np.zeros(0, bool))
@@ -229,49 +257,57 @@ def test_no_device_is_hard_coded():
 
 
 def test_real_clients_keep_a_consistent_view_and_upload_only_the_synced_set():
-    strategy = GWPF(fraction_evaluate=0.0, min_available_nodes=3, min_train_nodes=3,
-                    alpha=0.5, threshold=0.5)
+    strategy = GWPF(fraction_evaluate=0.0, min_available_nodes=3, min_train_nodes=3, alpha=0.5, threshold=0.5)
     seen = []
 
     def on_receive(strat, job, client):
         check_consistent_view(strat, job, client)
         seen.append(bool(job.content.config_records["config"]["sync-full"]))
 
-    records, grid, _ = run_real_clients(strategy, GWPFClient,
-                                        {"name": "gwpf", "alpha": 0.5, "vote_min_rounds": 2},
-                                        rounds=5, on_receive=on_receive)
+    records, grid, _ = run_real_clients(
+        strategy,
+        GWPFClient,
+        {"name": "gwpf", "alpha": 0.5, "vote_min_rounds": 2},
+        rounds=5,
+        on_receive=on_receive,
+    )
     assert seen[:3] == [True] * 3 and not any(seen[3:])
     assert all(r["dropped"] == 0 for r in records[1:])
     assert records[-1]["frozen_fraction"] > 0
     # Frozen scalars are not sent: later rounds cost less than the dense equivalent.
     assert records[-1]["bytes_saved"] > 0
-    layout = FlatLayout({k: v.shape for k, v in strategy.global_arrays.items()
-                         if k in strategy.layout.slices})
+    layout = FlatLayout(
+        {k: v.shape for k, v in strategy.global_arrays.items() if k in strategy.layout.slices}
+    )
     assert layout.size == strategy.layout.size
     # Frozen scalars keep training locally: some node's copy differs from the global one.
     state = grid.contexts[grid.node_ids[0]].state.array_records["partial-sync-state"]
-    local = {k[len("model/"):]: v.numpy() for k, v in state.items() if k.startswith("model/")}
+    local = {k[len("model/") :]: v.numpy() for k, v in state.items() if k.startswith("model/")}
     frozen = ~strategy.active
     assert frozen.any()
-    assert not np.array_equal(strategy.layout.flatten(local)[frozen],
-                              strategy.layout.flatten(strategy.global_arrays)[frozen])
+    assert not np.array_equal(
+        strategy.layout.flatten(local)[frozen], strategy.layout.flatten(strategy.global_arrays)[frozen]
+    )
 
 
 def test_nodes_that_missed_a_round_are_resynced_with_the_full_model():
     import random
 
     random.seed(3)
-    strategy = GWPF(fraction_train=0.5, fraction_evaluate=0.0, min_available_nodes=4,
-                    min_train_nodes=2, alpha=0.5)
+    strategy = GWPF(
+        fraction_train=0.5, fraction_evaluate=0.0, min_available_nodes=4, min_train_nodes=2, alpha=0.5
+    )
     kinds = []
 
     def on_receive(strat, job, client):
         check_consistent_view(strat, job, client)
-        kinds.append((job.server_round, job.context.node_id,
-                      bool(job.content.config_records["config"]["sync-full"])))
+        kinds.append(
+            (job.server_round, job.context.node_id, bool(job.content.config_records["config"]["sync-full"]))
+        )
 
-    records, _, _ = run_real_clients(strategy, GWPFClient, {"name": "gwpf", "alpha": 0.5},
-                                     num_nodes=4, rounds=6, on_receive=on_receive)
+    records, _, _ = run_real_clients(
+        strategy, GWPFClient, {"name": "gwpf", "alpha": 0.5}, num_nodes=4, rounds=6, on_receive=on_receive
+    )
     took_part = {}
     for rnd, node, full in kinds:
         assert full == (took_part.get(node) != rnd - 1), (rnd, node, full)

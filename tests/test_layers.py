@@ -58,8 +58,12 @@ def _graph() -> dict[str, set[str]]:
 
 
 def test_packages_import_only_downwards():
-    bad = [(mod, dep) for mod, deps in _graph().items() for dep in deps
-           if dep.split(".")[0] != mod.split(".")[0] and dep.split(".")[0] not in ALLOWED[mod.split(".")[0]]]
+    bad = [
+        (mod, dep)
+        for mod, deps in _graph().items()
+        for dep in deps
+        if dep.split(".")[0] != mod.split(".")[0] and dep.split(".")[0] not in ALLOWED[mod.split(".")[0]]
+    ]
     assert not bad, f"imports against the layers: {bad}"
 
 
@@ -75,7 +79,7 @@ def test_no_import_circles_between_modules():
         stack.append(node)
         for dep in sorted(graph.get(node, ())):
             if state.get(dep) == 1:
-                pytest.fail("import circle: " + " -> ".join(stack[stack.index(dep):] + [dep]))
+                pytest.fail("import circle: " + " -> ".join(stack[stack.index(dep) :] + [dep]))
             if dep not in state:
                 visit(dep)
         stack.pop()

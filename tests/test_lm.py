@@ -62,8 +62,14 @@ def test_gradient_clipping_bounds_the_norm_before_each_step():
         norms.clear()
         model = _lm()
         hooks = TrainHooks(after_step=[record], clip_grad_norm=clip)
-        train_loop(model, _toy_loader(), make_optimizer(model.parameters(), "sgd", lr=0.5), 1,
-                   torch.device("cpu"), hooks)
+        train_loop(
+            model,
+            _toy_loader(),
+            make_optimizer(model.parameters(), "sgd", lr=0.5),
+            1,
+            torch.device("cpu"),
+            hooks,
+        )
         return list(norms)
 
     clipped = run(None)  # None: the model's own clip_grad_norm, 0.25

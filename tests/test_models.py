@@ -68,12 +68,8 @@ def test_param_count(name: str) -> None:
 
 def test_fedsparsify_keras_total_counts() -> None:
     # Keras' "Total params" also counts BatchNorm moving mean/variance.
-    assert (
-        count_params(_build("vgg16_fedsparsify"), include_bn_buffers=True) == 14_782_884
-    )
-    assert (
-        count_params(_build("cnn6_fedsparsify"), include_bn_buffers=True) == 1_610_314
-    )
+    assert count_params(_build("vgg16_fedsparsify"), include_bn_buffers=True) == 14_782_884
+    assert count_params(_build("cnn6_fedsparsify"), include_bn_buffers=True) == 1_610_314
     # No BatchNorm in the FC model, so both conventions agree.
     assert count_params(_build("fc2_fedsparsify"), include_bn_buffers=True) == 118_282
 
@@ -119,9 +115,7 @@ def test_forward_shape(name: str) -> None:
         ("mlp", 3, 32, 10),
     ],
 )
-def test_forward_other_sizes(
-    name: str, in_channels: int, image_size: int, num_classes: int
-) -> None:
+def test_forward_other_sizes(name: str, in_channels: int, image_size: int, num_classes: int) -> None:
     model = build_model(name, in_channels, num_classes, image_size).eval()
     with torch.no_grad():
         logits = model(torch.randn(2, in_channels, image_size, image_size))
@@ -131,9 +125,7 @@ def test_forward_other_sizes(
 def test_vgg11_size_independent() -> None:
     # GWPF resizes EMNIST to 32x32; the model does it itself, so the same
     # weights serve 28x28 and 32x32 inputs.
-    assert count_params(build_model("vgg11", 1, 47, 28)) == count_params(
-        build_model("vgg11", 1, 47, 32)
-    )
+    assert count_params(build_model("vgg11", 1, 47, 28)) == count_params(build_model("vgg11", 1, 47, 32))
 
 
 def test_gkt_edge_feeds_server() -> None:
@@ -148,9 +140,7 @@ def test_gkt_edge_is_much_smaller_than_resnet56() -> None:
     edge = count_params(build_model("resnet8_56", 3, 10, 32))
     ratio56 = count_params(build_model("resnet56", 3, 10, 32)) / edge
     ratio110 = count_params(build_model("resnet110", 3, 10, 32)) / edge
-    print(
-        f"resnet56 / resnet8_56 = {ratio56:.1f}x, resnet110 / resnet8_56 = {ratio110:.1f}x"
-    )
+    print(f"resnet56 / resnet8_56 = {ratio56:.1f}x, resnet110 / resnet8_56 = {ratio110:.1f}x")
     # FedGKT claims the edge model has >= 54x fewer parameters than ResNet-56.
     assert ratio56 >= 54
     assert ratio56 == pytest.approx(55.86, abs=0.01)

@@ -27,9 +27,11 @@ def _one_torch_thread():
 
 
 RNG = np.random.default_rng(0)
-GLOBAL = {"l1.weight": RNG.normal(size=(20, 15)).astype(np.float32),
-          "l1.bias": RNG.normal(size=20).astype(np.float32),
-          "l2.weight": RNG.normal(size=(5, 20)).astype(np.float32)}
+GLOBAL = {
+    "l1.weight": RNG.normal(size=(20, 15)).astype(np.float32),
+    "l1.bias": RNG.normal(size=20).astype(np.float32),
+    "l2.weight": RNG.normal(size=(5, 20)).astype(np.float32),
+}
 PRUNABLE = ("l1.weight", "l2.weight")
 TOTAL = 20 * 15 + 5 * 20
 
@@ -46,28 +48,46 @@ def test_mask_is_readjusted_exactly_every_k_rounds_from_summed_squared_gradients
         rng = np.random.default_rng(1000 * int(config["server-round"]) + index)
         if "prune-score" in config:
             scores = {k: rng.uniform(size=arrays[k].shape).astype(np.float32) for k in PRUNABLE}
-            return Message(RecordDict({"scores": encode_arrays(scores),
-                                       "metrics": MetricRecord({"num-examples": 5})}), reply_to=message)
+            return Message(
+                RecordDict({"scores": encode_arrays(scores), "metrics": MetricRecord({"num-examples": 5})}),
+                reply_to=message,
+            )
         values, keep = split_keep(arrays)
         seen_masks.setdefault(int(config["server-round"]), []).append(keep)
         sqgrad = {k: rng.exponential(size=values[k].shape).astype(np.float32) for k in PRUNABLE}
         sent[(int(config["server-round"]), index)] = sqgrad
-        trained = {k: np.where(keep[k], v + 0.1, 0.0).astype(v.dtype) if k in keep else v
-                   for k, v in values.items()}
-        return Message(RecordDict({"arrays": encode_arrays(trained),
-                                   "sqgrad": encode_arrays(sqgrad, encoding="dense"),
-                                   "metrics": MetricRecord({"num-examples": 10})}), reply_to=message)
+        trained = {
+            k: np.where(keep[k], v + 0.1, 0.0).astype(v.dtype) if k in keep else v for k, v in values.items()
+        }
+        return Message(
+            RecordDict(
+                {
+                    "arrays": encode_arrays(trained),
+                    "sqgrad": encode_arrays(sqgrad, encoding="dense"),
+                    "metrics": MetricRecord({"num-examples": 10}),
+                }
+            ),
+            reply_to=message,
+        )
 
-    strategy = PruneFL(num_rounds=rounds, readjust_every=every, s_f=s_f, seed=0, min_available_nodes=2,
-                       min_train_nodes=2, fraction_evaluate=0.0)
+    strategy = PruneFL(
+        num_rounds=rounds,
+        readjust_every=every,
+        s_f=s_f,
+        seed=0,
+        min_available_nodes=2,
+        min_train_nodes=2,
+        fraction_evaluate=0.0,
+    )
     masks, records = {}, []
 
     def on_round_end(record):
         records.append(record)
         masks[record["round"]] = {k: v.copy() for k, v in strategy.keep.items()}
 
-    strategy.start(InlineGrid(client_app, 2), numpy_to_arrayrecord(GLOBAL), num_rounds=rounds,
-                   on_round_end=on_round_end)
+    strategy.start(
+        InlineGrid(client_app, 2), numpy_to_arrayrecord(GLOBAL), num_rounds=rounds, on_round_end=on_round_end
+    )
     kept = TOTAL - target_count(TOTAL, s_f)
     for t in range(0, rounds + 1):
         # Density stays as configured, every round, round 0's initial mask included.
@@ -83,8 +103,10 @@ def test_mask_is_readjusted_exactly_every_k_rounds_from_summed_squared_gradients
     assert strategy.readjusted == [3, 6]
     # The readjusted mask keeps the largest sums of the squared gradients since the last one.
     for t in (3, 6):
-        summed = {k: sum(sent[(r, i)][k].astype(np.float64) for r in range(t - every + 1, t + 1)
-                         for i in (0, 1)) for k in PRUNABLE}
+        summed = {
+            k: sum(sent[(r, i)][k].astype(np.float64) for r in range(t - every + 1, t + 1) for i in (0, 1))
+            for k in PRUNABLE
+        }
         expected = prune_by_score(summed, full_mask(GLOBAL, list(PRUNABLE)), s_f)
         for k in PRUNABLE:
             np.testing.assert_array_equal(masks[t][k], expected[k])
@@ -97,17 +119,28 @@ def test_reply_without_squared_gradients_is_dropped():
         arrays = decode_arrays(message.content.array_records["arrays"])
         if "prune-score" in config:
             scores = {k: np.abs(arrays[k]) for k in PRUNABLE}
-            return Message(RecordDict({"scores": encode_arrays(scores),
-                                       "metrics": MetricRecord({"num-examples": 5})}), reply_to=message)
+            return Message(
+                RecordDict({"scores": encode_arrays(scores), "metrics": MetricRecord({"num-examples": 5})}),
+                reply_to=message,
+            )
         values, _ = split_keep(arrays)
-        return Message(RecordDict({"arrays": encode_arrays(values),
-                                   "metrics": MetricRecord({"num-examples": 10})}), reply_to=message)
+        return Message(
+            RecordDict({"arrays": encode_arrays(values), "metrics": MetricRecord({"num-examples": 10})}),
+            reply_to=message,
+        )
 
-    strategy = PruneFL(num_rounds=1, readjust_every=1, s_f=0.5, min_available_nodes=1, min_train_nodes=1,
-                       fraction_evaluate=0.0)
+    strategy = PruneFL(
+        num_rounds=1,
+        readjust_every=1,
+        s_f=0.5,
+        min_available_nodes=1,
+        min_train_nodes=1,
+        fraction_evaluate=0.0,
+    )
     records = []
-    strategy.start(InlineGrid(client_app, 1), numpy_to_arrayrecord(GLOBAL), num_rounds=1,
-                   on_round_end=records.append)
+    strategy.start(
+        InlineGrid(client_app, 1), numpy_to_arrayrecord(GLOBAL), num_rounds=1, on_round_end=records.append
+    )
     assert records[1]["dropped"] == 1 and "sqgrad" in strategy.dropped[1][0]
 
 
@@ -117,10 +150,20 @@ def test_five_round_digits_run_end_to_end(tmp_path: Path):
     from simulations.runtimes.simulation import run_from_config
 
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-        cfg = compose("config", overrides=[
-            "method=prunefl", "num_clients=3", "num_rounds=5", "local_epochs=1", "fraction_evaluate=0",
-            "method.readjust_every=2", "method.s_f=0.5", "method.score_batches=2",
-            "method.benchmark_seconds=0"])
+        cfg = compose(
+            "config",
+            overrides=[
+                "method=prunefl",
+                "num_clients=3",
+                "num_rounds=5",
+                "local_epochs=1",
+                "fraction_evaluate=0",
+                "method.readjust_every=2",
+                "method.s_f=0.5",
+                "method.score_batches=2",
+                "method.benchmark_seconds=0",
+            ],
+        )
     summary = run_from_config(cfg, tmp_path, quiet=True)
     records = [json.loads(line) for line in (tmp_path / "rounds.jsonl").read_text().splitlines()]
     rounds = {r["round"]: r for r in records}
@@ -150,8 +193,9 @@ def test_client_sums_dense_squared_gradients_pruned_positions_included():
     names = ["0.weight", "2.weight"]
     client = PruneFLClient({})
     client.names = names
-    client.keep = {n: (np.arange(p.numel()) % 2 == 0).reshape(p.shape)
-                   for n, p in model.named_parameters() if n in names}
+    client.keep = {
+        n: (np.arange(p.numel()) % 2 == 0).reshape(p.shape) for n, p in model.named_parameters() if n in names
+    }
     for name, p in model.named_parameters():
         if name in names:
             p.data.mul_(torch.from_numpy(client.keep[name]).float())
@@ -165,8 +209,14 @@ def test_client_sums_dense_squared_gradients_pruned_positions_included():
             expected[n] += g.square()
     job = SimpleNamespace(model=model, config={"send-sqgrad": True}, device=torch.device("cpu"))
     hooks = client.train_hooks(job)
-    train_loop(model, DataLoader(data, batch_size=4), make_optimizer(model.parameters(), "sgd", lr=0.0),
-               1, torch.device("cpu"), hooks)
+    train_loop(
+        model,
+        DataLoader(data, batch_size=4),
+        make_optimizer(model.parameters(), "sgd", lr=0.0),
+        1,
+        torch.device("cpu"),
+        hooks,
+    )
     for n in names:
         torch.testing.assert_close(client.sqgrad[n], expected[n])
         assert (client.sqgrad[n][torch.from_numpy(~client.keep[n])] > 0).all()  # what lets them regrow

@@ -73,14 +73,17 @@ def test_schedule_rejects_bad_arguments():
 # ------------------------------------------------------------- prunability
 def test_prunable_names_default_and_all():
     arrays = {
-        "conv.weight": np.ones((4, 3, 3, 3), np.float32), "conv.bias": np.ones(4, np.float32),
-        "bn.weight": np.ones(4, np.float32), "bn.running_mean": np.zeros(4, np.float32),
-        "bn.running_var": np.ones(4, np.float32), "bn.num_batches_tracked": np.array(3),
-        "fc.weight": np.ones((2, 4), np.float32), "fc.bias": np.ones(2, np.float32),
+        "conv.weight": np.ones((4, 3, 3, 3), np.float32),
+        "conv.bias": np.ones(4, np.float32),
+        "bn.weight": np.ones(4, np.float32),
+        "bn.running_mean": np.zeros(4, np.float32),
+        "bn.running_var": np.ones(4, np.float32),
+        "bn.num_batches_tracked": np.array(3),
+        "fc.weight": np.ones((2, 4), np.float32),
+        "fc.bias": np.ones(2, np.float32),
     }
     assert prunable_names(arrays) == ["conv.weight", "fc.weight"]
-    assert prunable_names(arrays, "all") == ["conv.weight", "conv.bias", "bn.weight",
-                                             "fc.weight", "fc.bias"]
+    assert prunable_names(arrays, "all") == ["conv.weight", "conv.bias", "bn.weight", "fc.weight", "fc.bias"]
     with pytest.raises(ValueError, match="scope"):
         is_prunable("x", arrays["fc.weight"], "layers")
 
@@ -88,9 +91,11 @@ def test_prunable_names_default_and_all():
 # ------------------------------------------------------------- pruning
 def _model(seed=0):
     rng = np.random.default_rng(seed)
-    return {"a.weight": rng.normal(size=(7, 11)).astype(np.float32),
-            "b.weight": rng.normal(size=(13, 3, 2)).astype(np.float32),
-            "b.bias": rng.normal(size=13).astype(np.float32)}
+    return {
+        "a.weight": rng.normal(size=(7, 11)).astype(np.float32),
+        "b.weight": rng.normal(size=(13, 3, 2)).astype(np.float32),
+        "b.bias": rng.normal(size=13).astype(np.float32),
+    }
 
 
 @pytest.mark.parametrize("sparsity", [0.0, 0.1, 0.37, 0.5, 0.9, 0.999, 1.0])
@@ -109,8 +114,10 @@ def test_magnitude_pruning_hits_exact_count_and_cuts_smallest(sparsity):
 
 
 def test_pruning_is_global_not_per_layer():
-    arrays = {"small.weight": np.full((2, 5), 0.01, np.float32),
-              "large.weight": np.arange(1, 11, dtype=np.float32).reshape(2, 5)}
+    arrays = {
+        "small.weight": np.full((2, 5), 0.01, np.float32),
+        "large.weight": np.arange(1, 11, dtype=np.float32).reshape(2, 5),
+    }
     new = magnitude_prune(arrays, full_mask(arrays, list(arrays)), 0.5)
     assert not new["small.weight"].any()  # the whole small layer goes first
     assert new["large.weight"].all()
@@ -159,12 +166,16 @@ def test_mask_roundtrip_through_zeros():
 # --------------------------------------------------------- majority vote
 def test_majority_vote_three_clients_odd_n():
     # Position: 0 kept by 3, 1 kept by 2 (>= 1.5: kept), 2 kept by 1 (pruned), 3 by none.
-    masks = [{"w": np.array([1, 1, 1, 0], bool)},
-             {"w": np.array([1, 1, 0, 0], bool)},
-             {"w": np.array([1, 0, 0, 0], bool)}]
-    values = [{"w": np.array([1.0, 2.0, 3.0, 0.0], np.float32), "b": np.array([1.0], np.float32)},
-              {"w": np.array([4.0, 5.0, 0.0, 0.0], np.float32), "b": np.array([2.0], np.float32)},
-              {"w": np.array([7.0, 0.0, 0.0, 0.0], np.float32), "b": np.array([3.0], np.float32)}]
+    masks = [
+        {"w": np.array([1, 1, 1, 0], bool)},
+        {"w": np.array([1, 1, 0, 0], bool)},
+        {"w": np.array([1, 0, 0, 0], bool)},
+    ]
+    values = [
+        {"w": np.array([1.0, 2.0, 3.0, 0.0], np.float32), "b": np.array([1.0], np.float32)},
+        {"w": np.array([4.0, 5.0, 0.0, 0.0], np.float32), "b": np.array([2.0], np.float32)},
+        {"w": np.array([7.0, 0.0, 0.0, 0.0], np.float32), "b": np.array([3.0], np.float32)},
+    ]
     weights = [1, 1, 2]
     merged, keep = majority_vote(values, masks, weights, "all")
     np.testing.assert_array_equal(keep["w"], [True, True, False, False])
@@ -178,12 +189,18 @@ def test_majority_vote_three_clients_odd_n():
 
 
 def test_majority_vote_four_clients_even_n_tie_is_kept():
-    masks = [{"w": np.array([1, 1, 1, 1], bool)},
-             {"w": np.array([1, 1, 0, 0], bool)},
-             {"w": np.array([1, 0, 1, 0], bool)},
-             {"w": np.array([1, 0, 0, 0], bool)}]
-    values = [{"w": np.array([1.0, 1.0, 1.0, 1.0])}, {"w": np.array([2.0, 2.0, 9.0, 9.0])},
-              {"w": np.array([3.0, 9.0, 3.0, 9.0])}, {"w": np.array([4.0, 9.0, 9.0, 9.0])}]
+    masks = [
+        {"w": np.array([1, 1, 1, 1], bool)},
+        {"w": np.array([1, 1, 0, 0], bool)},
+        {"w": np.array([1, 0, 1, 0], bool)},
+        {"w": np.array([1, 0, 0, 0], bool)},
+    ]
+    values = [
+        {"w": np.array([1.0, 1.0, 1.0, 1.0])},
+        {"w": np.array([2.0, 2.0, 9.0, 9.0])},
+        {"w": np.array([3.0, 9.0, 3.0, 9.0])},
+        {"w": np.array([4.0, 9.0, 9.0, 9.0])},
+    ]
     weights = [1, 1, 1, 1]
     merged, keep = majority_vote(values, masks, weights, "all")
     # votes 4, 2, 2, 1: 2 * votes >= 4 keeps the ties. Values a client pruned count as 0

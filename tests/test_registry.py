@@ -73,14 +73,14 @@ class ServerStepAvg(FedleanStrategy):
         old = self.global_arrays
         return {k: old[k] + self.server_step * (merged[k] - old[k]) for k in merged}
 '''
-TOY_CLIENT = '''
+TOY_CLIENT = """
 from clients.methods.base import ClientMethod
 
 
 class ToyClient(ClientMethod):
     name = "toy_step"
-'''
-TOY_ENTRY = '''
+"""
+TOY_ENTRY = """
 from dataclasses import dataclass
 
 from methods import MethodConfig, MethodEntry, register, require
@@ -99,14 +99,17 @@ class ToyConfig(MethodConfig):
 
 register(MethodEntry(name="toy_step", config=ToyConfig, client=ToyClient,
                      build=lambda cfg, ctx: ServerStepAvg(server_step=cfg.server_step, **ctx.common)))
-'''
+"""
 
 
 @pytest.fixture
 def toy_method(tmp_path, monkeypatch):
     """A method living wholly outside the repository: two modules, an entry and a yaml."""
-    for name, text in (("toy_step_strategy", TOY_STRATEGY), ("toy_step_client", TOY_CLIENT),
-                       ("toy_step_entry", TOY_ENTRY)):
+    for name, text in (
+        ("toy_step_strategy", TOY_STRATEGY),
+        ("toy_step_client", TOY_CLIENT),
+        ("toy_step_entry", TOY_ENTRY),
+    ):
         (tmp_path / f"{name}.py").write_text(textwrap.dedent(text))
     conf = tmp_path / "conf" / "method"
     conf.mkdir(parents=True)
@@ -117,15 +120,24 @@ def toy_method(tmp_path, monkeypatch):
 
 def _compose(toy_dir, *overrides):
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-        return compose("config", overrides=[
-            f"hydra.searchpath=[file://{toy_dir / 'conf'}]", "num_rounds=2", "num_clients=3",
-            "local_epochs=1", "save_model=true", *overrides])
+        return compose(
+            "config",
+            overrides=[
+                f"hydra.searchpath=[file://{toy_dir / 'conf'}]",
+                "num_rounds=2",
+                "num_clients=3",
+                "local_epochs=1",
+                "save_model=true",
+                *overrides,
+            ],
+        )
 
 
 def test_a_plugin_method_runs_with_no_edit_outside_its_own_files(toy_method, tmp_path):
     toy = ["method=toy_step", "plugins=[toy_step_entry]"]
-    frozen = run_from_config(_compose(toy_method, *toy, "method.server_step=0.0"), tmp_path / "s0",
-                             quiet=True)
+    frozen = run_from_config(
+        _compose(toy_method, *toy, "method.server_step=0.0"), tmp_path / "s0", quiet=True
+    )
     full = run_from_config(_compose(toy_method, *toy), tmp_path / "s1", quiet=True)
     run_from_config(_compose(toy_method, "method=fedavg"), tmp_path / "avg", quiet=True)
     assert frozen["method"] == full["method"] == "toy_step"
@@ -137,7 +149,9 @@ def test_a_plugin_method_runs_with_no_edit_outside_its_own_files(toy_method, tmp
             np.testing.assert_allclose(s1[key], avg[key], rtol=1e-6, atol=1e-7)  # step 1: FedAvg
     # The yaml equals the entry's defaults, the rule the repository's own methods follow.
     assert yaml.safe_load((toy_method / "conf/method/toy_step.yaml").read_text()) == {
-        "name": "toy_step", "server_step": get_method("toy_step").config().server_step}
+        "name": "toy_step",
+        "server_step": get_method("toy_step").config().server_step,
+    }
 
 
 def test_a_plugin_methods_own_check_runs_before_training(toy_method, tmp_path):

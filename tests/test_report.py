@@ -11,27 +11,62 @@ import pytest
 
 from simulations.tools import report as rep
 
-SETUP = {"dataset": "digits", "model": "mlp", "backend": "inline", "partition": "dirichlet",
-         "num_clients": 10, "model_params": 85_002, "model_flops_train": 474_112}
+SETUP = {
+    "dataset": "digits",
+    "model": "mlp",
+    "backend": "inline",
+    "partition": "dirichlet",
+    "num_clients": 10,
+    "model_params": 85_002,
+    "model_flops_train": 474_112,
+}
 
 
-def fake_run(run_dir: Path, method: str, seed: int, accs: list[float], mb_up: float, mb_down: float,
-             label: str | None = None, sweep: tuple[str, object] | None = None, **summary) -> Path:
+def fake_run(
+    run_dir: Path,
+    method: str,
+    seed: int,
+    accs: list[float],
+    mb_up: float,
+    mb_down: float,
+    label: str | None = None,
+    sweep: tuple[str, object] | None = None,
+    **summary,
+) -> Path:
     """A run directory with rounds.jsonl (round 0..n), summary.json and, for suites, job.json."""
     run_dir.mkdir(parents=True)
     n = len(accs) - 1
-    records = [{"round": r, "central_accuracy": a,
-                "cum_bytes_up": int(mb_up * 1e6 * r / n), "cum_bytes_down": int(mb_down * 1e6 * r / n)}
-               for r, a in enumerate(accs)]
+    records = [
+        {
+            "round": r,
+            "central_accuracy": a,
+            "cum_bytes_up": int(mb_up * 1e6 * r / n),
+            "cum_bytes_down": int(mb_down * 1e6 * r / n),
+        }
+        for r, a in enumerate(accs)
+    ]
     (run_dir / "rounds.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
-    full = {**SETUP, "method": method, "seed": seed, "rounds": n, "final_accuracy": accs[-1],
-            "total_bytes_up": int(mb_up * 1e6), "total_bytes_down": int(mb_down * 1e6),
-            "total_bytes": int(mb_up * 1e6) + int(mb_down * 1e6), **summary}
+    full = {
+        **SETUP,
+        "method": method,
+        "seed": seed,
+        "rounds": n,
+        "final_accuracy": accs[-1],
+        "total_bytes_up": int(mb_up * 1e6),
+        "total_bytes_down": int(mb_down * 1e6),
+        "total_bytes": int(mb_up * 1e6) + int(mb_down * 1e6),
+        **summary,
+    }
     (run_dir / "summary.json").write_text(json.dumps(full))
     if label is not None:
-        job = {"name": f"{run_dir.parent.name}/{run_dir.name}", "label": label, "method": method,
-               "seed": seed,
-               "sweep_key": sweep[0] if sweep else None, "sweep_value": sweep[1] if sweep else None}
+        job = {
+            "name": f"{run_dir.parent.name}/{run_dir.name}",
+            "label": label,
+            "method": method,
+            "seed": seed,
+            "sweep_key": sweep[0] if sweep else None,
+            "sweep_value": sweep[1] if sweep else None,
+        }
         (run_dir / "job.json").write_text(json.dumps(job))
     return run_dir
 
@@ -61,25 +96,59 @@ def suite_dir(tmp_path):
     """FedAvg and a method over 3 seeds, one method with other rounds, one failed job."""
     root = fake_suite(tmp_path / "s", "demo", omitted={"fedgkt": "too slow here"})
     for seed, acc, best in ((0, 0.90, 0.91), (1, 0.92, 0.93), (2, 0.94, 0.96)):
-        fake_run(root / "fedavg" / f"seed{seed}", "fedavg", seed, [0.1, best, acc], 50.0, 50.0,
-                 label="fedavg")
+        fake_run(
+            root / "fedavg" / f"seed{seed}", "fedavg", seed, [0.1, best, acc], 50.0, 50.0, label="fedavg"
+        )
     for seed, acc, mb in ((0, 0.91, 15.0), (1, 0.93, 20.0), (2, 0.95, 25.0)):
-        fake_run(root / "fs" / f"seed{seed}", "fedsparsify_global", seed, [0.1, 0.5, acc], mb, mb + 10,
-                 label="fs", final_sparsity=0.9, final_nonzero_params=8_000 + seed)
+        fake_run(
+            root / "fs" / f"seed{seed}",
+            "fedsparsify_global",
+            seed,
+            [0.1, 0.5, acc],
+            mb,
+            mb + 10,
+            label="fs",
+            final_sparsity=0.9,
+            final_nonzero_params=8_000 + seed,
+        )
     for seed in (0, 1):  # 5 rounds instead of 2: not comparable with FedAvg
-        fake_run(root / "long" / f"seed{seed}", "gwpf", seed, [0.1, 0.6, 0.7, 0.8, 0.85, 0.97], 5.0, 5.0,
-                 label="long")
-    (root / "status.json").write_text(json.dumps(
-        {"bad/seed0": {"status": "failed", "error": "invalid config: method.s_f=1.5: must be in [0, 1)"}}))
+        fake_run(
+            root / "long" / f"seed{seed}",
+            "gwpf",
+            seed,
+            [0.1, 0.6, 0.7, 0.8, 0.85, 0.97],
+            5.0,
+            5.0,
+            label="long",
+        )
+    (root / "status.json").write_text(
+        json.dumps(
+            {"bad/seed0": {"status": "failed", "error": "invalid config: method.s_f=1.5: must be in [0, 1)"}}
+        )
+    )
     return root
 
 
 def test_means_stds_ratios_and_noise_match_hand_computed_values(suite_dir):
     text = rep.report([suite_dir])
     avg, fs, long = row_of(text, "fedavg"), row_of(text, "fs"), row_of(text, "long")
-    col = {name: column(text, name) for name in ("final acc", "best acc", "MB up", "MB down", "MB total",
-                                                 "× FedAvg MB", "Δ acc vs FedAvg", "nonzero params",
-                                                 "density / frozen", "rounds", "seeds", "Params")}
+    col = {
+        name: column(text, name)
+        for name in (
+            "final acc",
+            "best acc",
+            "MB up",
+            "MB down",
+            "MB total",
+            "× FedAvg MB",
+            "Δ acc vs FedAvg",
+            "nonzero params",
+            "density / frozen",
+            "rounds",
+            "seeds",
+            "Params",
+        )
+    }
     # fedavg final 0.90/0.92/0.94: mean 0.92, sample std 0.02; best 0.91/0.93/0.96: 0.9333 ± 0.0252
     assert avg[col["final acc"]] == "0.9200 ± 0.0200"
     assert avg[col["best acc"]] == "0.9333 ± 0.0252"
@@ -125,8 +194,9 @@ def test_ratios_are_never_taken_across_suites_or_setups(tmp_path):
     fake_run(a / "fedavg" / "seed0", "fedavg", 0, [0.1, 0.9], 10.0, 10.0, label="fedavg")
     fake_run(b / "gwpf" / "seed0", "gwpf", 0, [0.1, 0.9], 5.0, 5.0, label="gwpf")
     # same suite, same method label, but another backend: its own row, no ratio
-    fake_run(b / "fedavg_ray" / "seed0", "fedavg", 0, [0.1, 0.9], 10.0, 10.0, label="fedavg_ray",
-             backend="ray")
+    fake_run(
+        b / "fedavg_ray" / "seed0", "fedavg", 0, [0.1, 0.9], 10.0, 10.0, label="fedavg_ray", backend="ray"
+    )
     text = rep.report([a, b], out=tmp_path / "out")
     suite_b = text.split("## suite-b")[1]
     assert row_of(suite_b, "gwpf")[column(suite_b, "× FedAvg MB")] == "n/a"
@@ -138,8 +208,16 @@ def test_ratios_are_never_taken_across_suites_or_setups(tmp_path):
 def test_swept_values_compare_with_fedavg_of_the_same_value_only(tmp_path):
     root = fake_suite(tmp_path / "s", "sweep")
     for value, mb in ((1, 10.0), (2, 20.0)):
-        fake_run(root / f"fedavg{value}", "fedavg", 0, [0.1, 0.9], mb, mb, label="fedavg",
-                 sweep=("local_epochs", value))
+        fake_run(
+            root / f"fedavg{value}",
+            "fedavg",
+            0,
+            [0.1, 0.9],
+            mb,
+            mb,
+            label="fedavg",
+            sweep=("local_epochs", value),
+        )
     fake_run(root / "x1", "gwpf", 0, [0.1, 0.9], 5.0, 5.0, label="gwpf", sweep=("local_epochs", 1))
     fake_run(root / "x2", "gwpf", 0, [0.1, 0.9], 5.0, 5.0, label="gwpf", sweep=("local_epochs", 2))
     fake_run(root / "x3", "gwpf", 0, [0.1, 0.9], 5.0, 5.0, label="gwpf", sweep=("local_epochs", 3))
@@ -154,13 +232,25 @@ def test_an_unswept_fedavg_serves_every_swept_value(tmp_path):
     root = fake_suite(tmp_path / "s", "sweep")
     fake_run(root / "fedavg", "fedavg", 0, [0.1, 0.9], 10.0, 10.0, label="fedavg")
     for value in (0.9, 0.95):
-        fake_run(root / f"z{value}", "zerofl", 0, [0.1, 0.9], 2.0, 10.0, label="zerofl",
-                 sweep=("method.sparsity", value), sparsity=value, uplink_density_target=1 - value)
+        fake_run(
+            root / f"z{value}",
+            "zerofl",
+            0,
+            [0.1, 0.9],
+            2.0,
+            10.0,
+            label="zerofl",
+            sweep=("method.sparsity", value),
+            sparsity=value,
+            uplink_density_target=1 - value,
+        )
     text = rep.report([root])
     assert column(text, "method.sparsity") == 1
     ratio = column(text, "× FedAvg MB")
-    assert [ln.split("|")[ratio + 1].strip() for ln in text.splitlines() if ln.startswith("| zerofl")] \
-        == ["0.600", "0.600"]
+    assert [ln.split("|")[ratio + 1].strip() for ln in text.splitlines() if ln.startswith("| zerofl")] == [
+        "0.600",
+        "0.600",
+    ]
     assert "uplink density 0.050" in text
 
 
@@ -184,9 +274,12 @@ def test_loose_run_dirs_keep_working_and_repeated_seeds_are_not_averaged(tmp_pat
     assert row_of(text, "fedprox")[column(text, "× FedAvg MB")] == "n/a"  # two FedAvg runs: ambiguous
 
 
-@pytest.mark.parametrize(("args", "message"), [
-    (["/missing"], "fedlean report: /missing: no such directory"),
-])
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["/missing"], "fedlean report: /missing: no such directory"),
+    ],
+)
 def test_errors_are_one_line_with_exit_2(capsys, args, message):
     with pytest.raises(SystemExit) as exc:
         rep.main(args)
@@ -233,8 +326,15 @@ def test_y_range_shows_the_differences():
 def test_sixteen_curves_have_distinct_colours_and_markers(tmp_path):
     assert len({rep.style(i)[0] for i in range(16)}) == 16
     assert len({rep.style(i)[1] for i in range(15)}) == 15
-    series = {f"run{i}": [[{"round": r, "central_accuracy": 0.9 + 0.001 * i * r, "cum_bytes_up": r,
-                            "cum_bytes_down": r} for r in range(4)]] for i in range(16)}
+    series = {
+        f"run{i}": [
+            [
+                {"round": r, "central_accuracy": 0.9 + 0.001 * i * r, "cum_bytes_up": r, "cum_bytes_down": r}
+                for r in range(4)
+            ]
+        ]
+        for i in range(16)
+    }
     rep.plot_accuracy(series, tmp_path / "p.png", title="sixteen")
     assert (tmp_path / "p.png").stat().st_size > 0
 
@@ -242,7 +342,14 @@ def test_sixteen_curves_have_distinct_colours_and_markers(tmp_path):
 def test_rows_follow_the_suite_order(tmp_path):
     root = fake_suite(tmp_path / "s", "order", jobs=["zz/seed0", "fedavg/seed0", "aa/seed0"])
     for label in ("aa", "fedavg", "zz"):
-        fake_run(root / label / "seed0", "fedavg" if label == "fedavg" else "gwpf", 0, [0.1, 0.9], 1.0, 1.0,
-                 label=label)
+        fake_run(
+            root / label / "seed0",
+            "fedavg" if label == "fedavg" else "gwpf",
+            0,
+            [0.1, 0.9],
+            1.0,
+            1.0,
+            label=label,
+        )
     labels = [r.label for r in rep.table_rows(rep.load_tables([root])[0])[0]]
     assert labels == ["zz", "fedavg", "aa"]

@@ -28,8 +28,17 @@ def test_inline_run_writes_results(tmp_path):
     summary = run_from_config(config(), tmp_path, quiet=True)
     rounds = [json.loads(x) for x in (tmp_path / "rounds.jsonl").read_text().splitlines()]
     assert [r["round"] for r in rounds] == [0, 1, 2]
-    for key in ("central_accuracy", "central_loss", "client_accuracy", "client_loss",
-                "bytes_up", "bytes_down", "cum_bytes_up", "cum_bytes_down", "wall_seconds"):
+    for key in (
+        "central_accuracy",
+        "central_loss",
+        "client_accuracy",
+        "client_loss",
+        "bytes_up",
+        "bytes_down",
+        "cum_bytes_up",
+        "cum_bytes_down",
+        "wall_seconds",
+    ):
         assert key in rounds[2], key
     # 3 clients x the 85,002-parameter MLP in float32, each way
     assert 3 * 85_002 * 4 < rounds[1]["bytes_down"] < 3 * 85_002 * 4 * 1.02
@@ -62,7 +71,10 @@ def test_bad_config_fails_before_training_naming_the_key(tmp_path, overrides, ne
 def test_unknown_method_is_rejected_by_the_cli_before_training(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "simulations.run", "method=nosuchmethod", f"hydra.run.dir={tmp_path}"],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode != 0
     assert "method" in proc.stderr and "nosuchmethod" in proc.stderr
@@ -72,7 +84,10 @@ def test_unknown_method_is_rejected_by_the_cli_before_training(tmp_path):
 def test_cli_bad_value_exits_2_with_key_in_message(tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "simulations.run", "+method.sparsity=1.5", f"hydra.run.dir={tmp_path}"],
-        cwd=REPO, capture_output=True, text=True, timeout=120,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 2
     assert "method.sparsity=1.5" in proc.stderr
@@ -81,8 +96,9 @@ def test_cli_bad_value_exits_2_with_key_in_message(tmp_path):
 def test_fedprox_proximal_term_pulls_clients_towards_the_global_model(tmp_path):
     common = ["num_rounds=1", "local_epochs=3", "fraction_evaluate=0", "central_eval=false"]
     run_from_config(config(*common), tmp_path / "avg", quiet=True)
-    run_from_config(config("method=fedprox", "method.proximal_mu=5.0", *common),
-                    tmp_path / "prox", quiet=True)
+    run_from_config(
+        config("method=fedprox", "method.proximal_mu=5.0", *common), tmp_path / "prox", quiet=True
+    )
     init = config(*common)
     from simulations.app.compose import compose_run
 
@@ -124,16 +140,31 @@ def test_inline_and_ray_give_the_same_fedavg_model(tmp_path):
 def test_multirun_over_two_methods_and_report(tmp_path):
     sweep = tmp_path / "sweep"
     proc = subprocess.run(
-        [sys.executable, "-m", "simulations.run", "--multirun", "method=fedavg,fedprox",
-         *SMALL, f"hydra.sweep.dir={sweep}"],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "simulations.run",
+            "--multirun",
+            "method=fedavg,fedprox",
+            *SMALL,
+            f"hydra.sweep.dir={sweep}",
+        ],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     summaries = sorted(sweep.rglob("summary.json"))
     assert len(summaries) == 2
     assert {json.loads(p.read_text())["method"] for p in summaries} == {"fedavg", "fedprox"}
-    report = subprocess.run([sys.executable, "-m", "simulations.tools.report", str(sweep)],
-                            cwd=REPO, capture_output=True, text=True, timeout=120)
+    report = subprocess.run(
+        [sys.executable, "-m", "simulations.tools.report", str(sweep)],
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert report.returncode == 0, report.stderr[-2000:]
     assert "| fedavg |" in report.stdout and "| fedprox |" in report.stdout
     assert (sweep / "report.md").exists() and (sweep / "accuracy_vs_mb.png").exists()

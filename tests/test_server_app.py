@@ -38,7 +38,11 @@ REPO = Path(__file__).resolve().parents[1]
 
 def test_parse_overrides_quotes_and_fixed_backend():
     assert parse_overrides("method=fedavg 'dataset.root=/my data' num_rounds=3") == [
-        "method=fedavg", "dataset.root=/my data", "num_rounds=3", "backend=deployment"]
+        "method=fedavg",
+        "dataset.root=/my data",
+        "num_rounds=3",
+        "backend=deployment",
+    ]
     assert parse_overrides("") == ["backend=deployment"]
     assert parse_overrides("backend.poll_interval=1.0")[0] == "backend.poll_interval=1.0"
     with pytest.raises(ConfigError, match="backend=deployment"):
@@ -91,8 +95,7 @@ def _echo(message, context):
 def test_polling_grid_polls_until_all_replies():
     inner = _SlowGrid(_echo, 2)
     grid = PollingGrid(inner, interval=0.01)
-    messages = [Message(RecordDict(), dst_node_id=n, message_type="train")
-                for n in grid.get_node_ids()]
+    messages = [Message(RecordDict(), dst_node_id=n, message_type="train") for n in grid.get_node_ids()]
     replies = list(grid.send_and_receive(messages, timeout=5))
     assert len(replies) == 2 and inner.pulls == 3
     # A timeout ends the wait with what has arrived.
@@ -107,9 +110,17 @@ def test_server_app_runs_a_composed_config_on_any_grid(tmp_path):
     from simulations.app.client_app import app as client_app
 
     out = tmp_path / "results"
-    context = Context(run_id=7, node_id=0, node_config={}, state=RecordDict(), run_config={
-        "overrides": "method=fedavg dataset=digits num_clients=2 num_rounds=1 local_epochs=1",
-        "output-dir": str(out), "conf-dir": ""})
+    context = Context(
+        run_id=7,
+        node_id=0,
+        node_config={},
+        state=RecordDict(),
+        run_config={
+            "overrides": "method=fedavg dataset=digits num_clients=2 num_rounds=1 local_epochs=1",
+            "output-dir": str(out),
+            "conf-dir": "",
+        },
+    )
     app(InlineGrid(client_app, 2), context)
     summary = json.loads((out / "summary.json").read_text())
     assert summary["backend"] == "deployment" and summary["rounds"] == 1
@@ -126,12 +137,12 @@ def test_tls_certs_chain_to_the_ca(tmp_path):
     files = generate_tls_certs(tmp_path, hosts=["superlink.lan", "192.168.1.10"])
     ca = x509.load_pem_x509_certificate(files.ca_cert.read_bytes())
     server = x509.load_pem_x509_certificate(files.server_cert.read_bytes())
-    ca.public_key().verify(server.signature, server.tbs_certificate_bytes,
-                           ec.ECDSA(server.signature_hash_algorithm))
+    ca.public_key().verify(
+        server.signature, server.tbs_certificate_bytes, ec.ECDSA(server.signature_hash_algorithm)
+    )
     san = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert {"superlink.lan", "localhost"} <= set(san.get_values_for_type(x509.DNSName))
-    assert {str(ip) for ip in san.get_values_for_type(x509.IPAddress)} == {
-        "192.168.1.10", "127.0.0.1"}
+    assert {str(ip) for ip in san.get_values_for_type(x509.IPAddress)} == {"192.168.1.10", "127.0.0.1"}
     assert files.server_key.stat().st_mode & 0o077 == 0
 
 
@@ -175,9 +186,11 @@ def test_missing_device_data_is_a_clear_error(tmp_path):
 
 def test_cli_config_text(tmp_path):
     assert format_node_config({"partition-id": 0, "data-path": "/d/x.npz"}) == (
-        'partition-id=0 data-path="/d/x.npz"')
+        'partition-id=0 data-path="/d/x.npz"'
+    )
     assert format_run_config({"overrides": "a=1 b='x y'", "flag": True}) == (
-        'overrides="a=1 b=\'x y\'" flag=true')
+        "overrides=\"a=1 b='x y'\" flag=true"
+    )
     write_connection(tmp_path, "lab", "10.0.0.2:8000", root_certificates=tmp_path / "ca.crt")
     write_connection(tmp_path, "local", "127.0.0.1:8000", default=False)
     config = tomllib.loads((tmp_path / "config.toml").read_text())

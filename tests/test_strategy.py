@@ -14,16 +14,20 @@ from fl_strategies.codec import decode_arrays, encode_arrays
 from fl_strategies.flwr_compat import nested_objects
 from simulations.runtimes.inline import InlineGrid
 
-GLOBAL = {"w": np.ones((4, 3), np.float32), "b": np.zeros(3, np.float32),
-          "steps": np.array(0, np.int64)}
+GLOBAL = {"w": np.ones((4, 3), np.float32), "b": np.zeros(3, np.float32), "steps": np.array(0, np.int64)}
 
 
 def good_reply(message, node_index, scale=1.0):
-    arrays = {k: (v + scale * (node_index + 1)).astype(v.dtype) for k, v in
-              decode_arrays(message.content.array_records["arrays"]).items()}
-    return RecordDict({"arrays": encode_arrays(arrays),
-                       "metrics": MetricRecord({"num-examples": 10 * (node_index + 1),
-                                                "loss": 0.5, "accuracy": 0.8})})
+    arrays = {
+        k: (v + scale * (node_index + 1)).astype(v.dtype)
+        for k, v in decode_arrays(message.content.array_records["arrays"]).items()
+    }
+    return RecordDict(
+        {
+            "arrays": encode_arrays(arrays),
+            "metrics": MetricRecord({"num-examples": 10 * (node_index + 1), "loss": 0.5, "accuracy": 0.8}),
+        }
+    )
 
 
 def make_client(bad_kinds):
@@ -33,8 +37,10 @@ def make_client(bad_kinds):
         index = context.node_config["partition-id"]
         kind = bad_kinds.get(index)
         if message.metadata.message_type == "evaluate":
-            return Message(RecordDict({"metrics": MetricRecord(
-                {"num-examples": 5, "loss": 1.0, "accuracy": 0.5})}), reply_to=message)
+            return Message(
+                RecordDict({"metrics": MetricRecord({"num-examples": 5, "loss": 1.0, "accuracy": 0.5})}),
+                reply_to=message,
+            )
         if kind == "raise":
             raise RuntimeError("client crashed")
         content = good_reply(message, index)
@@ -61,37 +67,59 @@ def make_client(bad_kinds):
             content = RecordDict({"arrays": record, "metrics": metrics})
         elif kind in ("zero_examples", "huge_examples"):
             value = 0 if kind == "zero_examples" else 10**9
-            content = RecordDict({"arrays": content.array_records["arrays"],
-                                  "metrics": MetricRecord({"num-examples": value})})
+            content = RecordDict(
+                {"arrays": content.array_records["arrays"], "metrics": MetricRecord({"num-examples": value})}
+            )
         return Message(content, reply_to=message)
 
     return client_app
 
 
-BAD_KINDS = ["raise", "missing_metrics", "missing_arrays", "wrong_shape", "wrong_dtype",
-             "nan", "missing_key", "garbage", "zero_examples", "huge_examples"]
+BAD_KINDS = [
+    "raise",
+    "missing_metrics",
+    "missing_arrays",
+    "wrong_shape",
+    "wrong_dtype",
+    "nan",
+    "missing_key",
+    "garbage",
+    "zero_examples",
+    "huge_examples",
+]
 
 
 def run_rounds(strategy, client_app, num_nodes, rounds=1):
     grid = InlineGrid(client_app, num_nodes)
     records = []
-    result = strategy.start(grid, numpy_to_arrayrecord(GLOBAL), num_rounds=rounds,
-                            on_round_end=records.append)
+    result = strategy.start(
+        grid, numpy_to_arrayrecord(GLOBAL), num_rounds=rounds, on_round_end=records.append
+    )
     return result, records
 
 
 def test_each_bad_reply_kind_is_dropped_with_a_log_line_and_round_completes(caplog):
     bad = {i: kind for i, kind in enumerate(BAD_KINDS)}
     num_nodes = len(BAD_KINDS) + 2  # two good clients: indices 10 and 11
-    strategy = FedAvg(min_available_nodes=num_nodes, min_train_nodes=num_nodes,
-                      fraction_evaluate=0.0, max_num_examples=1000)
+    strategy = FedAvg(
+        min_available_nodes=num_nodes, min_train_nodes=num_nodes, fraction_evaluate=0.0, max_num_examples=1000
+    )
     with caplog.at_level(logging.WARNING, logger="flwr"):
         result, records = run_rounds(strategy, make_client(bad), num_nodes)
     assert records[-1]["dropped"] == len(BAD_KINDS)
     dropped_text = "\n".join(strategy.dropped[1])
-    for needle in ["client crashed", "no MetricRecord", "no ArrayRecord", "shape",
-                   "dtype", "non-finite", "missing ['b']", "undecodable", "not a positive",
-                   "implausible"]:
+    for needle in [
+        "client crashed",
+        "no MetricRecord",
+        "no ArrayRecord",
+        "shape",
+        "dtype",
+        "non-finite",
+        "missing ['b']",
+        "undecodable",
+        "not a positive",
+        "implausible",
+    ]:
         assert needle in dropped_text, needle
     assert sum("dropped reply from node" in r.getMessage() for r in caplog.records) == len(BAD_KINDS)
     # The round completed with the two good replies: weights 110 and 120, offsets 11 and 12.
@@ -118,8 +146,7 @@ def test_bytes_are_counted_from_flowers_serialization_of_every_message():
 
     def client_app(message, context):
         sent.append(_flower_size(message))
-        reply = Message(good_reply(message, context.node_config["partition-id"]),
-                        reply_to=message)
+        reply = Message(good_reply(message, context.node_config["partition-id"]), reply_to=message)
         received.append(_flower_size(reply))
         return reply
 
@@ -128,8 +155,8 @@ def test_bytes_are_counted_from_flowers_serialization_of_every_message():
     payload = 4 * (12 + 3) + 8
     for rnd in (1, 2):
         record = records[rnd]
-        assert record["bytes_down"] == sum(sent[3 * (rnd - 1): 3 * rnd])
-        assert record["bytes_up"] == sum(received[3 * (rnd - 1): 3 * rnd])
+        assert record["bytes_down"] == sum(sent[3 * (rnd - 1) : 3 * rnd])
+        assert record["bytes_up"] == sum(received[3 * (rnd - 1) : 3 * rnd])
         # three messages of the model plus per-array and per-message overhead
         assert 3 * payload < record["bytes_down"] < 3 * (payload + 3 * 600 + 2000)
     assert records[2]["cum_bytes_up"] == records[1]["bytes_up"] + records[2]["bytes_up"]
@@ -149,8 +176,7 @@ def test_fedprox_sends_proximal_mu():
         seen.append(message.content.config_records["config"]["proximal-mu"])
         return Message(good_reply(message, 0), reply_to=message)
 
-    strategy = FedProx(proximal_mu=0.3, min_available_nodes=2, min_train_nodes=2,
-                       fraction_evaluate=0.0)
+    strategy = FedProx(proximal_mu=0.3, min_available_nodes=2, min_train_nodes=2, fraction_evaluate=0.0)
     run_rounds(strategy, client_app, 2)
     assert seen == [0.3, 0.3]
     with pytest.raises(ValueError, match="proximal_mu"):
@@ -170,12 +196,14 @@ def test_run_config_travels_in_every_message():
         seen.append(message.content.config_records["config"]["fedlean-run"])
         return Message(good_reply(message, 0), reply_to=message)
 
-    strategy = FedAvg(client_config={"method": {"name": "fedavg"}}, min_available_nodes=2,
-                      min_train_nodes=2, fraction_evaluate=0.0)
+    strategy = FedAvg(
+        client_config={"method": {"name": "fedavg"}},
+        min_available_nodes=2,
+        min_train_nodes=2,
+        fraction_evaluate=0.0,
+    )
     run_rounds(strategy, client_app, 2)
     assert seen == ['{"method": {"name": "fedavg"}}'] * 2
-
-
 
 
 class PerNodeFedAvg(FedAvg):
@@ -214,8 +242,9 @@ def test_node_payload_reaches_each_sampled_node_and_every_reply_decodes_through_
         kind = message.metadata.message_type
         seen[kind][message.metadata.dst_node_id] = node
         if kind == "evaluate":
-            return Message(RecordDict({"metrics": MetricRecord({"num-examples": 5, "loss": 1.0})}),
-                           reply_to=message)
+            return Message(
+                RecordDict({"metrics": MetricRecord({"num-examples": 5, "loss": 1.0})}), reply_to=message
+            )
         content = good_reply(message, context.node_config["partition-id"])
         arrays = {**decode_arrays(content.array_records["arrays"]), "node": np.array([node])}
         content["arrays"] = encode_arrays(arrays)

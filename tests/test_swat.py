@@ -64,8 +64,7 @@ def test_linear_weight_grad_uses_topk_activations_and_input_grad_sparse_weights(
     # top-3 of |x|: -4, -3, 2
     x_topk = torch.tensor([[0.0, -4.0, 0.0], [2.0, 0.0, -3.0]])
     torch.testing.assert_close(dense.weight.grad, grad_out.t() @ x_topk)
-    torch.testing.assert_close(dense.weight.grad, torch.tensor([[-2.0, -4.0, 3.0],
-                                                                [1.0, -8.0, -1.5]]))
+    torch.testing.assert_close(dense.weight.grad, torch.tensor([[-2.0, -4.0, 3.0], [1.0, -8.0, -1.5]]))
     masked = torch.tensor([[0.0, -0.9, 0.0], [0.5, 0.0, 0.8]])
     torch.testing.assert_close(x.grad, grad_out @ masked)
     torch.testing.assert_close(dense.bias.grad, grad_out.sum(0))
@@ -162,15 +161,13 @@ def test_swatify_keeps_parameter_names_and_state_dicts_load():
     model.load_state_dict(fresh.state_dict())
     fresh.load_state_dict(model.state_dict())
     assert set(swat_layers(model)) == set(names)
-    first_last = swat_layer_names(build_model("mlp", 1, 10, 8), sparsify_first=True,
-                                  sparsify_last=False)
+    first_last = swat_layer_names(build_model("mlp", 1, 10, 8), sparsify_first=True, sparsify_last=False)
     assert first_last == ["net.1", "net.3"]
 
 
 def test_flops_dense_count_matches_flop_counter_and_sparse_count_by_hand():
     torch.manual_seed(0)
-    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(),
-                          nn.Linear(4 * 5 * 5, 3))
+    model = nn.Sequential(nn.Conv2d(1, 4, 3, padding=1), nn.ReLU(), nn.Flatten(), nn.Linear(4 * 5 * 5, 3))
     batch = torch.randn(2, 1, 5, 5)
     reference = count_flops(model, batch, training=True)
     swatify(model, SwatConfig(sparsity=0.0), swat_layer_names(model, sparsify_first=True))
@@ -180,8 +177,7 @@ def test_flops_dense_count_matches_flop_counter_and_sparse_count_by_hand():
     assert sparse <= dense  # ReLU zeros count as sparse activations even at sparsity 0
 
     layer = SwatLinear(4, 2, config=SwatConfig(sparsity=0.5))
-    x = torch.tensor([[1.0, 2.0, 3.0, 4.0], [5.0, 6.0, 7.0, 8.0], [0.5, 0.5, 0.5, 0.5]],
-                     requires_grad=True)
+    x = torch.tensor([[1.0, 2.0, 3.0, 4.0], [5.0, 6.0, 7.0, 8.0], [0.5, 0.5, 0.5, 0.5]], requires_grad=True)
     layer(x).sum().backward()
     # dense: forward, weight grad, input grad = 3 * 2 * rows(3) * numel(W)(8)
     assert layer.flops_dense == 3 * 2 * 3 * 8
@@ -199,8 +195,13 @@ def test_swat_model_trains_with_one_loop():
     swatify(model, SwatConfig(0.9), swat_layer_names(model))
     data = TensorDataset(torch.randn(64, 1, 8, 8), torch.randint(0, 10, (64,)))
     before = model.state_dict()["net.3.weight"].clone()
-    stats = train_loop(model, DataLoader(data, batch_size=16), make_optimizer(
-        model.parameters(), "sgd", 0.1), 1, torch.device("cpu"))
+    stats = train_loop(
+        model,
+        DataLoader(data, batch_size=16),
+        make_optimizer(model.parameters(), "sgd", 0.1),
+        1,
+        torch.device("cpu"),
+    )
     after = model.state_dict()["net.3.weight"]
     changed = (after != before).float().mean()
     assert stats.steps == 4 and changed > 0.5  # dense weight gradient: most weights move
@@ -244,7 +245,7 @@ def test_both_layer_types_compute_thresholds_as_often_as_the_period_says(kind, p
     with torch.no_grad():
         layer(torch.randn(*batch))
     # Evaluation takes the current top-K weights (one weight threshold) and is no refresh.
-    assert layer.refreshes == expected and calls[2 * expected:] == [tuple(layer.weight.shape)]
+    assert layer.refreshes == expected and calls[2 * expected :] == [tuple(layer.weight.shape)]
 
 
 def test_swat_method_default_is_a_refresh_every_batch():

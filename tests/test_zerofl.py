@@ -99,13 +99,13 @@ def _positions(*indices, size=6):
 
 @pytest.mark.parametrize("broken", ["count", "repeat", "range", "missing", "dtype"])
 def test_inconsistent_wire_entries_are_rejected(broken):
-    wire = {"w" + VALUES_SUFFIX: np.array([1.0, 2.0], np.float32),
-            "w" + POSITIONS_SUFFIX: _positions(0, 5)}
+    wire = {"w" + VALUES_SUFFIX: np.array([1.0, 2.0], np.float32), "w" + POSITIONS_SUFFIX: _positions(0, 5)}
     if broken == "count":
         wire["w" + VALUES_SUFFIX] = np.array([1.0], np.float32)
     elif broken == "repeat":
         wire["w" + POSITIONS_SUFFIX] = np.concatenate(
-            [[FORM_INDICES], np.array([5, 5], "<u4").view(np.uint8)]).astype(np.uint8)
+            [[FORM_INDICES], np.array([5, 5], "<u4").view(np.uint8)]
+        ).astype(np.uint8)
     elif broken == "range":
         wire["w" + POSITIONS_SUFFIX] = _positions(0, 6, size=7)
     elif broken == "missing":
@@ -119,21 +119,27 @@ def test_inconsistent_wire_entries_are_rejected(broken):
 # Three clients, four positions: p0 sent by all, p1 by clients 0 and 2, p2 by client 1
 # only, p3 by nobody. Weights (num-examples) 1, 2, 3.
 G = np.array([10.0, 20.0, 30.0, 40.0], np.float32)
-VALUES = [np.array([1.0, 2.0, 0.0, 0.0], np.float32),
-          np.array([4.0, 0.0, 6.0, 0.0], np.float32),
-          np.array([7.0, 0.0, 0.0, 0.0], np.float32)]
-MASKS = [np.array([True, True, False, False]),
-         np.array([True, False, True, False]),
-         np.array([True, True, False, False])]
+VALUES = [
+    np.array([1.0, 2.0, 0.0, 0.0], np.float32),
+    np.array([4.0, 0.0, 6.0, 0.0], np.float32),
+    np.array([7.0, 0.0, 0.0, 0.0], np.float32),
+]
+MASKS = [
+    np.array([True, True, False, False]),
+    np.array([True, False, True, False]),
+    np.array([True, True, False, False]),
+]
 WEIGHTS = [1.0, 2.0, 3.0]
 
 
 def test_aggregate_sparse_by_hand():
     merged = aggregate_sparse(G, VALUES, MASKS, WEIGHTS, additive=False)
-    expected = [(1 * 1 + 2 * 4 + 3 * 7) / 6,  # all: weighted mean 5.0
-                (1 * 2 + 3 * 0) / 4,  # clients 0 and 2; client 2 sent an exact 0
-                6.0,  # client 1 alone
-                40.0]  # nobody: previous global value
+    expected = [
+        (1 * 1 + 2 * 4 + 3 * 7) / 6,  # all: weighted mean 5.0
+        (1 * 2 + 3 * 0) / 4,  # clients 0 and 2; client 2 sent an exact 0
+        6.0,  # client 1 alone
+        40.0,
+    ]  # nobody: previous global value
     np.testing.assert_allclose(merged, expected)
     assert merged.dtype == np.float32
     merged = aggregate_sparse(G, VALUES, MASKS, WEIGHTS, additive=True)
@@ -150,13 +156,13 @@ def test_aggregate_sparse_by_hand():
 def test_topk_weights_and_diff_topk_weights_agree_under_sender_mean():
     rng = np.random.default_rng(0)
     base = rng.normal(size=(8, 8)).astype(np.float32)
-    locals_ = [base + rng.normal(scale=0.1, size=base.shape).astype(np.float32)
-               for _ in range(3)]
+    locals_ = [base + rng.normal(scale=0.1, size=base.shape).astype(np.float32) for _ in range(3)]
     merged = {}
     for uplink in ("topk_weights", "diff_topk_weights"):
         sent = [select_uplink(w, base, uplink, 0.2) for w in locals_]
-        merged[uplink] = aggregate_sparse(base, [v for v, _ in sent], [m for _, m in sent],
-                                          WEIGHTS, uplink != "topk_weights")
+        merged[uplink] = aggregate_sparse(
+            base, [v for v, _ in sent], [m for _, m in sent], WEIGHTS, uplink != "topk_weights"
+        )
     np.testing.assert_allclose(merged["topk_weights"], merged["diff_topk_weights"], atol=1e-6)
 
 
@@ -166,8 +172,14 @@ def _hand_client(uplink_values, masks, dense_bias):
     def client_app(message, context):
         i = context.node_config["partition-id"]
         arrays = {**pack_sent("w", uplink_values[i], masks[i]), "b": dense_bias[i]}
-        content = RecordDict({"arrays": encode_arrays(arrays), "metrics": MetricRecord(
-            {"num-examples": int(WEIGHTS[i]), "flops-dense": 100.0, "flops-swat": 30.0})})
+        content = RecordDict(
+            {
+                "arrays": encode_arrays(arrays),
+                "metrics": MetricRecord(
+                    {"num-examples": int(WEIGHTS[i]), "flops-dense": 100.0, "flops-swat": 30.0}
+                ),
+            }
+        )
         return Message(content, reply_to=message)
 
     return client_app
@@ -176,19 +188,27 @@ def _hand_client(uplink_values, masks, dense_bias):
 @pytest.mark.parametrize("uplink", ["topk_weights", "topk_diff"])
 def test_strategy_aggregates_three_hand_made_clients(uplink):
     initial = {"w": G, "b": np.zeros(2, np.float32)}
-    biases = [np.array([1.0, 1.0], np.float32), np.array([2.0, 2.0], np.float32),
-              np.array([4.0, 4.0], np.float32)]
-    strategy = ZeroFL(uplink=uplink, sparsity=0.5, mask_ratio=0.0, sparse_keys=["w"],
-                      min_available_nodes=3, min_train_nodes=3, fraction_evaluate=0.0)
+    biases = [
+        np.array([1.0, 1.0], np.float32),
+        np.array([2.0, 2.0], np.float32),
+        np.array([4.0, 4.0], np.float32),
+    ]
+    strategy = ZeroFL(
+        uplink=uplink,
+        sparsity=0.5,
+        mask_ratio=0.0,
+        sparse_keys=["w"],
+        min_available_nodes=3,
+        min_train_nodes=3,
+        fraction_evaluate=0.0,
+    )
     grid = InlineGrid(_hand_client(VALUES, MASKS, biases), 3)
     records = []
-    result = strategy.start(grid, numpy_to_arrayrecord(initial), num_rounds=1,
-                            on_round_end=records.append)
+    result = strategy.start(grid, numpy_to_arrayrecord(initial), num_rounds=1, on_round_end=records.append)
     final = {k: v.numpy() for k, v in result.arrays.items()}
     # Node order in a round is Flower's sampling order; weights follow partition ids.
     additive = uplink != "topk_weights"
-    np.testing.assert_allclose(final["w"], aggregate_sparse(G, VALUES, MASKS, WEIGHTS,
-                                                            additive))
+    np.testing.assert_allclose(final["w"], aggregate_sparse(G, VALUES, MASKS, WEIGHTS, additive))
     np.testing.assert_allclose(final["b"], [(1 + 4 + 12) / 6] * 2)
     record = records[-1]
     assert record["dropped"] == 0
@@ -207,13 +227,15 @@ def test_strategy_drops_replies_over_budget_or_with_dense_sparse_tensors():
             arrays = {"w": VALUES[1], "b": np.zeros(2, np.float32)}
         else:
             arrays = {**pack_sent("w", VALUES[i], masks[i]), "b": np.zeros(2, np.float32)}
-        return Message(RecordDict({"arrays": encode_arrays(arrays), "metrics": MetricRecord(
-            {"num-examples": 3})}), reply_to=message)
+        return Message(
+            RecordDict({"arrays": encode_arrays(arrays), "metrics": MetricRecord({"num-examples": 3})}),
+            reply_to=message,
+        )
 
-    strategy = ZeroFL(sparsity=0.5, sparse_keys=["w"], min_available_nodes=3,
-                      min_train_nodes=3, fraction_evaluate=0.0)
-    result = strategy.start(InlineGrid(client_app, 3), numpy_to_arrayrecord(initial),
-                            num_rounds=1)
+    strategy = ZeroFL(
+        sparsity=0.5, sparse_keys=["w"], min_available_nodes=3, min_train_nodes=3, fraction_evaluate=0.0
+    )
+    result = strategy.start(InlineGrid(client_app, 3), numpy_to_arrayrecord(initial), num_rounds=1)
     reasons = "\n".join(strategy.dropped[1])
     assert "more than the 2" in reasons and "needs 'w@values'" in reasons
     final = {k: v.numpy() for k, v in result.arrays.items()}
@@ -229,14 +251,18 @@ def test_swat_central_evaluation_sees_topk_weights():
 
     def client_app(message, context):
         arrays = decode_arrays(message.content.array_records["arrays"])
-        return Message(RecordDict({"arrays": encode_arrays(arrays), "metrics": MetricRecord(
-            {"num-examples": 1})}), reply_to=message)
+        return Message(
+            RecordDict({"arrays": encode_arrays(arrays), "metrics": MetricRecord({"num-examples": 1})}),
+            reply_to=message,
+        )
 
     w = np.array([0.1, -0.9, 0.3, 0.5], np.float32)
-    strategy = Swat(sparsity=0.5, sparse_keys=["w"], min_available_nodes=1,
-                    min_train_nodes=1, fraction_evaluate=0.0)
-    strategy.start(InlineGrid(client_app, 1), numpy_to_arrayrecord({"w": w}), num_rounds=1,
-                   evaluate_fn=evaluate_fn)
+    strategy = Swat(
+        sparsity=0.5, sparse_keys=["w"], min_available_nodes=1, min_train_nodes=1, fraction_evaluate=0.0
+    )
+    strategy.start(
+        InlineGrid(client_app, 1), numpy_to_arrayrecord({"w": w}), num_rounds=1, evaluate_fn=evaluate_fn
+    )
     np.testing.assert_allclose(seen[0], [0.0, -0.9, 0.0, 0.5])
     assert topk_mask(w, 0.5).tolist() == [False, True, False, True]
     np.testing.assert_allclose(topk_weights_only({"w": w}, ["w"], 0.5)["w"], seen[0])
@@ -246,20 +272,39 @@ def _client_job(method_settings, model):
     from clients.methods import ClientJob
     from tests.freezing_helpers import method_defaults
 
-    settings = {"method": method_defaults(method_settings), "seed": 0,
-                "model": {"name": "mlp", "in_channels": 1, "num_classes": 10, "image_size": 8},
-                "train": {"epochs": 1, "batch_size": 16, "optimizer": "sgd", "lr": 0.1,
-                          "momentum": 0.0, "weight_decay": 0.0}}
+    settings = {
+        "method": method_defaults(method_settings),
+        "seed": 0,
+        "model": {"name": "mlp", "in_channels": 1, "num_classes": 10, "image_size": 8},
+        "train": {
+            "epochs": 1,
+            "batch_size": 16,
+            "optimizer": "sgd",
+            "lr": 0.1,
+            "momentum": 0.0,
+            "weight_decay": 0.0,
+        },
+    }
     torch.manual_seed(0)
     data = TensorDataset(torch.randn(48, 1, 8, 8), torch.randint(0, 10, (48,)))
-    content = RecordDict({"arrays": encode_arrays({k: v.numpy() for k, v in
-                                                   model.state_dict().items()}),
-                          "config": ConfigRecord({"server-round": 1,
-                                                  "fedlean-run": json.dumps(settings)})})
+    content = RecordDict(
+        {
+            "arrays": encode_arrays({k: v.numpy() for k, v in model.state_dict().items()}),
+            "config": ConfigRecord({"server-round": 1, "fedlean-run": json.dumps(settings)}),
+        }
+    )
     context = Context(run_id=1, node_id=1, node_config={}, state=RecordDict(), run_config={})
-    return settings, ClientJob(settings=settings, model=model, train_set=data, test_set=data,
-                               device=torch.device("cpu"), content=content, context=context,
-                               server_round=1, partition_id=0)
+    return settings, ClientJob(
+        settings=settings,
+        model=model,
+        train_set=data,
+        test_set=data,
+        device=torch.device("cpu"),
+        content=content,
+        context=context,
+        server_round=1,
+        partition_id=0,
+    )
 
 
 @pytest.mark.parametrize("uplink", ["topk_weights", "diff_topk_weights", "topk_diff"])
@@ -267,9 +312,16 @@ def test_client_uplink_round_trip_through_strategy_parse(uplink):
     from clients.models import build_model
     from methods import get_method
 
-    method = {"name": "zerofl", "sparsity": 0.9, "topk_period": 10, "topk_warmup": 0,
-              "sparsify_first": True, "sparsify_last": True, "uplink": uplink,
-              "mask_ratio": 0.05}
+    method = {
+        "name": "zerofl",
+        "sparsity": 0.9,
+        "topk_period": 10,
+        "topk_warmup": 0,
+        "sparsify_first": True,
+        "sparsify_last": True,
+        "uplink": uplink,
+        "mask_ratio": 0.05,
+    }
     model = build_model("mlp", 1, 10, 8)
     initial = {k: v.detach().numpy().copy() for k, v in model.state_dict().items()}
     settings, job = _client_job(method, model)
@@ -309,8 +361,13 @@ def test_sparse_uplink_is_several_times_smaller_than_dense_on_the_wire():
 
     sizes = {}
     for name in ("swat", "zerofl"):
-        method = {"name": name, "sparsity": 0.9, "sparsify_first": True,
-                  "uplink": "topk_weights", "mask_ratio": 0.0}
+        method = {
+            "name": name,
+            "sparsity": 0.9,
+            "sparsify_first": True,
+            "uplink": "topk_weights",
+            "mask_ratio": 0.0,
+        }
         settings, job = _client_job(method, build_model("mlp", 1, 10, 8))
         reply = get_method(name).client_class()(settings).train(job)
         sizes[name] = message_bytes(Message(reply, dst_node_id=1, message_type="train"))
@@ -322,11 +379,13 @@ def test_experiment_configs_compose():
     from hydra import compose, initialize_config_dir
 
     conf = CONF_DIR
-    expected = {"zerofl_cifar10": ("cifar10", "resnet18", 1.0, 700),
-                "zerofl_cifar10_iid": ("cifar10", "resnet18", 1000.0, 700),
-                "zerofl_femnist": ("femnist", "resnet18", None, 1000),
-                "zerofl_speechcommands": ("speech_commands", "resnet18", 1.0, 200),
-                "zerofl_speechcommands_iid": ("speech_commands", "resnet18", 1000.0, 200)}
+    expected = {
+        "zerofl_cifar10": ("cifar10", "resnet18", 1.0, 700),
+        "zerofl_cifar10_iid": ("cifar10", "resnet18", 1000.0, 700),
+        "zerofl_femnist": ("femnist", "resnet18", None, 1000),
+        "zerofl_speechcommands": ("speech_commands", "resnet18", 1.0, 200),
+        "zerofl_speechcommands_iid": ("speech_commands", "resnet18", 1000.0, 200),
+    }
     with initialize_config_dir(config_dir=str(conf), version_base=None):
         for name, (dataset, model, alpha, rounds) in expected.items():
             cfg = compose("config", overrides=[f"+experiment={name}"])
@@ -346,11 +405,9 @@ def test_swat_and_zerofl_run_end_to_end_through_the_client_app(tmp_path):
     from simulations.runtimes.simulation import run_from_config
 
     conf = CONF_DIR
-    small = ["num_clients=3", "num_rounds=1", "local_epochs=1", "fraction_evaluate=0",
-             "save_model=false"]
+    small = ["num_clients=3", "num_rounds=1", "local_epochs=1", "fraction_evaluate=0", "save_model=false"]
     rounds = {}
-    for method in (["method=swat"], ["method=zerofl", "method.uplink=topk_diff",
-                                     "method.mask_ratio=0.1"]):
+    for method in (["method=swat"], ["method=zerofl", "method.uplink=topk_diff", "method.mask_ratio=0.1"]):
         with initialize_config_dir(config_dir=str(conf), version_base=None):
             cfg = compose("config", overrides=[*small, *method])
         out = tmp_path / method[0]

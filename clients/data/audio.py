@@ -108,7 +108,9 @@ def download_speech_commands(root: str) -> None:
     from torchvision.datasets.utils import download_and_extract_archive
 
     download_and_extract_archive(
-        SPEECH_COMMANDS_URL, download_root=root, filename="speech_commands_v0.02.tar.gz",
+        SPEECH_COMMANDS_URL,
+        download_root=root,
+        filename="speech_commands_v0.02.tar.gz",
         remove_finished=True,
     )
 
@@ -163,8 +165,10 @@ def load_speech_commands(root: str, num_classes: int) -> tuple[Any, ...]:
         folder = os.path.join(root, word)
         if os.path.isdir(folder):
             train_files += [
-                f"{word}/{f}" for f in sorted(os.listdir(folder))
-                if f.endswith(".wav") and f"{word}/{f}" not in excluded["valid"]
+                f"{word}/{f}"
+                for f in sorted(os.listdir(folder))
+                if f.endswith(".wav")
+                and f"{word}/{f}" not in excluded["valid"]
                 and f"{word}/{f}" not in excluded["test"]
             ]
     test_files = sorted(excluded["test"])

@@ -27,8 +27,11 @@ def rollback_hook(model: nn.Module, frozen: dict[str, torch.Tensor]):
 
     """
     params = dict(model.named_parameters())
-    held = [(params[name], mask, params[name].detach().clone())
-            for name, mask in frozen.items() if bool(mask.any())]
+    held = [
+        (params[name], mask, params[name].detach().clone())
+        for name, mask in frozen.items()
+        if bool(mask.any())
+    ]
 
     def restore(_: nn.Module) -> None:
         with torch.no_grad():
@@ -46,6 +49,8 @@ class APFClient(PartialSyncClient):
     def train_hooks(self, job: ClientJob) -> TrainHooks:
         """Roll the frozen scalars back after every optimizer step."""
         frozen_flat = ~self.sync
-        frozen = {name: torch.from_numpy(frozen_flat[sl].reshape(self.layout.shapes[name]))
-                  .to(job.device) for name, sl in self.layout.slices.items()}
+        frozen = {
+            name: torch.from_numpy(frozen_flat[sl].reshape(self.layout.shapes[name])).to(job.device)
+            for name, sl in self.layout.slices.items()
+        }
         return TrainHooks(after_step=[rollback_hook(job.model, frozen)])

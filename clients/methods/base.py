@@ -47,8 +47,9 @@ class ClientJob:
         train_cfg = self.settings["train"]
         generator = torch.Generator().manual_seed(self.batch_seed())
         dataset = self.train_set if train else self.test_set
-        return DataLoader(dataset, batch_size=int(train_cfg["batch_size"]), shuffle=train,
-                          generator=generator)
+        return DataLoader(
+            dataset, batch_size=int(train_cfg["batch_size"]), shuffle=train, generator=generator
+        )
 
     def batch_seed(self) -> int:
         """Seed of this client's randomness this round."""
@@ -102,23 +103,36 @@ class ClientMethod:
     def make_optimizer(self, job: ClientJob) -> torch.optim.Optimizer:
         """The optimizer from the run's training settings."""
         cfg = self.settings["train"]
-        return make_optimizer(job.model.parameters(), cfg["optimizer"], float(cfg["lr"]),
-                              float(cfg.get("momentum", 0.0)), float(cfg.get("weight_decay", 0.0)))
+        return make_optimizer(
+            job.model.parameters(),
+            cfg["optimizer"],
+            float(cfg["lr"]),
+            float(cfg.get("momentum", 0.0)),
+            float(cfg.get("weight_decay", 0.0)),
+        )
 
     # ------------------------------------------------------------- the calls
     def train(self, job: ClientJob) -> RecordDict:
         """Receive, train, reply."""
         self.receive(job)
         job.model.to(job.device)
-        stats = train_loop(job.model, job.loader(train=True), self.make_optimizer(job),
-                           int(self.settings["train"]["epochs"]), job.device,
-                           self.train_hooks(job))
+        stats = train_loop(
+            job.model,
+            job.loader(train=True),
+            self.make_optimizer(job),
+            int(self.settings["train"]["epochs"]),
+            job.device,
+            self.train_hooks(job),
+        )
         job.model.cpu()
-        metrics = {NUM_EXAMPLES_KEY: len(job.train_set), "loss": stats.loss,
-                   "accuracy": stats.accuracy, "seconds": stats.seconds}
+        metrics = {
+            NUM_EXAMPLES_KEY: len(job.train_set),
+            "loss": stats.loss,
+            "accuracy": stats.accuracy,
+            "seconds": stats.seconds,
+        }
         metrics.update(self.reply_metrics(job, stats))
-        return RecordDict({ARRAYS_KEY: self.reply_arrays(job, stats),
-                           METRICS_KEY: MetricRecord(metrics)})
+        return RecordDict({ARRAYS_KEY: self.reply_arrays(job, stats), METRICS_KEY: MetricRecord(metrics)})
 
     def load_for_evaluation(self, job: ClientJob) -> None:
         """Put the model to evaluate into ``job.model`` (default: the received one)."""
@@ -128,6 +142,10 @@ class ClientMethod:
         """Evaluate the model on the client's local test split."""
         self.load_for_evaluation(job)
         stats = evaluate_model(job.model, job.loader(train=False), job.device)
-        return RecordDict({METRICS_KEY: MetricRecord({
-            NUM_EXAMPLES_KEY: stats.num_examples, "loss": stats.loss,
-            "accuracy": stats.accuracy})})
+        return RecordDict(
+            {
+                METRICS_KEY: MetricRecord(
+                    {NUM_EXAMPLES_KEY: stats.num_examples, "loss": stats.loss, "accuracy": stats.accuracy}
+                )
+            }
+        )

@@ -96,8 +96,13 @@ def kd_loss(student: Tensor, teacher: Tensor, temperature: float) -> Tensor:
 
     """
     t = float(temperature)
-    return t * t * F.kl_div(F.log_softmax(student / t, dim=1),
-                            F.softmax(teacher.detach() / t, dim=1), reduction="batchmean")
+    return (
+        t
+        * t
+        * F.kl_div(
+            F.log_softmax(student / t, dim=1), F.softmax(teacher.detach() / t, dim=1), reduction="batchmean"
+        )
+    )
 
 
 def with_indices(dataset: TensorDataset) -> TensorDataset:
@@ -123,8 +128,10 @@ def teacher_table(indices: np.ndarray, logits: np.ndarray, num_samples: int) -> 
     if indices.dtype.kind not in "iu":
         raise ValueError(f"sample indices must be integers, got {indices.dtype}")
     if len(indices) != num_samples or not np.array_equal(np.sort(indices), np.arange(num_samples)):
-        raise ValueError(f"server logits cover {len(np.unique(indices))} distinct indices, "
-                         f"expected each of 0..{num_samples - 1} once")
+        raise ValueError(
+            f"server logits cover {len(np.unique(indices))} distinct indices, "
+            f"expected each of 0..{num_samples - 1} once"
+        )
     if not np.all(np.isfinite(logits)):
         raise ValueError("server logits are not finite")
     table = np.empty_like(logits)
@@ -158,8 +165,9 @@ def server_kd_term(temperature: float, alpha: float) -> LossTerm:
 
 
 @torch.no_grad()
-def batched_outputs(model: nn.Module, inputs: Tensor, device: torch.device,
-                    batch_size: int = INFERENCE_BATCH) -> tuple[Tensor, ...]:
+def batched_outputs(
+    model: nn.Module, inputs: Tensor, device: torch.device, batch_size: int = INFERENCE_BATCH
+) -> tuple[Tensor, ...]:
     """All outputs of ``model`` (eval mode) over ``inputs`` in order, on the CPU.
 
     Models returning a tuple (the edge model's ``(logits, features)``) give a tuple of
@@ -169,7 +177,7 @@ def batched_outputs(model: nn.Module, inputs: Tensor, device: torch.device,
     parts: list[tuple[Tensor, ...]] = []
     # range(max(n, 1)) runs one empty batch for an empty input, so shapes stay known.
     for start in range(0, max(len(inputs), 1), batch_size):
-        out = model(inputs[start:start + batch_size].to(device))
+        out = model(inputs[start : start + batch_size].to(device))
         out = out if isinstance(out, tuple) else (out,)
         parts.append(tuple(t.detach().float().cpu() for t in out))
     return tuple(torch.cat(column) for column in zip(*parts, strict=True))
@@ -204,7 +212,7 @@ def load_stem(model: nn.Module, path: str) -> list[str]:
     state = loaded_obj.get("state_dict", loaded_obj) if isinstance(loaded_obj, Mapping) else None
     if not isinstance(state, Mapping):
         raise ValueError(f"method.edge_stem_checkpoint={path!r}: not a state dict")
-    state = {(k[len("module."):] if k.startswith("module.") else k): v for k, v in state.items()}
+    state = {(k[len("module.") :] if k.startswith("module.") else k): v for k, v in state.items()}
     loaded = []
     with torch.no_grad():
         for name, param in model.named_parameters():
@@ -213,8 +221,10 @@ def load_stem(model: nn.Module, path: str) -> list[str]:
                 param.copy_(value)
                 loaded.append(name)
     if not loaded:
-        raise ValueError(f"method.edge_stem_checkpoint={path!r}: no tensor matches the edge "
-                         f"model's stem ({', '.join(p.rstrip('.') for p in STEM_PREFIXES)})")
+        raise ValueError(
+            f"method.edge_stem_checkpoint={path!r}: no tensor matches the edge "
+            f"model's stem ({', '.join(p.rstrip('.') for p in STEM_PREFIXES)})"
+        )
     return loaded
 
 
@@ -287,8 +297,7 @@ class FedGKTClient(ClientMethod):
         if ARRAYS_KEY in job.content.array_records:
             arrays = decode_arrays(job.content.array_records[ARRAYS_KEY])
             if arrays:
-                self.teacher = teacher_table(arrays[INDICES_KEY], arrays[LOGITS_KEY],
-                                             len(job.train_set))
+                self.teacher = teacher_table(arrays[INDICES_KEY], arrays[LOGITS_KEY], len(job.train_set))
 
     def restore_edge(self, job: ClientJob) -> None:
         """Load the edge model this node trained last time, or the common initial one."""
@@ -308,8 +317,7 @@ class FedGKTClient(ClientMethod):
         """KD toward the server's logits, looked up by sample index (once they exist)."""
         hooks = TrainHooks()
         if self.teacher is not None and self.alpha > 0:
-            hooks.loss_terms.append(
-                client_kd_term(self.teacher.to(job.device), self.temperature, self.alpha))
+            hooks.loss_terms.append(client_kd_term(self.teacher.to(job.device), self.temperature, self.alpha))
         return hooks
 
     def make_optimizer(self, job: ClientJob) -> torch.optim.Optimizer:
@@ -328,8 +336,7 @@ class FedGKTClient(ClientMethod):
         job.model.to(job.device)
         optimizer = self.make_optimizer(job)
         hooks = self.train_hooks(job)
-        stats = train_loop(job.model, job.loader(train=True), optimizer, self.epochs,
-                           job.device, hooks)
+        stats = train_loop(job.model, job.loader(train=True), optimizer, self.epochs, job.device, hooks)
         state = job.context.state
         state[EDGE_STATE_KEY] = to_record(model_arrays(job.model))
         state[OPTIMIZER_STATE_KEY] = to_record(optimizer_arrays(optimizer))
@@ -339,12 +346,20 @@ class FedGKTClient(ClientMethod):
         logits, features = batched_outputs(job.model, x, job.device)
         test_x, test_y = job.test_set.tensors[:2]
         test_logits, test_features = batched_outputs(job.model, test_x, job.device)
-        upload = {FEATURES_KEY: features.numpy(), LOGITS_KEY: logits.numpy(),
-                  LABELS_KEY: y.numpy(), INDICES_KEY: index.numpy(),
-                  TEST_FEATURES_KEY: test_features.numpy(), TEST_LABELS_KEY: test_y.numpy()}
+        upload = {
+            FEATURES_KEY: features.numpy(),
+            LOGITS_KEY: logits.numpy(),
+            LABELS_KEY: y.numpy(),
+            INDICES_KEY: index.numpy(),
+            TEST_FEATURES_KEY: test_features.numpy(),
+            TEST_LABELS_KEY: test_y.numpy(),
+        }
         metrics: dict[str, float | int] = {
-            NUM_EXAMPLES_KEY: len(y), "loss": stats.loss, "accuracy": stats.accuracy,
-            "seconds": stats.seconds, "extract-seconds": time.perf_counter() - start,
+            NUM_EXAMPLES_KEY: len(y),
+            "loss": stats.loss,
+            "accuracy": stats.accuracy,
+            "seconds": stats.seconds,
+            "extract-seconds": time.perf_counter() - start,
             KD_ACTIVE_KEY: int(bool(hooks.loss_terms)),
         }
         forward, train = edge_flops_per_sample(json.dumps(self.settings["model"], sort_keys=True))
@@ -355,8 +370,7 @@ class FedGKTClient(ClientMethod):
             metrics[EDGE_LOSS_KEY] = float(F.cross_entropy(test_logits, test_y))
             metrics[EDGE_ACCURACY_KEY] = float((test_logits.argmax(1) == test_y).float().mean())
         job.model.cpu()
-        record = encode_arrays(upload, encoding=self.settings.get("encoding", "auto"),
-                               float16=self.float16)
+        record = encode_arrays(upload, encoding=self.settings.get("encoding", "auto"), float16=self.float16)
         return RecordDict({ARRAYS_KEY: record, METRICS_KEY: MetricRecord(metrics)})
 
     def load_for_evaluation(self, job: ClientJob) -> None:
@@ -397,10 +411,21 @@ class GKTServer:
 
     """
 
-    def __init__(self, model: nn.Module, optimizer: torch.optim.Optimizer, device: torch.device, *,
-                 temperature: float, alpha: float, epochs: int, batch_size: int,
-                 distill: bool = True, seed: int = 0,
-                 feature_shape: tuple[int, ...] = (16, 32, 32), name: str = "") -> None:
+    def __init__(
+        self,
+        model: nn.Module,
+        optimizer: torch.optim.Optimizer,
+        device: torch.device,
+        *,
+        temperature: float,
+        alpha: float,
+        epochs: int,
+        batch_size: int,
+        distill: bool = True,
+        seed: int = 0,
+        feature_shape: tuple[int, ...] = (16, 32, 32),
+        name: str = "",
+    ) -> None:
         self.model = model.to(device)
         self.optimizer = optimizer
         self.device = device
@@ -413,26 +438,38 @@ class GKTServer:
         self.feature_shape = tuple(int(d) for d in feature_shape)
         self.name = name
 
-    def fit(self, features: np.ndarray, labels: np.ndarray, client_logits: np.ndarray,
-            server_round: int) -> dict[str, float]:
+    def fit(
+        self, features: np.ndarray, labels: np.ndarray, client_logits: np.ndarray, server_round: int
+    ) -> dict[str, float]:
         """Train on all uploaded features (shuffled across clients) for ``epochs``."""
-        dataset = TensorDataset(torch.from_numpy(np.asarray(features, np.float32)),
-                                torch.from_numpy(np.asarray(labels, np.int64)),
-                                torch.from_numpy(np.asarray(client_logits, np.float32)))
+        dataset = TensorDataset(
+            torch.from_numpy(np.asarray(features, np.float32)),
+            torch.from_numpy(np.asarray(labels, np.int64)),
+            torch.from_numpy(np.asarray(client_logits, np.float32)),
+        )
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + server_round)
-        loader = DataLoader(dataset, batch_size=self.batch_size, shuffle=True,
-                            generator=generator, pin_memory=self.device.type == "cuda")
+        loader = DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=True,
+            generator=generator,
+            pin_memory=self.device.type == "cuda",
+        )
         hooks = TrainHooks()
         if self.distill:
             hooks.loss_terms.append(server_kd_term(self.temperature, self.alpha))
         stats = train_loop(self.model, loader, self.optimizer, self.epochs, self.device, hooks)
-        return {"server_train_loss": stats.loss, "server_train_accuracy": stats.accuracy,
-                "server_train_seconds": stats.seconds}
+        return {
+            "server_train_loss": stats.loss,
+            "server_train_accuracy": stats.accuracy,
+            "server_train_seconds": stats.seconds,
+        }
 
     def predict(self, features: np.ndarray) -> np.ndarray:
         """Server logits (eval mode) for features, in order."""
-        (logits,) = batched_outputs(self.model, torch.from_numpy(np.asarray(features, np.float32)),
-                                    self.device)
+        (logits,) = batched_outputs(
+            self.model, torch.from_numpy(np.asarray(features, np.float32)), self.device
+        )
         return logits.numpy()
 
     def state(self) -> dict[str, np.ndarray]:
@@ -442,6 +479,9 @@ class GKTServer:
     def describe(self) -> dict[str, Any]:
         """Name, parameters, training FLOPs per sample and device of the server model."""
         sample = torch.zeros(1, *self.feature_shape, device=self.device)
-        return {"server_model": self.name, "server_params": count_params(self.model),
-                "server_flops_train": count_flops(self.model, sample, training=True),
-                "server_device": str(self.device)}
+        return {
+            "server_model": self.name,
+            "server_params": count_params(self.model),
+            "server_flops_train": count_flops(self.model, sample, training=True),
+            "server_device": str(self.device),
+        }

@@ -16,12 +16,8 @@ class FedProxClient(ClientMethod):
     def train_hooks(self, job: ClientJob) -> TrainHooks:
         """Proximal term around the global model just received."""
         mu = float(job.config.get(PROXIMAL_MU_KEY, 0.0))
-        global_params = {n: p.detach().clone().to(job.device)
-                         for n, p in job.model.named_parameters()}
+        global_params = {n: p.detach().clone().to(job.device) for n, p in job.model.named_parameters()}
         hooks = TrainHooks()
         if mu > 0:
             hooks.loss_terms.append(proximal_term(global_params, mu))
         return hooks
-
-
-

@@ -50,8 +50,7 @@ from ..train import LoopStats, TrainHooks, logits_of
 from .base import ClientJob, ClientMethod, load_arrays, model_arrays
 
 #: Method names whose client side is :class:`FedSparsifyClient`.
-PRUNING_METHODS = ("fedsparsify_global", "fedsparsify_local", "oneshot", "random_prune",
-                   "snip", "grasp")
+PRUNING_METHODS = ("fedsparsify_global", "fedsparsify_local", "oneshot", "random_prune", "snip", "grasp")
 
 
 def _batches(loader: torch.utils.data.DataLoader, limit: int) -> list[Sequence[Tensor]]:
@@ -64,9 +63,13 @@ def _batches(loader: torch.utils.data.DataLoader, limit: int) -> list[Sequence[T
     return out
 
 
-def _summed_gradients(model: nn.Module, batches: list[Sequence[Tensor]], names: Sequence[str],
-                      device: torch.device, temperature: float = 1.0
-                      ) -> tuple[list[nn.Parameter], list[Tensor]]:
+def _summed_gradients(
+    model: nn.Module,
+    batches: list[Sequence[Tensor]],
+    names: Sequence[str],
+    device: torch.device,
+    temperature: float = 1.0,
+) -> tuple[list[nn.Parameter], list[Tensor]]:
     """The named parameters and their loss gradients (logits / temperature) summed over batches."""
     model.to(device).train()
     params = dict(model.named_parameters())
@@ -80,15 +83,17 @@ def _summed_gradients(model: nn.Module, batches: list[Sequence[Tensor]], names: 
     return chosen, grads
 
 
-def snip_scores(model: nn.Module, batches: list[Sequence[Tensor]], names: Sequence[str],
-                device: torch.device) -> dict[str, Tensor]:
+def snip_scores(
+    model: nn.Module, batches: list[Sequence[Tensor]], names: Sequence[str], device: torch.device
+) -> dict[str, Tensor]:
     """SNIP's connection sensitivity ``|g * w|``, ``g`` summed over the batches."""
     chosen, grads = _summed_gradients(model, batches, names, device)
     return {n: (g * p).abs().detach() for n, g, p in zip(names, grads, chosen, strict=True)}
 
 
-def squared_gradient_scores(model: nn.Module, batches: list[Sequence[Tensor]], names: Sequence[str],
-                            device: torch.device) -> dict[str, Tensor]:
+def squared_gradient_scores(
+    model: nn.Module, batches: list[Sequence[Tensor]], names: Sequence[str], device: torch.device
+) -> dict[str, Tensor]:
     """PruneFL's importance: the squared gradient of each batch's loss, summed over the batches."""
     model.to(device).train()
     params = dict(model.named_parameters())
@@ -102,8 +107,13 @@ def squared_gradient_scores(model: nn.Module, batches: list[Sequence[Tensor]], n
     return {n: a.detach() for n, a in zip(names, acc, strict=True)}
 
 
-def grasp_scores(model: nn.Module, batches: list[Sequence[Tensor]], names: Sequence[str],
-                 device: torch.device, temperature: float = 200.0) -> dict[str, Tensor]:
+def grasp_scores(
+    model: nn.Module,
+    batches: list[Sequence[Tensor]],
+    names: Sequence[str],
+    device: torch.device,
+    temperature: float = 200.0,
+) -> dict[str, Tensor]:
     """GraSP's importance ``w * Hg`` (GraSP prunes the largest ``-w * Hg``).
 
     ``g`` is the gradient of the temperature-scaled loss summed over the batches,
@@ -144,8 +154,9 @@ class FedSparsifyClient(ClientMethod):
         if not bool(job.config.get(MASKED_KEY, False)):
             return TrainHooks()
         params = dict(job.model.named_parameters())
-        return TrainHooks(grad_masks={n: torch.from_numpy(m).float()
-                                      for n, m in self.keep.items() if n in params})
+        return TrainHooks(
+            grad_masks={n: torch.from_numpy(m).float() for n, m in self.keep.items() if n in params}
+        )
 
     def reply_arrays(self, job: ClientJob, stats: LoopStats) -> ArrayRecord:
         """The trained model, pruned locally to ``local-sparsity`` when asked."""
@@ -172,8 +183,13 @@ class FedSparsifyClient(ClientMethod):
         if kind == "snip":
             scores = snip_scores(job.model, batches, self.names, job.device)
         elif kind == "grasp":
-            scores = grasp_scores(job.model, batches, self.names, job.device,
-                                  float(job.config.get(GRASP_TEMPERATURE_KEY, 200.0)))
+            scores = grasp_scores(
+                job.model,
+                batches,
+                self.names,
+                job.device,
+                float(job.config.get(GRASP_TEMPERATURE_KEY, 200.0)),
+            )
         elif kind == "prunefl":
             scores = squared_gradient_scores(job.model, batches, self.names, job.device)
         else:
@@ -181,5 +197,9 @@ class FedSparsifyClient(ClientMethod):
         job.model.cpu()
         arrays = {n: s.cpu().numpy() for n, s in scores.items()}
         seen = sum(int(b[1].shape[0]) for b in batches)
-        return RecordDict({SCORES_KEY: encode_arrays(arrays, encoding="dense"),
-                           METRICS_KEY: MetricRecord({NUM_EXAMPLES_KEY: max(seen, 1)})})
+        return RecordDict(
+            {
+                SCORES_KEY: encode_arrays(arrays, encoding="dense"),
+                METRICS_KEY: MetricRecord({NUM_EXAMPLES_KEY: max(seen, 1)}),
+            }
+        )

@@ -31,8 +31,14 @@ from .partial_sync import PartialSyncClient
 
 
 def thaw_votes(
-    ema_f: np.ndarray, abs_ema_f: np.ndarray, obs: np.ndarray, d: np.ndarray,
-    left_out: np.ndarray, alpha: float, threshold: float, min_rounds: int = 2,
+    ema_f: np.ndarray,
+    abs_ema_f: np.ndarray,
+    obs: np.ndarray,
+    d: np.ndarray,
+    left_out: np.ndarray,
+    alpha: float,
+    threshold: float,
+    min_rounds: int = 2,
     eps: float = 1e-12,
 ) -> np.ndarray:
     """Fold one round's local change into the drift EMAs of the left-out scalars and vote.
@@ -81,10 +87,16 @@ class GWPFClient(PartialSyncClient):
         alpha = self.method["vote_alpha"]
         alpha = float(self.method["alpha"] if alpha is None else alpha)
         votes = thaw_votes(
-            self.extra["ema_f"], self.extra["abs_ema_f"], self.extra["obs"],
-            (self.flat_before - flat_after).astype(np.float32), ~self.sync, alpha,
-            float(job.config[THRESHOLD_KEY]), int(self.method["vote_min_rounds"]),
-            float(self.method["eps"]))
+            self.extra["ema_f"],
+            self.extra["abs_ema_f"],
+            self.extra["obs"],
+            (self.flat_before - flat_after).astype(np.float32),
+            ~self.sync,
+            alpha,
+            float(job.config[THRESHOLD_KEY]),
+            int(self.method["vote_min_rounds"]),
+            float(self.method["eps"]),
+        )
         self._restart(self.sync)  # their drift is synced by this upload
         return {VOTES_KEY: votes}
 

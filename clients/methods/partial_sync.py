@@ -40,8 +40,7 @@ _EXTRA_PREFIX = "extra/"
 
 def model_layout(job: ClientJob) -> FlatLayout:
     """Flat layout of the model's trainable tensors (the server uses the same rule)."""
-    return FlatLayout({name: tuple(p.shape) for name, p in job.model.named_parameters()
-                       if p.requires_grad})
+    return FlatLayout({name: tuple(p.shape) for name, p in job.model.named_parameters() if p.requires_grad})
 
 
 class PartialSyncClient(ClientMethod):
@@ -64,18 +63,19 @@ class PartialSyncClient(ClientMethod):
     def _load_state(self, job: ClientJob, base_round: int):
         state = job.context.state
         if STATE_ARRAYS_KEY not in state.array_records or STATE_META_KEY not in state.config_records:
-            raise CodecError("partial message but this node holds no synced state "
-                             "(the server should have sent the full model)")
+            raise CodecError(
+                "partial message but this node holds no synced state "
+                "(the server should have sent the full model)"
+            )
         held = int(state.config_records[STATE_META_KEY]["round"])
         if held != base_round:
-            raise CodecError(f"partial message updates round {base_round}, this node holds "
-                             f"round {held}")
+            raise CodecError(f"partial message updates round {base_round}, this node holds round {held}")
         stored = {k: v.numpy() for k, v in state.array_records[STATE_ARRAYS_KEY].items()}
-        model = {k[len(_MODEL_PREFIX):]: v for k, v in stored.items() if k.startswith(_MODEL_PREFIX)}
-        masks = {k[len(MASK_PREFIX):]: v.astype(bool) for k, v in stored.items()
-                 if k.startswith(MASK_PREFIX)}
-        extra = {k[len(_EXTRA_PREFIX):]: v.copy() for k, v in stored.items()
-                 if k.startswith(_EXTRA_PREFIX)}
+        model = {k[len(_MODEL_PREFIX) :]: v for k, v in stored.items() if k.startswith(_MODEL_PREFIX)}
+        masks = {
+            k[len(MASK_PREFIX) :]: v.astype(bool) for k, v in stored.items() if k.startswith(MASK_PREFIX)
+        }
+        extra = {k[len(_EXTRA_PREFIX) :]: v.copy() for k, v in stored.items() if k.startswith(_EXTRA_PREFIX)}
         return model, masks, extra
 
     def _save_state(self, job: ClientJob, model: dict[str, np.ndarray]) -> None:
@@ -115,12 +115,12 @@ class PartialSyncClient(ClientMethod):
             received = synced_positions(known)
             values = decoded[VALUES_KEY]
             if values.shape != (int(received.sum()),):
-                raise CodecError(f"'{VALUES_KEY}' holds {values.size} values for "
-                                 f"{int(received.sum())} synced positions")
+                raise CodecError(
+                    f"'{VALUES_KEY}' holds {values.size} values for {int(received.sum())} synced positions"
+                )
             flat[received] = values
             buffers = [k for k in model_keys if k not in layout.slices]
-            local = {**local, **layout.unflatten(flat, like=local),
-                     **{k: decoded[k] for k in buffers}}
+            local = {**local, **layout.unflatten(flat, like=local), **{k: decoded[k] for k in buffers}}
             self.masks = decode_masks(self.mask_spec, decoded, layout.size, known)
         self.sync = synced_positions(self.masks)
         load_arrays(job.model, local)

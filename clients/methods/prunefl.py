@@ -48,8 +48,9 @@ class PruneFLClient(FedSparsifyClient):
     def train_hooks(self, job: ClientJob) -> TrainHooks:
         """The mask as gradient masks, and a hook per prunable parameter summing ``g**2``."""
         params = dict(job.model.named_parameters())
-        hooks = TrainHooks(grad_masks={n: torch.from_numpy(m).float()
-                                       for n, m in self.keep.items() if n in params})
+        hooks = TrainHooks(
+            grad_masks={n: torch.from_numpy(m).float() for n, m in self.keep.items() if n in params}
+        )
         self.sqgrad = {}
         if bool(job.config.get(SQGRAD_REQUEST_KEY, False)):
             for name in self.names:
@@ -75,6 +76,7 @@ class PruneFLClient(FedSparsifyClient):
         self.sqgrad = {}  # the client object may serve several jobs
         content = super().train(job)
         if self.sqgrad:
-            content[SQGRAD_KEY] = encode_arrays({n: g.cpu().numpy() for n, g in self.sqgrad.items()},
-                                                encoding="dense")
+            content[SQGRAD_KEY] = encode_arrays(
+                {n: g.cpu().numpy() for n, g in self.sqgrad.items()}, encoding="dense"
+            )
         return content

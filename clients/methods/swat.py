@@ -19,15 +19,16 @@ from .base import ClientJob, ClientMethod
 
 def swat_config(method: dict[str, Any]) -> SwatConfig:
     """SWAT layer settings from the method's settings (:class:`methods.zerofl.SwatMethodConfig`)."""
-    return SwatConfig(sparsity=float(method["sparsity"]),
-                      period=int(method["topk_period"]),
-                      warmup=int(method["topk_warmup"]))
+    return SwatConfig(
+        sparsity=float(method["sparsity"]),
+        period=int(method["topk_period"]),
+        warmup=int(method["topk_warmup"]),
+    )
 
 
 def swat_names(model: torch.nn.Module, method: dict[str, Any]) -> list[str]:
     """Module names SWAT replaces under the method's settings."""
-    return swat_layer_names(model, bool(method["sparsify_first"]),
-                            bool(method["sparsify_last"]))
+    return swat_layer_names(model, bool(method["sparsify_first"]), bool(method["sparsify_last"]))
 
 
 @lru_cache(maxsize=8)
@@ -35,8 +36,7 @@ def dense_train_flops_per_sample(model_json: str) -> int:
     """Dense forward+backward FLOPs of one sample (``torch.utils.flop_counter``)."""
     dims = json.loads(model_json)
     model = build_from_dims(dims)
-    sample = torch.zeros(1, int(dims["in_channels"]), int(dims["image_size"]),
-                         int(dims["image_size"]))
+    sample = torch.zeros(1, int(dims["in_channels"]), int(dims["image_size"]), int(dims["image_size"]))
     return count_flops(model, sample, training=True)
 
 
@@ -64,9 +64,7 @@ class SwatClient(ClientMethod):
         layers during training). Masked dense kernels run here: no real speed-up.
         """
         samples = len(job.train_set) * int(self.settings["train"]["epochs"])
-        per_sample = dense_train_flops_per_sample(json.dumps(self.settings["model"],
-                                                             sort_keys=True))
+        per_sample = dense_train_flops_per_sample(json.dumps(self.settings["model"], sort_keys=True))
         dense = per_sample * samples
         layers_dense, layers_swat = swat_flops(job.model)
-        return {FLOPS_DENSE_KEY: float(dense),
-                FLOPS_SWAT_KEY: float(dense - layers_dense + layers_swat)}
+        return {FLOPS_DENSE_KEY: float(dense), FLOPS_SWAT_KEY: float(dense - layers_dense + layers_swat)}

@@ -37,8 +37,7 @@ class ZeroFLClient(SwatClient):
         if getattr(self, "_payload", None) is not None:
             return self._payload
         local = model_arrays(job.model)
-        density = uplink_density(float(self.method["sparsity"]),
-                                 float(self.method["mask_ratio"]))
+        density = uplink_density(float(self.method["sparsity"]), float(self.method["mask_ratio"]))
         uplink = str(self.method["uplink"])
         payload: dict[str, np.ndarray] = {}
         sent, total = 0, 0
@@ -56,8 +55,7 @@ class ZeroFLClient(SwatClient):
 
     def reply_arrays(self, job: ClientJob, stats: LoopStats) -> ArrayRecord:
         """The uplink payload through the codec."""
-        return encode_arrays(self.uplink_payload(job),
-                             encoding=self.settings.get("encoding", "auto"))
+        return encode_arrays(self.uplink_payload(job), encoding=self.settings.get("encoding", "auto"))
 
     def reply_metrics(self, job: ClientJob, stats: LoopStats) -> dict[str, float | int]:
         """SWAT's FLOPs and the fraction of the sparsified positions sent."""

@@ -85,9 +85,7 @@ class CNN6FedSparsify(nn.Module):
         )
         side = image_size // 2 // 2 // 2
         if side < 1:
-            raise ValueError(
-                f"image_size={image_size} is too small for three 2x2 poolings"
-            )
+            raise ValueError(f"image_size={image_size} is too small for three 2x2 poolings")
         self.classifier = nn.Sequential(
             nn.Flatten(),
             nn.Linear(128 * side * side, 512),

@@ -54,13 +54,9 @@ class GKTEdgeResNet(nn.Module):
 
     def __init__(self, in_channels: int, num_classes: int) -> None:
         super().__init__()
-        self.conv1 = nn.Conv2d(
-            in_channels, GKT_FEATURE_CHANNELS, kernel_size=3, padding=1, bias=False
-        )
+        self.conv1 = nn.Conv2d(in_channels, GKT_FEATURE_CHANNELS, kernel_size=3, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(GKT_FEATURE_CHANNELS)
-        self.layer1 = make_bottleneck_stage(
-            GKT_FEATURE_CHANNELS, 16, blocks=2, stride=1
-        )
+        self.layer1 = make_bottleneck_stage(GKT_FEATURE_CHANNELS, 16, blocks=2, stride=1)
         self.avgpool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(16 * Bottleneck.expansion, num_classes)
         fedml_resnet_init(self)
@@ -121,12 +117,8 @@ class GKTServerResNet(nn.Module):
     def __init__(self, num_classes: int, blocks: Sequence[int]) -> None:
         super().__init__()
         if len(blocks) != 3:
-            raise ValueError(
-                f"GKTServerResNet needs 3 stage depths, got {tuple(blocks)}"
-            )
-        self.layer1 = make_bottleneck_stage(
-            GKT_FEATURE_CHANNELS, 16, blocks[0], stride=1
-        )
+            raise ValueError(f"GKTServerResNet needs 3 stage depths, got {tuple(blocks)}")
+        self.layer1 = make_bottleneck_stage(GKT_FEATURE_CHANNELS, 16, blocks[0], stride=1)
         self.layer2 = make_bottleneck_stage(64, 32, blocks[1], stride=2)
         self.layer3 = make_bottleneck_stage(128, 64, blocks[2], stride=2)
         self.avgpool = nn.AdaptiveAvgPool2d(1)

@@ -32,9 +32,7 @@ class MLP(nn.Module):
     ``torch.nn.CrossEntropyLoss``, which applies the log-softmax itself.
     """
 
-    def __init__(
-        self, in_features: int, hidden: Sequence[int], num_classes: int
-    ) -> None:
+    def __init__(self, in_features: int, hidden: Sequence[int], num_classes: int) -> None:
         super().__init__()
         layers: list[nn.Module] = [nn.Flatten()]
         width = in_features

@@ -45,9 +45,7 @@ _REGISTRY: dict[str, ModelFactory] = {
 MODEL_NAMES: tuple[str, ...] = tuple(_REGISTRY)
 
 
-def build_model(
-    name: str, in_channels: int, num_classes: int, image_size: int
-) -> nn.Module:
+def build_model(name: str, in_channels: int, num_classes: int, image_size: int) -> nn.Module:
     """Instantiate a registered model.
 
     Parameters
@@ -78,9 +76,7 @@ def build_model(
     try:
         factory = _REGISTRY[name]
     except KeyError:
-        raise ValueError(
-            f"Unknown model {name!r}; known models: {', '.join(MODEL_NAMES)}"
-        ) from None
+        raise ValueError(f"Unknown model {name!r}; known models: {', '.join(MODEL_NAMES)}") from None
     for arg, value in (
         ("in_channels", in_channels),
         ("num_classes", num_classes),
@@ -138,5 +134,6 @@ def model_dims(run: Mapping[str, Any]) -> dict[str, Any]:
 
 def build_from_dims(dims: Mapping[str, Any]) -> nn.Module:
     """:func:`build_model` from a :func:`model_dims` mapping."""
-    return build_model(dims["name"], int(dims["in_channels"]), int(dims["num_classes"]),
-                       int(dims["image_size"]))
+    return build_model(
+        dims["name"], int(dims["in_channels"]), int(dims["num_classes"]), int(dims["image_size"])
+    )

@@ -31,9 +31,7 @@ __all__ = [
 
 def _conv3x3(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
     # Bias-free: every conv is followed by BatchNorm, whose shift makes a bias redundant.
-    return nn.Conv2d(
-        in_planes, out_planes, kernel_size=3, stride=stride, padding=1, bias=False
-    )
+    return nn.Conv2d(in_planes, out_planes, kernel_size=3, stride=stride, padding=1, bias=False)
 
 
 def _conv1x1(in_planes: int, out_planes: int, stride: int = 1) -> nn.Conv2d:
@@ -63,9 +61,7 @@ class BasicBlock(nn.Module):
         self.bn2 = nn.BatchNorm2d(planes)
         self.shortcut: nn.Module = nn.Identity()
         if stride != 1 or in_planes != planes:
-            self.shortcut = nn.Sequential(
-                _conv1x1(in_planes, planes, stride), nn.BatchNorm2d(planes)
-            )
+            self.shortcut = nn.Sequential(_conv1x1(in_planes, planes, stride), nn.BatchNorm2d(planes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         """Apply the block.
@@ -138,9 +134,7 @@ class Bottleneck(nn.Module):
         return F.relu(out + identity)
 
 
-def make_bottleneck_stage(
-    in_planes: int, planes: int, blocks: int, stride: int
-) -> nn.Sequential:
+def make_bottleneck_stage(in_planes: int, planes: int, blocks: int, stride: int) -> nn.Sequential:
     """Stack ``blocks`` Bottlenecks; only the first may stride or project.
 
     Parameters
@@ -160,9 +154,7 @@ def make_bottleneck_stage(
         The stage.
     """
     layers = [Bottleneck(in_planes, planes, stride)]
-    layers += [
-        Bottleneck(planes * Bottleneck.expansion, planes) for _ in range(blocks - 1)
-    ]
+    layers += [Bottleneck(planes * Bottleneck.expansion, planes) for _ in range(blocks - 1)]
     return nn.Sequential(*layers)
 
 
@@ -220,9 +212,7 @@ class FedMLResNet(nn.Module):
     and its KD flag unused).
     """
 
-    def __init__(
-        self, in_channels: int, num_classes: int, blocks: Sequence[int]
-    ) -> None:
+    def __init__(self, in_channels: int, num_classes: int, blocks: Sequence[int]) -> None:
         super().__init__()
         if len(blocks) != 3:
             raise ValueError(f"FedMLResNet needs 3 stage depths, got {tuple(blocks)}")
@@ -285,11 +275,7 @@ class ResNet18(nn.Module):
         stages: list[nn.Module] = []
         in_planes = 64
         for planes, stride in ((64, 1), (128, 2), (256, 2), (512, 2)):
-            stages.append(
-                nn.Sequential(
-                    BasicBlock(in_planes, planes, stride), BasicBlock(planes, planes)
-                )
-            )
+            stages.append(nn.Sequential(BasicBlock(in_planes, planes, stride), BasicBlock(planes, planes)))
             in_planes = planes
         self.layer1, self.layer2, self.layer3, self.layer4 = stages
         self.avgpool = nn.AdaptiveAvgPool2d(1)

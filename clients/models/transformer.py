@@ -55,8 +55,15 @@ class TransformerLM(nn.Module):
     #: Gradient-norm clipping the training loop applies (``--clip`` of the example).
     clip_grad_norm: float = 0.25
 
-    def __init__(self, ntoken: int, emsize: int = 200, nhead: int = 2, nhid: int = 200,
-                 nlayers: int = 2, dropout: float = 0.2) -> None:
+    def __init__(
+        self,
+        ntoken: int,
+        emsize: int = 200,
+        nhead: int = 2,
+        nhid: int = 200,
+        nlayers: int = 2,
+        dropout: float = 0.2,
+    ) -> None:
         super().__init__()
         self.emsize = emsize
         self.encoder = nn.Embedding(ntoken, emsize)

@@ -102,9 +102,7 @@ class VGG16FedSparsify(nn.Module):
     def __init__(self, in_channels: int, num_classes: int, image_size: int) -> None:
         super().__init__()
         del image_size
-        self.features = _make_features(
-            _VGG16_CFG, in_channels, keras_batchnorm2d, ceil_mode=True
-        )
+        self.features = _make_features(_VGG16_CFG, in_channels, keras_batchnorm2d, ceil_mode=True)
         self.pool = nn.AdaptiveAvgPool2d(1)
         self.fc = nn.Linear(512, num_classes)
 

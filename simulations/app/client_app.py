@@ -47,8 +47,12 @@ def _model_template(name: str, in_channels: int, num_classes: int, image_size: i
 
 def fresh_model(model_cfg: dict[str, Any]) -> nn.Module:
     """A private copy of the run's model (methods may swap its layers)."""
-    template = _model_template(model_cfg["name"], int(model_cfg["in_channels"]),
-                               int(model_cfg["num_classes"]), int(model_cfg["image_size"]))
+    template = _model_template(
+        model_cfg["name"],
+        int(model_cfg["in_channels"]),
+        int(model_cfg["num_classes"]),
+        int(model_cfg["image_size"]),
+    )
     return copy.deepcopy(template)
 
 
@@ -58,19 +62,20 @@ def client_data(settings: dict[str, Any], node_config: dict[str, Any]):
     if DATA_PATH_KEY in node_config:
         # Normalized (and resized) like the run's dataset, so that a device's own
         # data meets the model as the server's test set and the other clients do.
-        return load_local_data(str(node_config[DATA_PATH_KEY]),
-                               test_fraction=float(data_cfg.get("test_fraction", 0.2)),
-                               seed=int(settings["seed"]),
-                               normalize_as=data_cfg["name"],
-                               resize=data_cfg.get("resize"))
+        return load_local_data(
+            str(node_config[DATA_PATH_KEY]),
+            test_fraction=float(data_cfg.get("test_fraction", 0.2)),
+            seed=int(settings["seed"]),
+            normalize_as=data_cfg["name"],
+            resize=data_cfg.get("resize"),
+        )
     if PARTITION_ID_KEY not in node_config:
         raise ValueError(
             f"node_config needs '{PARTITION_ID_KEY}' and '{NUM_PARTITIONS_KEY}' "
             f"(simulation/demo) or '{DATA_PATH_KEY}' (a device's own data); got "
             f"{sorted(node_config)}"
         )
-    return load_partition(data_cfg, int(node_config[PARTITION_ID_KEY]),
-                          int(node_config[NUM_PARTITIONS_KEY]))
+    return load_partition(data_cfg, int(node_config[PARTITION_ID_KEY]), int(node_config[NUM_PARTITIONS_KEY]))
 
 
 def make_job(message: Message, context: Context) -> tuple[ClientJob, Any]:
@@ -82,11 +87,17 @@ def make_job(message: Message, context: Context) -> tuple[ClientJob, Any]:
     train_set, test_set = client_data(settings, context.node_config)
     server_round = int(config.get("server-round", 0))
     partition_id = int(context.node_config.get(PARTITION_ID_KEY, context.node_id % 100_003))
-    job = ClientJob(settings=settings, model=fresh_model(settings["model"]),
-                    train_set=train_set, test_set=test_set,
-                    device=pick_device(settings.get("device", "auto")),
-                    content=message.content, context=context,
-                    server_round=server_round, partition_id=partition_id)
+    job = ClientJob(
+        settings=settings,
+        model=fresh_model(settings["model"]),
+        train_set=train_set,
+        test_set=test_set,
+        device=pick_device(settings.get("device", "auto")),
+        content=message.content,
+        context=context,
+        server_round=server_round,
+        partition_id=partition_id,
+    )
     # Seed only the generators this job uses: torch.manual_seed also re-seeds every
     # CUDA device, which costs about 1 ms per call even on a machine without one.
     torch.default_generator.manual_seed(job.batch_seed())

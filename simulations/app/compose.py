@@ -149,8 +149,9 @@ def compose_run(cfg: Mapping[str, Any] | DictConfig, out_dir: str | Path) -> Run
         "fraction_train": float(cfg["fraction_train"]),
         "fraction_evaluate": float(cfg["fraction_evaluate"]),
         "min_train_nodes": max(1, int(cfg["fraction_train"] * num_clients)),
-        "min_evaluate_nodes": (max(1, int(cfg["fraction_evaluate"] * num_clients))
-                               if cfg["fraction_evaluate"] > 0 else 0),
+        "min_evaluate_nodes": (
+            max(1, int(cfg["fraction_evaluate"] * num_clients)) if cfg["fraction_evaluate"] > 0 else 0
+        ),
         "min_available_nodes": num_clients,
         "client_config": client_settings(cfg),
         "max_num_examples": _plausible_max_examples(cfg),

@@ -37,10 +37,10 @@ class DatasetConfig:
     """``dataset.*``: which data and where it lives (loaders: :mod:`clients.data`)."""
 
     name: str = MISSING
-    root: str | None = None       # None = $FEDLEAN_DATA_ROOT or ~/.cache/fedlean/data
-    download: bool = False        # fetch the data when absent (needs network)
-    resize: int | None = None     # square side to resize images to (e.g. 32 for CNNs on digits)
-    test_fraction: float = 0.2    # each client's local holdout for client-side evaluation
+    root: str | None = None  # None = $FEDLEAN_DATA_ROOT or ~/.cache/fedlean/data
+    download: bool = False  # fetch the data when absent (needs network)
+    resize: int | None = None  # square side to resize images to (e.g. 32 for CNNs on digits)
+    test_fraction: float = 0.2  # each client's local holdout for client-side evaluation
 
     def check(self, run: Mapping[str, Any]) -> None:
         """Known dataset, reachable data, sizes in range."""
@@ -51,10 +51,15 @@ class DatasetConfig:
             get_spec(self.name)
         except (KeyError, ValueError) as exc:
             require(False, "dataset.name", self.name, str(exc))
-        require(self.resize is None or self.resize >= 1, "dataset.resize", self.resize,
-                "must be null or an integer >= 1")
-        require(0.0 <= self.test_fraction < 1.0, "dataset.test_fraction", self.test_fraction,
-                "must be in [0, 1)")
+        require(
+            self.resize is None or self.resize >= 1,
+            "dataset.resize",
+            self.resize,
+            "must be null or an integer >= 1",
+        )
+        require(
+            0.0 <= self.test_fraction < 1.0, "dataset.test_fraction", self.test_fraction, "must be in [0, 1)"
+        )
         try:
             validate_data_source(self.name, self.root, self.download)
         except FileNotFoundError as exc:
@@ -71,8 +76,9 @@ class ModelConfig:
         """A model the zoo knows."""
         from clients.models import MODEL_NAMES
 
-        require(self.name in MODEL_NAMES, "model.name", self.name,
-                f"unknown model; known: {sorted(MODEL_NAMES)}")
+        require(
+            self.name in MODEL_NAMES, "model.name", self.name, f"unknown model; known: {sorted(MODEL_NAMES)}"
+        )
 
 
 @dataclass
@@ -115,8 +121,12 @@ class PathologicalPartition(PartitionConfig):
 
         num_classes = get_spec(run["dataset"]["name"]).num_classes
         k = self.classes_per_partition
-        require(1 <= k <= num_classes, "partition.classes_per_partition", k,
-                f"must be an integer in [1, {num_classes}] for {run['dataset']['name']}")
+        require(
+            1 <= k <= num_classes,
+            "partition.classes_per_partition",
+            k,
+            f"must be an integer in [1, {num_classes}] for {run['dataset']['name']}",
+        )
 
 
 @dataclass
@@ -128,8 +138,12 @@ class NaturalPartition(PartitionConfig):
     def check(self, run: Mapping[str, Any]) -> None:  # noqa: D102
         from clients.data.specs import NATURAL_ID_DATASETS
 
-        require(run["dataset"]["name"] in NATURAL_ID_DATASETS, "partition.name", "natural",
-                f"needs writer/speaker ids: only {sorted(NATURAL_ID_DATASETS)} have them")
+        require(
+            run["dataset"]["name"] in NATURAL_ID_DATASETS,
+            "partition.name",
+            "natural",
+            f"needs writer/speaker ids: only {sorted(NATURAL_ID_DATASETS)} have them",
+        )
 
 
 @dataclass
@@ -168,20 +182,28 @@ class RayBackend(BackendConfig):
     num_gpus: float = 0.0
     total_cpus: float | None = None
     total_gpus: float | None = None
-    pull_interval: float = 0.01                 # s between the ServerApp's reply checks (Flower: 0.1)
-    engine_poll_interval: float | None = 0.01   # s between the engine's message checks (None keeps Flower's)
+    pull_interval: float = 0.01  # s between the ServerApp's reply checks (Flower: 0.1)
+    engine_poll_interval: float | None = 0.01  # s between the engine's message checks (None keeps Flower's)
 
     def check(self, run: Mapping[str, Any]) -> None:  # noqa: D102
         require(self.num_cpus > 0, "backend.num_cpus", self.num_cpus, "must be > 0")
         require(self.num_gpus >= 0, "backend.num_gpus", self.num_gpus, "must be >= 0")
         require(self.pull_interval > 0, "backend.pull_interval", self.pull_interval, "must be > 0")
-        require(self.engine_poll_interval is None or self.engine_poll_interval > 0,
-                "backend.engine_poll_interval", self.engine_poll_interval, "must be null or > 0")
+        require(
+            self.engine_poll_interval is None or self.engine_poll_interval > 0,
+            "backend.engine_poll_interval",
+            self.engine_poll_interval,
+            "must be null or > 0",
+        )
         if self.num_gpus > 0:
             import torch
 
-            require(torch.cuda.is_available(), "backend.num_gpus", self.num_gpus,
-                    "no CUDA GPU is visible here; Ray would wait forever for one (set backend.num_gpus=0)")
+            require(
+                torch.cuda.is_available(),
+                "backend.num_gpus",
+                self.num_gpus,
+                "no CUDA GPU is visible here; Ray would wait forever for one (set backend.num_gpus=0)",
+            )
 
 
 @dataclass
@@ -189,7 +211,7 @@ class DeploymentBackend(BackendConfig):
     """Real SuperLink/SuperNodes (``flwr run . <connection>``); see ``docs/deploy.md``."""
 
     name: str = "deployment"
-    poll_interval: float = 0.2   # s between the ServerApp's polls for replies (Flower's Grid: 3 s)
+    poll_interval: float = 0.2  # s between the ServerApp's polls for replies (Flower's Grid: 3 s)
 
     def check(self, run: Mapping[str, Any]) -> None:  # noqa: D102
         require(self.poll_interval > 0, "backend.poll_interval", self.poll_interval, "must be > 0")
@@ -199,7 +221,7 @@ class DeploymentBackend(BackendConfig):
 class OptimizerConfig:
     """``optimizer.*``: the clients' local optimizer."""
 
-    name: str = "sgd"        # sgd | adam
+    name: str = "sgd"  # sgd | adam
     lr: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 0.0
@@ -209,8 +231,12 @@ class OptimizerConfig:
         require(self.name in ("sgd", "adam"), "optimizer.name", self.name, "must be 'sgd' or 'adam'")
         require(self.lr > 0 and math.isfinite(self.lr), "optimizer.lr", self.lr, "must be > 0")
         require(0 <= self.momentum < 1, "optimizer.momentum", self.momentum, "must be in [0, 1)")
-        require(self.weight_decay >= 0 and math.isfinite(self.weight_decay), "optimizer.weight_decay",
-                self.weight_decay, "must be >= 0")
+        require(
+            self.weight_decay >= 0 and math.isfinite(self.weight_decay),
+            "optimizer.weight_decay",
+            self.weight_decay,
+            "must be >= 0",
+        )
 
 
 @dataclass
@@ -219,23 +245,23 @@ class RunConfig:
 
     dataset: DatasetConfig = MISSING
     model: ModelConfig = MISSING
-    method: Any = MISSING       # a MethodConfig subclass: methods/<family>.py
-    partition: Any = MISSING    # a PartitionConfig subclass
-    backend: Any = MISSING      # a BackendConfig subclass
+    method: Any = MISSING  # a MethodConfig subclass: methods/<family>.py
+    partition: Any = MISSING  # a PartitionConfig subclass
+    backend: Any = MISSING  # a BackendConfig subclass
     num_clients: int = 10
     num_rounds: int = 10
-    fraction_train: float = 1.0      # fraction of clients sampled per training round
-    fraction_evaluate: float = 1.0   # fraction sampled for client-side evaluation (0 = none)
+    fraction_train: float = 1.0  # fraction of clients sampled per training round
+    fraction_evaluate: float = 1.0  # fraction sampled for client-side evaluation (0 = none)
     local_epochs: int = 2
     batch_size: int = 32
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     seed: int = 0
-    device: str = "auto"             # auto = CUDA when the process/actor has a GPU, else CPU
-    torch_threads: int | None = 1    # CPU threads per process (1 is fastest for small models); None = torch's
-    central_eval: bool = True        # evaluate the global model on the test split at the server
-    save_model: bool = True          # final_model.npz in the output dir
-    timeout: float = 3600.0          # seconds to wait for replies each round
-    verbose: bool = False            # Flower's INFO logs
+    device: str = "auto"  # auto = CUDA when the process/actor has a GPU, else CPU
+    torch_threads: int | None = 1  # CPU threads per process (1 is fastest for small models); None = torch's
+    central_eval: bool = True  # evaluate the global model on the test split at the server
+    save_model: bool = True  # final_model.npz in the output dir
+    timeout: float = 3600.0  # seconds to wait for replies each round
+    verbose: bool = False  # Flower's INFO logs
     plugins: list[str] = field(default_factory=list)  # modules that register extra methods
 
     def check(self, run: Mapping[str, Any]) -> None:
@@ -243,27 +269,47 @@ class RunConfig:
         for key in ("num_clients", "num_rounds", "local_epochs", "batch_size"):
             require(getattr(self, key) >= 1, key, getattr(self, key), "must be an integer >= 1")
         require(0 < self.fraction_train <= 1, "fraction_train", self.fraction_train, "must be in (0, 1]")
-        require(0 <= self.fraction_evaluate <= 1, "fraction_evaluate", self.fraction_evaluate,
-                "must be in [0, 1]")
-        require(self.fraction_train * self.num_clients >= 1, "fraction_train", self.fraction_train,
-                f"samples no client of num_clients={self.num_clients}")
+        require(
+            0 <= self.fraction_evaluate <= 1, "fraction_evaluate", self.fraction_evaluate, "must be in [0, 1]"
+        )
+        require(
+            self.fraction_train * self.num_clients >= 1,
+            "fraction_train",
+            self.fraction_train,
+            f"samples no client of num_clients={self.num_clients}",
+        )
         require(self.seed >= 0, "seed", self.seed, "must be an integer >= 0")
         require(self.timeout > 0 and math.isfinite(self.timeout), "timeout", self.timeout, "must be > 0")
-        require(self.torch_threads is None or self.torch_threads >= 1, "torch_threads", self.torch_threads,
-                "must be an integer >= 1 or null")
+        require(
+            self.torch_threads is None or self.torch_threads >= 1,
+            "torch_threads",
+            self.torch_threads,
+            "must be an integer >= 1 or null",
+        )
         device = self.device
-        require(device in ("auto", "cpu") or device == "cuda" or device.startswith("cuda:"), "device",
-                device, "must be auto, cpu, cuda or cuda:N")
+        require(
+            device in ("auto", "cpu") or device == "cuda" or device.startswith("cuda:"),
+            "device",
+            device,
+            "must be auto, cpu, cuda or cuda:N",
+        )
         if device.startswith("cuda"):
             import torch
 
-            require(torch.cuda.is_available(), "device", device,
-                    "no CUDA GPU is visible here (use device=auto)")
+            require(
+                torch.cuda.is_available(), "device", device, "no CUDA GPU is visible here (use device=auto)"
+            )
 
 
 PARTITIONS: dict[str, type[PartitionConfig]] = {
-    cls.name: cls for cls in (IIDPartition, DirichletPartition, PathologicalPartition, NaturalPartition,
-                                ContiguousPartition)
+    cls.name: cls
+    for cls in (
+        IIDPartition,
+        DirichletPartition,
+        PathologicalPartition,
+        NaturalPartition,
+        ContiguousPartition,
+    )
 }
 BACKENDS: dict[str, type[BackendConfig]] = {
     cls.name: cls for cls in (InlineBackend, RayBackend, DeploymentBackend)
@@ -296,8 +342,9 @@ def _option(group: str, name: Any, options: Mapping[str, type]) -> type:
     return options[name]
 
 
-def _merge_error(exc: OmegaConfBaseException, values: Mapping[str, Any], schema: type,
-                 prefix: str) -> ConfigError:
+def _merge_error(
+    exc: OmegaConfBaseException, values: Mapping[str, Any], schema: type, prefix: str
+) -> ConfigError:
     """One line naming the key, from an OmegaConf merge/validation error."""
     key = str(getattr(exc, "full_key", None) or getattr(exc, "key", None) or "?")
     message = str(exc).splitlines()[0]
@@ -336,17 +383,27 @@ def validate_config(cfg: Mapping[str, Any] | DictConfig) -> TypedRun:
     assert isinstance(plain, dict)
     plain.pop("hydra", None)
     for group in ("dataset", "model", "method", "partition", "backend"):
-        require(isinstance(plain.get(group), Mapping) and "name" in plain[group], group,
-                plain.get(group), "missing: choose one, e.g. " + f"{group}=<name>")
+        require(
+            isinstance(plain.get(group), Mapping) and "name" in plain[group],
+            group,
+            plain.get(group),
+            "missing: choose one, e.g. " + f"{group}=<name>",
+        )
     plugins = plain.get("plugins") or []
-    require(isinstance(plugins, list) and all(isinstance(p, str) for p in plugins), "plugins", plugins,
-            "must be a list of module names")
+    require(
+        isinstance(plugins, list) and all(isinstance(p, str) for p in plugins),
+        "plugins",
+        plugins,
+        "must be a list of module names",
+    )
     method_name = plain["method"]["name"]
     methods = all_methods(plugins)
     require(method_name in methods, "method.name", method_name, f"unknown method; known: {sorted(methods)}")
-    groups = {"method": methods[method_name].config,
-              "partition": _option("partition", plain["partition"]["name"], PARTITIONS),
-              "backend": _option("backend", plain["backend"]["name"], BACKENDS)}
+    groups = {
+        "method": methods[method_name].config,
+        "partition": _option("partition", plain["partition"]["name"], PARTITIONS),
+        "backend": _option("backend", plain["backend"]["name"], BACKENDS),
+    }
     top_values = {k: v for k, v in plain.items() if k not in groups}
     top = _typed_top(top_values)
     typed = {group: _typed(schema, plain[group], f"{group}.") for group, schema in groups.items()}
@@ -355,8 +412,15 @@ def validate_config(cfg: Mapping[str, Any] | DictConfig) -> TypedRun:
     assert isinstance(resolved, dict)
     for group, value in typed.items():
         resolved[group] = OmegaConf.to_container(OmegaConf.structured(value), resolve=True)
-    for section in (top, top.optimizer, top.dataset, top.model, typed["partition"], typed["backend"],
-                    typed["method"]):
+    for section in (
+        top,
+        top.optimizer,
+        top.dataset,
+        top.model,
+        typed["partition"],
+        typed["backend"],
+        typed["method"],
+    ):
         section.check(resolved)
     return TypedRun(cfg=resolved, top=top, method=typed["method"])
 

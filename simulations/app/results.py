@@ -61,8 +61,10 @@ class ResultsWriter:
         if (self.out_dir / SUMMARY_FILE).exists():
             from simulations.app.config import ConfigError
 
-            raise ConfigError(f"output dir {str(self.out_dir)!r}: holds a finished run ({SUMMARY_FILE}); "
-                              "choose another (hydra.run.dir=...) or move it away")
+            raise ConfigError(
+                f"output dir {str(self.out_dir)!r}: holds a finished run ({SUMMARY_FILE}); "
+                "choose another (hydra.run.dir=...) or move it away"
+            )
         self.out_dir.mkdir(parents=True, exist_ok=True)
         self.rounds_path = self.out_dir / "rounds.jsonl"
         self.num_rounds = num_rounds
@@ -74,9 +76,13 @@ class ResultsWriter:
 
     def _status(self, status: str, **fields: Any) -> None:
         rounds = max(len(self.records) - 1, 0)
-        write_atomic(self.out_dir / STATUS_FILE, json.dumps(
-            {"status": status, "rounds_completed": rounds, "num_rounds": self.num_rounds, **fields},
-            indent=2).encode())
+        write_atomic(
+            self.out_dir / STATUS_FILE,
+            json.dumps(
+                {"status": status, "rounds_completed": rounds, "num_rounds": self.num_rounds, **fields},
+                indent=2,
+            ).encode(),
+        )
 
     def interrupted(self, reason: str) -> None:
         """Mark the directory as holding an interrupted run (the rounds so far stay readable)."""
@@ -101,7 +107,8 @@ class ResultsWriter:
         acc = accuracy_of(record)
         acc_text = f"acc {acc:.4f}" if acc is not None else "acc -"
         extras = "".join(
-            f" | {k} {record[k]:.3g}" for k in ("density", "sparsity", "frozen_fraction")
+            f" | {k} {record[k]:.3g}"
+            for k in ("density", "sparsity", "frozen_fraction")
             if isinstance(record.get(k), int | float)
         )
         dropped = f" | [yellow]dropped {record['dropped']}[/]" if record.get("dropped") else ""

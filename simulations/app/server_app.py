@@ -79,11 +79,7 @@ def find_conf_dir(explicit: str | Path | None = None) -> Path:
     the FAB as a directory, so ``conf/`` sits next to this package both in a
     checkout and in an installed app.
     """
-    candidates = (
-        [Path(explicit).expanduser()]
-        if explicit
-        else [PACKAGE_CONF_DIR, Path.cwd() / "conf"]
-    )
+    candidates = [Path(explicit).expanduser()] if explicit else [PACKAGE_CONF_DIR, Path.cwd() / "conf"]
     for candidate in candidates:
         if (candidate / "config.yaml").is_file():
             return candidate.resolve()
@@ -108,7 +104,9 @@ def compose_config(overrides: Sequence[str], conf_dir: str | Path | None = None)
 
 
 def output_dir(
-    run_config: Mapping[str, Any], cfg: Mapping[str, Any], run_id: int,
+    run_config: Mapping[str, Any],
+    cfg: Mapping[str, Any],
+    run_id: int,
     now: datetime | None = None,
 ) -> Path:
     """Absolute results directory from the run config (default: a new timestamped one)."""
@@ -142,7 +140,11 @@ class PollingGrid(Grid):
         self.grid.set_run(run)
 
     def create_message(
-        self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str,
+        self,
+        content: RecordDict,
+        message_type: str,
+        dst_node_id: int,
+        group_id: str,
         ttl: float | None = None,
     ) -> Message:
         """Build a message with the wrapped Grid (deprecated in Flower)."""
@@ -195,9 +197,14 @@ def main(grid: Grid, context: Context) -> None:
     cfg = compose_config(overrides, conf_dir)
     out_dir = output_dir(run_config, cfg, context.run_id)
     plan = compose_run(cfg, out_dir)
-    log(INFO, "fedlean: %s on %s, waiting for %d SuperNodes; results in %s",
-        plan.cfg["method"]["name"], plan.cfg["dataset"]["name"],
-        int(plan.cfg["num_clients"]), out_dir)
+    log(
+        INFO,
+        "fedlean: %s on %s, waiting for %d SuperNodes; results in %s",
+        plan.cfg["method"]["name"],
+        plan.cfg["dataset"]["name"],
+        int(plan.cfg["num_clients"]),
+        out_dir,
+    )
     polling = PollingGrid(grid, float(plan.cfg["backend"].get("poll_interval", 0.2)))
     started = time.time()
     summary = execute_plan(plan, polling)
@@ -211,5 +218,8 @@ def main(grid: Grid, context: Context) -> None:
         "finished": time.time(),
     }
     (out_dir / DEPLOYMENT_INFO_FILE).write_text(json.dumps(info, indent=2))
-    print(f"fedlean: results in {out_dir} (final accuracy {summary['final_accuracy']}, "
-          f"{summary['total_mb']:.3f} MB up+down)", flush=True)
+    print(
+        f"fedlean: results in {out_dir} (final accuracy {summary['final_accuracy']}, "
+        f"{summary['total_mb']:.3f} MB up+down)",
+        flush=True,
+    )

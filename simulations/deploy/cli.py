@@ -31,31 +31,41 @@ def _local(args: argparse.Namespace) -> int:
                 keys = generate_supernode_keys(fed.workdir / "keys", f"node{i}")
                 fed.register_node(keys.public_key)
                 key = keys.private_key
-            fed.start_supernode(f"supernode{i}", {"partition-id": i, "num-partitions": args.nodes},
-                                private_key=key)
+            fed.start_supernode(
+                f"supernode{i}", {"partition-id": i, "num-partitions": args.nodes}, private_key=key
+            )
         out_dir = fed.workdir / "results"
-        run_id = fed.run(run_config={"overrides": shlex.join(overrides),
-                                     "output-dir": str(out_dir)})
+        run_id = fed.run(run_config={"overrides": shlex.join(overrides), "output-dir": str(out_dir)})
         print(f"run {run_id} started on {fed.address}; logs in {fed.workdir}", flush=True)
-        info = fed.wait_for_run(run_id, timeout=args.timeout,
-                                done_file=out_dir / "deployment.json")
+        info = fed.wait_for_run(run_id, timeout=args.timeout, done_file=out_dir / "deployment.json")
         print(fed.run_log(run_id))
-        print(json.dumps({"run-id": run_id, "status": info["status"],
-                          "network-traffic": info["network-traffic"]}, indent=2))
+        print(
+            json.dumps(
+                {"run-id": run_id, "status": info["status"], "network-traffic": info["network-traffic"]},
+                indent=2,
+            )
+        )
     print(f"results in {out_dir}")
     return 0
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """``python -m simulations.deploy {certs,keys,export,local} ...``."""
-    parser = argparse.ArgumentParser(prog="python -m simulations.deploy", description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = argparse.ArgumentParser(
+        prog="python -m simulations.deploy",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     certs = sub.add_parser("certs", help="self-signed CA + SuperLink certificate")
     certs.add_argument("--out", default="certs")
-    certs.add_argument("--host", action="append", default=[],
-                       help="DNS name or IP of the SuperLink (repeat); localhost is always added")
+    certs.add_argument(
+        "--host",
+        action="append",
+        default=[],
+        help="DNS name or IP of the SuperLink (repeat); localhost is always added",
+    )
     certs.add_argument("--days", type=int, default=365)
 
     keys = sub.add_parser("keys", help="SuperNode authentication key pairs")
@@ -91,7 +101,3 @@ def main(argv: Sequence[str] | None = None) -> int:
         args.tls = args.tls or args.auth
         return _local(args)
     return 0
-
-
-
-

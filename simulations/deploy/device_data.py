@@ -7,7 +7,9 @@ from pathlib import Path
 
 
 def export_partition(
-    path: str | Path, partition_id: int, num_partitions: int,
+    path: str | Path,
+    partition_id: int,
+    num_partitions: int,
     overrides: Sequence[str] = (),
 ) -> Path:
     """Save one client partition (train + local test) as a device's ``.npz`` file.
@@ -37,4 +39,3 @@ def export_partition(
     out.parent.mkdir(parents=True, exist_ok=True)
     np.savez(out, x=images.numpy().astype(np.float32), y=y.numpy().astype(np.int64))
     return out
-

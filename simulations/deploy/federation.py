@@ -169,8 +169,13 @@ class LocalFederation:
         log_path = self.workdir / f"{name}.log"
         with log_path.open("ab") as log_file:
             popen = subprocess.Popen(  # noqa: S603 - our own argument list
-                command, cwd=self.workdir, env=self._env, stdin=subprocess.DEVNULL,
-                stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
+                command,
+                cwd=self.workdir,
+                env=self._env,
+                stdin=subprocess.DEVNULL,
+                stdout=log_file,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
             )
         proc = Proc(name, popen, log_path)
         self.procs.append(proc)
@@ -180,20 +185,32 @@ class LocalFederation:
         """Start ``flower-superlink`` on a free port; return once it accepts connections."""
         for _ in range(3):  # the free port may be taken between probe and bind
             self.port = free_port(self.host)
-            command = ["flower-superlink", "--host", self.host, "--port", str(self.port),
-                       "--disable-runtime-dependency-installation"]
+            command = [
+                "flower-superlink",
+                "--host",
+                self.host,
+                "--port",
+                str(self.port),
+                "--disable-runtime-dependency-installation",
+            ]
             if self.certs is not None:
-                command += ["--ssl-ca-certfile", str(self.certs.ca_cert),
-                            "--ssl-certfile", str(self.certs.server_cert),
-                            "--ssl-keyfile", str(self.certs.server_key)]
+                command += [
+                    "--ssl-ca-certfile",
+                    str(self.certs.ca_cert),
+                    "--ssl-certfile",
+                    str(self.certs.server_cert),
+                    "--ssl-keyfile",
+                    str(self.certs.server_key),
+                ]
             else:
                 command += ["--insecure"]
             if self.node_auth:
                 command += ["--enable-supernode-auth"]
             proc = self._spawn("superlink", command)
             if self._wait_port(proc, timeout):
-                write_connection(self.flwr_home, LOCAL_CONNECTION, self.address,
-                                 self.certs.ca_cert if self.certs else None)
+                write_connection(
+                    self.flwr_home, LOCAL_CONNECTION, self.address, self.certs.ca_cert if self.certs else None
+                )
                 return proc
             self._stop_proc(proc)
         raise DeploymentError(f"the SuperLink did not start:\n{proc.log_tail()}")
@@ -211,8 +228,11 @@ class LocalFederation:
         return False
 
     def start_supernode(
-        self, name: str, node_config: Mapping[str, Any] | str = "",
-        private_key: str | Path | None = None, max_wait_time: float | None = None,
+        self,
+        name: str,
+        node_config: Mapping[str, Any] | str = "",
+        private_key: str | Path | None = None,
+        max_wait_time: float | None = None,
     ) -> Proc:
         """Start a ``flower-supernode`` connected to the SuperLink.
 
@@ -229,8 +249,15 @@ class LocalFederation:
             Give up connecting after this many seconds (default: retry forever).
 
         """
-        command = ["flower-supernode", "--superlink", self.address,
-                   "--port", str(free_port()), "--node-config", format_node_config(node_config)]
+        command = [
+            "flower-supernode",
+            "--superlink",
+            self.address,
+            "--port",
+            str(free_port()),
+            "--node-config",
+            format_node_config(node_config),
+        ]
         if self.certs is not None:
             command += ["--root-certificates", str(self.certs.ca_cert)]
         else:
@@ -266,12 +293,19 @@ class LocalFederation:
     def flwr(self, *args: str, timeout: float = 120.0, check: bool = True) -> str:
         """Run a ``flwr`` CLI command against this SuperLink; return its stdout."""
         result = subprocess.run(  # noqa: S603 - our own argument list
-            [_executable("flwr"), *args], cwd=self.workdir, env=self._env, capture_output=True,
-            text=True, timeout=timeout, check=False,
+            [_executable("flwr"), *args],
+            cwd=self.workdir,
+            env=self._env,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
         )
         if check and result.returncode != 0:
-            raise DeploymentError(f"`flwr {shlex.join(args)}` failed ({result.returncode}):\n"
-                                  f"{result.stdout[-2000:]}\n{result.stderr[-2000:]}")
+            raise DeploymentError(
+                f"`flwr {shlex.join(args)}` failed ({result.returncode}):\n"
+                f"{result.stdout[-2000:]}\n{result.stderr[-2000:]}"
+            )
         return result.stdout
 
     def flwr_json(self, *args: str, timeout: float = 120.0) -> dict[str, Any]:
@@ -326,11 +360,15 @@ class LocalFederation:
         staged = self.workdir / "app" / "fedlean"
         if not staged.exists():
             skip = {".git", "outputs", "multirun", "results", "data", ".venv", "venv"}
-            shutil.copytree(app, staged, ignore=lambda d, names: [
-                n for n in names
-                if n in {"__pycache__", ".pytest_cache", ".ruff_cache"}
-                or (Path(d) == app and n in skip)
-            ])
+            shutil.copytree(
+                app,
+                staged,
+                ignore=lambda d, names: [
+                    n
+                    for n in names
+                    if n in {"__pycache__", ".pytest_cache", ".ruff_cache"} or (Path(d) == app and n in skip)
+                ],
+            )
         return staged
 
     def run_info(self, run_id: int) -> dict[str, Any]:
@@ -342,7 +380,10 @@ class LocalFederation:
         return dict(runs[0])
 
     def wait_for_run(
-        self, run_id: int, timeout: float = 600.0, done_file: str | Path | None = None,
+        self,
+        run_id: int,
+        timeout: float = 600.0,
+        done_file: str | Path | None = None,
     ) -> dict[str, Any]:
         """Wait until the run has finished; return its record (raises if it failed).
 
@@ -357,8 +398,10 @@ class LocalFederation:
         while time.monotonic() < deadline:
             if dead := [p for p in running if not p.alive]:
                 # A SuperNode that died would leave the run waiting for it forever.
-                raise DeploymentError(f"{dead[0].name} exited ({dead[0].popen.returncode}) "
-                                      f"during run {run_id}:\n{dead[0].log_tail()}")
+                raise DeploymentError(
+                    f"{dead[0].name} exited ({dead[0].popen.returncode}) "
+                    f"during run {run_id}:\n{dead[0].log_tail()}"
+                )
             now = time.monotonic()
             if done_file is None or Path(done_file).exists() or now >= next_ask:
                 info = self.run_info(run_id)
@@ -367,14 +410,15 @@ class LocalFederation:
                 next_ask = now + 15.0
             time.sleep(1.0 if done_file is None or Path(done_file).exists() else 0.5)
         else:
-            raise DeploymentError(f"run {run_id} not finished after {timeout} s: {info}\n"
-                                  f"{self.run_log(run_id)}")
+            raise DeploymentError(
+                f"run {run_id} not finished after {timeout} s: {info}\n{self.run_log(run_id)}"
+            )
         if info["status"] != "finished:completed":
-            raise DeploymentError(f"run {run_id} ended {info['status']}: "
-                                  f"{info.get('status-details')}\n{self.run_log(run_id)}")
+            raise DeploymentError(
+                f"run {run_id} ended {info['status']}: {info.get('status-details')}\n{self.run_log(run_id)}"
+            )
         return info
 
     def run_log(self, run_id: int) -> str:
         """The ServerApp's log of a run (``flwr log --show``)."""
         return self.flwr("log", str(run_id), LOCAL_CONNECTION, "--show", check=False)[-6000:]
-

@@ -15,10 +15,12 @@ class DeploymentError(RuntimeError):
     """A SuperLink, SuperNode or run did not do what was expected; the message says what."""
 
 
-
 def write_connection(
-    flwr_home: str | Path, name: str, address: str,
-    root_certificates: str | Path | None = None, default: bool = True,
+    flwr_home: str | Path,
+    name: str,
+    address: str,
+    root_certificates: str | Path | None = None,
+    default: bool = True,
 ) -> Path:
     """Add (or replace) a SuperLink connection in ``<flwr_home>/config.toml``.
 
@@ -40,7 +42,6 @@ def write_connection(
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(tomli_w.dumps(config))
     return path
-
 
 
 def _executable(name: str) -> str:
@@ -72,4 +73,3 @@ def _toml_value(value: Any) -> str:
     if isinstance(value, int | float):
         return repr(value)
     return json.dumps(str(value))
-

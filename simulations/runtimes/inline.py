@@ -34,8 +34,7 @@ def isolated_copy(message: Message) -> Message:
     metadata = copy.copy(message.metadata)
     if message.has_error():
         return Message(metadata=metadata, error=message.error)
-    content = RecordDict({key: type(record)(dict(record.items()))
-                          for key, record in message.content.items()})
+    content = RecordDict({key: type(record)(dict(record.items())) for key, record in message.content.items()})
     return Message(metadata=metadata, content=content)
 
 
@@ -80,7 +79,11 @@ class InlineGrid(Grid):
         return self._run
 
     def create_message(
-        self, content: RecordDict, message_type: str, dst_node_id: int, group_id: str,
+        self,
+        content: RecordDict,
+        message_type: str,
+        dst_node_id: int,
+        group_id: str,
         ttl: float | None = None,
     ) -> Message:
         """Build a message (deprecated in Flower; kept for the Grid interface)."""
@@ -104,8 +107,10 @@ class InlineGrid(Grid):
     def _call_client(self, message: Message) -> Message:
         context = self.contexts.get(message.metadata.dst_node_id)
         if context is None:
-            return Message(Error(NODE_UNAVAILABLE_ERROR_CODE,
-                                 f"unknown node {message.metadata.dst_node_id}"), reply_to=message)
+            return Message(
+                Error(NODE_UNAVAILABLE_ERROR_CODE, f"unknown node {message.metadata.dst_node_id}"),
+                reply_to=message,
+            )
         try:
             return self.client_app(message, context)
         except Exception as exc:  # noqa: BLE001 - a failing client becomes an error reply

@@ -39,13 +39,14 @@ def run_inline(plan: RunPlan, quiet: bool = False) -> dict[str, Any]:
 
 def ray_backend_config(backend: dict[str, Any]) -> dict[str, Any]:
     """Flower's backend_config from ``backend.*`` (client resources, Ray init)."""
-    init_args: dict[str, Any] = {"include_dashboard": False,
-                                 "num_cpus": int(backend.get("total_cpus") or os.cpu_count() or 1)}
+    init_args: dict[str, Any] = {
+        "include_dashboard": False,
+        "num_cpus": int(backend.get("total_cpus") or os.cpu_count() or 1),
+    }
     if backend.get("total_gpus") is not None:
         init_args["num_gpus"] = int(backend["total_gpus"])
     return {
-        "client_resources": {"num_cpus": float(backend["num_cpus"]),
-                             "num_gpus": float(backend["num_gpus"])},
+        "client_resources": {"num_cpus": float(backend["num_cpus"]), "num_gpus": float(backend["num_gpus"])},
         "init_args": init_args,
     }
 
@@ -91,7 +92,9 @@ def run_from_config(cfg: Any, out_dir: str | Path, quiet: bool = False) -> dict[
     """Compose (validating first) and run; returns the run's summary."""
     plan = compose_run(cfg, out_dir)
     if plan.cfg["backend"]["name"] == "deployment":
-        raise ConfigError("backend=deployment runs under `flwr run` on a SuperLink "
-                          "(see docs/deploy.md), not in `simulations.run`")
+        raise ConfigError(
+            "backend=deployment runs under `flwr run` on a SuperLink "
+            "(see docs/deploy.md), not in `simulations.run`"
+        )
     runner = {"inline": run_inline, "ray": run_ray}[plan.cfg["backend"]["name"]]
     return runner(plan, quiet=quiet)

@@ -41,8 +41,12 @@ CONF_DIR = str(PACKAGE_CONF_DIR)
 def bench_config(args: argparse.Namespace, backend: str):
     """The benchmark's run config for one backend."""
     overrides = [
-        f"backend={backend}", f"num_rounds={args.rounds}", f"local_epochs={args.epochs}",
-        f"num_clients={args.clients}", "fraction_evaluate=0", "central_eval=false",
+        f"backend={backend}",
+        f"num_rounds={args.rounds}",
+        f"local_epochs={args.epochs}",
+        f"num_clients={args.clients}",
+        "fraction_evaluate=0",
+        "central_eval=false",
         f"seed={args.seed}",
     ]
     with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
@@ -122,14 +126,18 @@ def main(argv: list[str] | None = None) -> None:
 
     plain_total, plain_rounds, _ = results["plain PyTorch loop"]
     plain_round = statistics.median(plain_rounds[1:])
-    print(f"\nFedAvg, digits, MLP, {args.clients} clients, {args.rounds} rounds x "
-          f"{args.epochs} local epochs, torch threads 1\n")
+    print(
+        f"\nFedAvg, digits, MLP, {args.clients} clients, {args.rounds} rounds x "
+        f"{args.epochs} local epochs, torch threads 1\n"
+    )
     print("| way | total s | s/round (median, rounds 2..R) | total × plain | round × plain | final acc |")
     print("|---|---|---|---|---|---|")
     for name, (total, rounds, acc) in results.items():
         per_round = statistics.median(rounds[1:])
-        print(f"| {name} | {total:.2f} | {per_round:.3f} | {total / plain_total:.2f} "
-              f"| {per_round / plain_round:.2f} | {acc:.4f} |")
+        print(
+            f"| {name} | {total:.2f} | {per_round:.3f} | {total / plain_total:.2f} "
+            f"| {per_round / plain_round:.2f} | {acc:.4f} |"
+        )
 
 
 if __name__ == "__main__":

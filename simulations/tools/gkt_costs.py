@@ -51,8 +51,9 @@ def model_costs(name: str, in_channels: int, num_classes: int, image_size: int) 
     }
 
 
-def edge_cost_table(in_channels: int = 3, num_classes: int = 10,
-                    image_size: int = 32) -> list[dict[str, Any]]:
+def edge_cost_table(
+    in_channels: int = 3, num_classes: int = 10, image_size: int = 32
+) -> list[dict[str, Any]]:
     """Costs of the edge model (first row) and the FedAvg models, with ratios to the edge."""
     edge = model_costs(EDGE_MODEL, in_channels, num_classes, image_size)
     rows = [edge]
@@ -64,8 +65,9 @@ def edge_cost_table(in_channels: int = 3, num_classes: int = 10,
     return rows
 
 
-def edge_round_flops(rows: list[dict[str, Any]], train_images: int, test_images: int,
-                     epochs: int = 1) -> list[dict[str, Any]]:
+def edge_round_flops(
+    rows: list[dict[str, Any]], train_images: int, test_images: int, epochs: int = 1
+) -> list[dict[str, Any]]:
     """Edge FLOPs of one client's round: FedGKT (training + eval-mode extraction) vs FedAvg.
 
     Parameters
@@ -88,8 +90,14 @@ def edge_round_flops(rows: list[dict[str, Any]], train_images: int, test_images:
     for row in rows:
         train = row["flops_train"] * train_images * epochs
         extract = row["flops_forward"] * (train_images + test_images) if row is edge else 0
-        out.append({"model": row["model"], "train_flops": train, "extract_flops": extract,
-                    "round_flops": train + extract})
+        out.append(
+            {
+                "model": row["model"],
+                "train_flops": train,
+                "extract_flops": extract,
+                "round_flops": train + extract,
+            }
+        )
     for entry in out[1:]:
         entry["round_ratio"] = entry["round_flops"] / out[0]["round_flops"]
     return out
@@ -101,51 +109,78 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--in-channels", type=int, default=3)
     parser.add_argument("--num-classes", type=int, default=10)
     parser.add_argument("--image-size", type=int, default=32)
-    parser.add_argument("--train-images", type=int, default=3125,
-                        help="one client's training images (default: CIFAR-10's 50,000 over 16 clients)")
-    parser.add_argument("--test-images", type=int, default=625,
-                        help="one client's test images (default: 10,000 over 16 clients)")
+    parser.add_argument(
+        "--train-images",
+        type=int,
+        default=3125,
+        help="one client's training images (default: CIFAR-10's 50,000 over 16 clients)",
+    )
+    parser.add_argument(
+        "--test-images",
+        type=int,
+        default=625,
+        help="one client's test images (default: 10,000 over 16 clients)",
+    )
     parser.add_argument("--epochs", type=int, default=1, help="local epochs per round")
     args = parser.parse_args(argv)
     rows = edge_cost_table(args.in_channels, args.num_classes, args.image_size)
     edge = rows[0]
-    print(f"Edge training cost per client, {args.in_channels}x{args.image_size}x{args.image_size} "
-          f"inputs, {args.num_classes} classes (FLOPs per sample, torch.utils.flop_counter)\n")
-    print("| edge model | method | params | fwd FLOPs | train FLOPs | params vs edge | "
-          "train FLOPs vs edge |")
+    print(
+        f"Edge training cost per client, {args.in_channels}x{args.image_size}x{args.image_size} "
+        f"inputs, {args.num_classes} classes (FLOPs per sample, torch.utils.flop_counter)\n"
+    )
+    print("| edge model | method | params | fwd FLOPs | train FLOPs | params vs edge | train FLOPs vs edge |")
     print("|---|---|---:|---:|---:|---:|---:|")
     for row in rows:
         method = "FedGKT" if row is edge else "FedAvg"
-        ratios = ("1x", "1x") if row is edge else (f"{row['params_ratio']:.1f}x",
-                                                   f"{row['flops_ratio']:.1f}x")
-        print(f"| {row['model']} | {method} | {row['params']:,} | {row['flops_forward'] / 1e6:.1f} M "
-              f"| {row['flops_train'] / 1e6:.1f} M | {ratios[0]} | {ratios[1]} |")
+        ratios = (
+            ("1x", "1x") if row is edge else (f"{row['params_ratio']:.1f}x", f"{row['flops_ratio']:.1f}x")
+        )
+        print(
+            f"| {row['model']} | {method} | {row['params']:,} | {row['flops_forward'] / 1e6:.1f} M "
+            f"| {row['flops_train'] / 1e6:.1f} M | {ratios[0]} | {ratios[1]} |"
+        )
     per_round = edge_round_flops(rows, args.train_images, args.test_images, args.epochs)
-    print(f"\nEdge FLOPs of one client's round: {args.train_images:,} train + {args.test_images:,} test "
-          f"images, {args.epochs} epoch(s); FedGKT also extracts features of every image (eval mode)\n")
+    print(
+        f"\nEdge FLOPs of one client's round: {args.train_images:,} train + {args.test_images:,} test "
+        f"images, {args.epochs} epoch(s); FedGKT also extracts features of every image (eval mode)\n"
+    )
     print("| edge model | method | training | feature extraction | round | round vs FedGKT |")
     print("|---|---|---:|---:|---:|---:|")
     for entry in per_round:
         method = "FedGKT" if entry is per_round[0] else "FedAvg"
         ratio = f"{entry['round_ratio']:.1f}x" if "round_ratio" in entry else "1x"
-        print(f"| {entry['model']} | {method} | {entry['train_flops'] / 1e9:.2f} G | "
-              f"{entry['extract_flops'] / 1e9:.2f} G | {entry['round_flops'] / 1e9:.2f} G | {ratio} |")
-    print("\nFedML initialises the edge stem (conv1, bn1, layer1) from a pretrained ResNet-56; "
-          "fedlean from random weights (method.edge_stem_checkpoint to load one).")
-    servers = [f"{name} {count_params(build_model(name, 16, args.num_classes, args.image_size)):,} params"
-               for name in SERVER_MODELS]
+        print(
+            f"| {entry['model']} | {method} | {entry['train_flops'] / 1e9:.2f} G | "
+            f"{entry['extract_flops'] / 1e9:.2f} G | {entry['round_flops'] / 1e9:.2f} G | {ratio} |"
+        )
+    print(
+        "\nFedML initialises the edge stem (conv1, bn1, layer1) from a pretrained ResNet-56; "
+        "fedlean from random weights (method.edge_stem_checkpoint to load one)."
+    )
+    servers = [
+        f"{name} {count_params(build_model(name, 16, args.num_classes, args.image_size)):,} params"
+        for name in SERVER_MODELS
+    ]
     print(f"\nFedGKT server models (trained at the server): {'; '.join(servers)}.")
     f32, f16 = 4 * edge["feature_elements"], 2 * edge["feature_elements"]
-    print(f"\nFedGKT upload per training image: {edge['feature_elements']:,} feature values = "
-          f"{f32 / 1e3:.1f} kB float32, {f16 / 1e3:.1f} kB float16 (before sparse coding), "
-          f"plus {args.num_classes} logits.")
+    print(
+        f"\nFedGKT upload per training image: {edge['feature_elements']:,} feature values = "
+        f"{f32 / 1e3:.1f} kB float32, {f16 / 1e3:.1f} kB float16 (before sparse coding), "
+        f"plus {args.num_classes} logits."
+    )
     for row in rows[1:]:
-        print(f"FedAvg {row['model']} upload per round: {row['params'] * 4 / 1e6:.2f} MB float32 "
-              f"= the features of {row['params'] * 4 / f16:.0f} images at float16.")
-    ok = all(r["params_ratio"] >= PAPER_PARAMS_RATIO and r["flops_ratio"] >= PAPER_FLOPS_RATIO
-             for r in rows[1:])
-    print(f"\nPaper's lower bounds (>= {PAPER_PARAMS_RATIO:.0f}x params, >= {PAPER_FLOPS_RATIO:.0f}x "
-          f"FLOPs): {'met' if ok else 'NOT met'}")
+        print(
+            f"FedAvg {row['model']} upload per round: {row['params'] * 4 / 1e6:.2f} MB float32 "
+            f"= the features of {row['params'] * 4 / f16:.0f} images at float16."
+        )
+    ok = all(
+        r["params_ratio"] >= PAPER_PARAMS_RATIO and r["flops_ratio"] >= PAPER_FLOPS_RATIO for r in rows[1:]
+    )
+    print(
+        f"\nPaper's lower bounds (>= {PAPER_PARAMS_RATIO:.0f}x params, >= {PAPER_FLOPS_RATIO:.0f}x "
+        f"FLOPs): {'met' if ok else 'NOT met'}"
+    )
     return 0 if ok else 1
 
 

@@ -114,8 +114,10 @@ def load_tables(roots: Sequence[Path]) -> list[Table]:
     for root in roots:
         if not root.is_dir():
             raise ReportError(f"{root}: no such directory")
-        suite_dirs = sorted({p.parent.resolve() for p in root.rglob("suite.json")}
-                            | ({root.resolve()} if (root / "suite.json").exists() else set()))
+        suite_dirs = sorted(
+            {p.parent.resolve() for p in root.rglob("suite.json")}
+            | ({root.resolve()} if (root / "suite.json").exists() else set())
+        )
         for d in suite_dirs:
             if d not in suites:
                 spec = _read_json(d / "suite.json")
@@ -250,8 +252,14 @@ def compare(row: Row, rows: Sequence[Row], across: Sequence[str] = ()) -> Compar
     """
     fields = [f for f in COMPARABLE if f not in across]
     setup = row.runs[0].setup(fields)
-    candidates = [r for r in rows if r.method == "fedavg" and r.runs[0].setup(fields) == setup
-                  and len(r.runs) and r.label.split(" (")[0] == r.label]
+    candidates = [
+        r
+        for r in rows
+        if r.method == "fedavg"
+        and r.runs[0].setup(fields) == setup
+        and len(r.runs)
+        and r.label.split(" (")[0] == r.label
+    ]
     same_value = [r for r in candidates if (r.sweep_key, r.sweep_value) == (row.sweep_key, row.sweep_value)]
     base = same_value[0] if same_value else None
     if base is None:
@@ -303,22 +311,46 @@ def markdown_table(table: Table) -> str:
     """The table in markdown, with its warning and note lines."""
     rows, comps = table_rows(table)
     swept = next((r.sweep_key for r in rows if r.sweep_key), None)
-    head = ["method", *([swept] if swept else []), "final acc", "best acc", "MB up", "MB down", "MB total",
-            "× FedAvg MB", "Δ acc vs FedAvg", "Params", "nonzero params", "FLOPs/sample (train)",
-            "density / frozen", "rounds", "backend", "seeds"]
+    head = [
+        "method",
+        *([swept] if swept else []),
+        "final acc",
+        "best acc",
+        "MB up",
+        "MB down",
+        "MB total",
+        "× FedAvg MB",
+        "Δ acc vs FedAvg",
+        "Params",
+        "nonzero params",
+        "FLOPs/sample (train)",
+        "density / frozen",
+        "rounds",
+        "backend",
+        "seeds",
+    ]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for row in rows:
         c = comps[id(row)]
         dens = row.density()
         is_base = row.method == "fedavg" and c.ratio == 1.0
         cells = [
-            row.label, *([("-" if row.sweep_value is None else str(row.sweep_value))] if swept else []),
-            _pm(*row.stat("final_accuracy"), ".4f"), _pm(*row.stat("best_accuracy"), ".4f"),
-            _pm(*row.mb("total_bytes_up"), ".2f"), _pm(*row.mb("total_bytes_down"), ".2f"),
-            _pm(*row.mb("total_bytes"), ".2f"), "n/a" if c.ratio is None else f"{c.ratio:.3f}",
-            _delta(c, is_base), _int(row.first("model_params")), _int(row.stat("final_nonzero_params")[0]),
-            _int(row.first("model_flops_train")), "-" if dens is None else f"{dens[0]} {dens[1]:.3f}",
-            str(row.first("rounds")), str(row.first("backend")), str(len(row.runs)),
+            row.label,
+            *([("-" if row.sweep_value is None else str(row.sweep_value))] if swept else []),
+            _pm(*row.stat("final_accuracy"), ".4f"),
+            _pm(*row.stat("best_accuracy"), ".4f"),
+            _pm(*row.mb("total_bytes_up"), ".2f"),
+            _pm(*row.mb("total_bytes_down"), ".2f"),
+            _pm(*row.mb("total_bytes"), ".2f"),
+            "n/a" if c.ratio is None else f"{c.ratio:.3f}",
+            _delta(c, is_base),
+            _int(row.first("model_params")),
+            _int(row.stat("final_nonzero_params")[0]),
+            _int(row.first("model_flops_train")),
+            "-" if dens is None else f"{dens[0]} {dens[1]:.3f}",
+            str(row.first("rounds")),
+            str(row.first("backend")),
+            str(len(row.runs)),
         ]
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines + [""] + notes(table, rows, comps))
@@ -332,28 +364,54 @@ def notes(table: Table, rows: Sequence[Row], comps: Mapping[int, Comparison]) ->
         values = sorted({str(r.runs[0].setup()[i]) for r in rows})
         if len(values) > 1:
             allowed = " (allowed by the suite's comparable_across)" if name in across else ""
-            out.append(f"- **warning:** the runs differ in {name} ({', '.join(values)}){allowed}; "
-                       "ratios to FedAvg are only taken between rows that agree.")
+            out.append(
+                f"- **warning:** the runs differ in {name} ({', '.join(values)}){allowed}; "
+                "ratios to FedAvg are only taken between rows that agree."
+            )
     missing = [r.label for r in rows if comps[id(r)].ratio is None]
     if missing and len(missing) < len(rows):
         out.append(f"- no comparable FedAvg row for: {', '.join(missing)} (× FedAvg MB n/a).")
-    failed = [(name, rec.get("error", "")) for name, rec in table.status.items()
-              if rec.get("status") == "failed"]
+    failed = [
+        (name, rec.get("error", "")) for name, rec in table.status.items() if rec.get("status") == "failed"
+    ]
     out.extend(f"- **failed:** {name}: {error}" for name, error in failed)
     for name, why in (table.suite.get("omitted") or {}).items():
         out.append(f"- **not run:** {name}: {' '.join(str(why).split())}")
-    out.append("- mean ± sample std over seeds; *within noise*: |Δ| ≤ the larger std of the row and FedAvg; "
-               "FLOPs/sample: one training step (forward + backward) of the dense model.")
+    out.append(
+        "- mean ± sample std over seeds; *within noise*: |Δ| ≤ the larger std of the row and FedAvg; "
+        "FLOPs/sample: one training step (forward + backward) of the dense model."
+    )
     return out
 
 
 def write_csv(tables: Sequence[Table], path: Path) -> None:
     """All rows of all tables as CSV, mean and std in separate columns."""
-    header = ["table", "method", "sweep_key", "sweep_value", "seeds", "final_acc_mean", "final_acc_std",
-              "best_acc_mean", "best_acc_std", "mb_up_mean", "mb_up_std", "mb_down_mean", "mb_down_std",
-              "mb_total_mean", "mb_total_std", "ratio_total_mb_vs_fedavg", "delta_acc_vs_fedavg",
-              "within_noise", "params", "nonzero_params", "flops_train_per_sample", "density_kind",
-              "density", *COMPARABLE]
+    header = [
+        "table",
+        "method",
+        "sweep_key",
+        "sweep_value",
+        "seeds",
+        "final_acc_mean",
+        "final_acc_std",
+        "best_acc_mean",
+        "best_acc_std",
+        "mb_up_mean",
+        "mb_up_std",
+        "mb_down_mean",
+        "mb_down_std",
+        "mb_total_mean",
+        "mb_total_std",
+        "ratio_total_mb_vs_fedavg",
+        "delta_acc_vs_fedavg",
+        "within_noise",
+        "params",
+        "nonzero_params",
+        "flops_train_per_sample",
+        "density_kind",
+        "density",
+        *COMPARABLE,
+    ]
     with path.open("w", newline="") as fh:
         writer = csv.writer(fh)
         writer.writerow(header)
@@ -361,15 +419,29 @@ def write_csv(tables: Sequence[Table], path: Path) -> None:
             rows, comps = table_rows(table)
             for row in rows:
                 c, dens = comps[id(row)], row.density()
-                writer.writerow([
-                    table.name, row.label, row.sweep_key or "",
-                    "" if row.sweep_value is None else row.sweep_value,
-                    len(row.runs), *row.stat("final_accuracy"), *row.stat("best_accuracy"),
-                    *row.mb("total_bytes_up"), *row.mb("total_bytes_down"), *row.mb("total_bytes"),
-                    c.ratio, c.delta, c.within_noise, row.first("model_params"),
-                    row.stat("final_nonzero_params")[0], row.first("model_flops_train"),
-                    dens[0] if dens else "", dens[1] if dens else "", *row.runs[0].setup(),
-                ])
+                writer.writerow(
+                    [
+                        table.name,
+                        row.label,
+                        row.sweep_key or "",
+                        "" if row.sweep_value is None else row.sweep_value,
+                        len(row.runs),
+                        *row.stat("final_accuracy"),
+                        *row.stat("best_accuracy"),
+                        *row.mb("total_bytes_up"),
+                        *row.mb("total_bytes_down"),
+                        *row.mb("total_bytes"),
+                        c.ratio,
+                        c.delta,
+                        c.within_noise,
+                        row.first("model_params"),
+                        row.stat("final_nonzero_params")[0],
+                        row.first("model_flops_train"),
+                        dens[0] if dens else "",
+                        dens[1] if dens else "",
+                        *row.runs[0].setup(),
+                    ]
+                )
 
 
 # ------------------------------------------------------------------ plots
@@ -386,8 +458,9 @@ def curve(runs: Sequence[Sequence[Mapping[str, Any]]], x: str) -> tuple[np.ndarr
     if not common:
         return None
     acc = np.array([[accuracy_of(p[k]) for k in common] for p in per_run])
-    xs = np.array([[total_bytes(p[k]) / MB if x == "mb" else k for k in common] for p in per_run],
-                  dtype=float)
+    xs = np.array(
+        [[total_bytes(p[k]) / MB if x == "mb" else k for k in common] for p in per_run], dtype=float
+    )
     std = acc.std(axis=0, ddof=1) if len(acc) > 1 else np.zeros(len(common))
     return np.array(common), xs.mean(axis=0), acc.mean(axis=0), std
 
@@ -409,8 +482,12 @@ def y_range(points: Sequence[np.ndarray], tops: Sequence[np.ndarray]) -> tuple[f
     return max(0.0, low - margin), min(1.0, top + margin) if top <= 1.0 else top + margin
 
 
-def plot_accuracy(series: Mapping[str, Sequence[Sequence[Mapping[str, Any]]]], path: str | Path,
-                  x: str = "mb", title: str | None = None) -> None:
+def plot_accuracy(
+    series: Mapping[str, Sequence[Sequence[Mapping[str, Any]]]],
+    path: str | Path,
+    x: str = "mb",
+    title: str | None = None,
+) -> None:
     """Accuracy against cumulative MB or the round, mean ± std band over each label's runs.
 
     Parameters
@@ -438,8 +515,16 @@ def plot_accuracy(series: Mapping[str, Sequence[Sequence[Mapping[str, Any]]]], p
         rounds, xs, mean, std = found
         colour, marker = style(i)
         every = max(1, len(xs) // 12)
-        ax.plot(xs, mean, color=colour, marker=marker, markevery=every, markersize=5, lw=1.4,
-                label=label if len(runs) == 1 else f"{label} (n={len(runs)})")
+        ax.plot(
+            xs,
+            mean,
+            color=colour,
+            marker=marker,
+            markevery=every,
+            markersize=5,
+            lw=1.4,
+            label=label if len(runs) == 1 else f"{label} (n={len(runs)})",
+        )
         if np.any(std > 0):
             ax.fill_between(xs, mean - std, mean + std, color=colour, alpha=0.18, lw=0)
         later = rounds >= 1
@@ -465,8 +550,10 @@ def plot_table(table: Table, path: Path, x: str) -> None:
         series[name] = [r.rounds for r in row.runs if r.rounds]
     setup = table.runs[0].summary
     what = "accuracy vs cumulative traffic" if x == "mb" else "accuracy vs round"
-    title = (f"{table.name}: {what} ({setup.get('dataset')}, {setup.get('model')}, "
-             f"{setup.get('num_clients')} clients, {setup.get('rounds')} rounds)")
+    title = (
+        f"{table.name}: {what} ({setup.get('dataset')}, {setup.get('model')}, "
+        f"{setup.get('num_clients')} clients, {setup.get('rounds')} rounds)"
+    )
     plot_accuracy(series, path, x=x, title=title)
 
 
@@ -505,9 +592,11 @@ def report(dirs: Sequence[Path], out: Path | None = None, readme: Path | None = 
         prefix = "" if len(tables) == 1 else f"{table.name}_"
         for x in ("mb", "round"):
             plot_table(table, out / f"{prefix}accuracy_vs_{x}.png", x)
-        parts.append(f"## {table.name}\n\n{markdown_table(table)}\n\n"
-                     f"![{table.name}: accuracy vs MB]({prefix}accuracy_vs_mb.png)\n"
-                     f"![{table.name}: accuracy vs round]({prefix}accuracy_vs_round.png)\n")
+        parts.append(
+            f"## {table.name}\n\n{markdown_table(table)}\n\n"
+            f"![{table.name}: accuracy vs MB]({prefix}accuracy_vs_mb.png)\n"
+            f"![{table.name}: accuracy vs round]({prefix}accuracy_vs_round.png)\n"
+        )
     text = "\n".join(parts)
     (out / "report.md").write_text(text)
     write_csv(tables, out / "report.csv")
@@ -523,12 +612,14 @@ def report(dirs: Sequence[Path], out: Path | None = None, readme: Path | None = 
 
 def main(argv: list[str] | None = None) -> str:
     """Print the tables; exit 2 with a one-line message when the report cannot be made."""
-    parser = argparse.ArgumentParser(prog="python -m simulations.tools.report",
-                                     description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m simulations.tools.report", description=__doc__.splitlines()[0]
+    )
     parser.add_argument("dirs", nargs="+", type=Path, help="suite, multirun or run directories")
     parser.add_argument("--out", type=Path, default=None, help="where to write (default: first dir)")
-    parser.add_argument("--readme", type=Path, default=None,
-                        help=f"replace the text between {START} and {END} in this file")
+    parser.add_argument(
+        "--readme", type=Path, default=None, help=f"replace the text between {START} and {END} in this file"
+    )
     args = parser.parse_args(argv)
     try:
         text = report(args.dirs, args.out, args.readme)
@@ -537,11 +628,12 @@ def main(argv: list[str] | None = None) -> str:
         raise SystemExit(2) from None
     print(text)
     out = args.out or args.dirs[0]
-    print(f"wrote {out / 'report.md'}, {out / 'report.csv'} and the plots"
-          + (f"; updated {args.readme}" if args.readme else ""))
+    print(
+        f"wrote {out / 'report.md'}, {out / 'report.csv'} and the plots"
+        + (f"; updated {args.readme}" if args.readme else "")
+    )
     return text
 
 
 if __name__ == "__main__":
     main()
-

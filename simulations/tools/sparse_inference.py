@@ -29,8 +29,7 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args(argv)
     for run_dir in args.run_dirs:
-        cfg = OmegaConf.to_container(OmegaConf.load(run_dir / ".hydra" / "config.yaml"),
-                                     resolve=True)
+        cfg = OmegaConf.to_container(OmegaConf.load(run_dir / ".hydra" / "config.yaml"), resolve=True)
         dims = model_dims(cfg)
         model = build_from_dims(dims)
         with np.load(run_dir / "final_model.npz") as final:

@@ -148,11 +148,17 @@ def expand_jobs(spec: Mapping[str, Any], extra: Sequence[str] = ()) -> list[Job]
             knob = [] if value is None else [f"{sweep['key']}={value}"]
             folder = label if value is None else f"{label}/{sweep['key'].split('.')[-1]}={value}"
             for seed in seeds:
-                jobs.append(Job(
-                    name=f"{folder}/seed{seed}", label=label, method=method, seed=seed,
-                    overrides=[*head, *common, *own, *knob, *extra, f"seed={seed}"],
-                    sweep_key=None if value is None else str(sweep["key"]), sweep_value=value,
-                ))
+                jobs.append(
+                    Job(
+                        name=f"{folder}/seed{seed}",
+                        label=label,
+                        method=method,
+                        seed=seed,
+                        overrides=[*head, *common, *own, *knob, *extra, f"seed={seed}"],
+                        sweep_key=None if value is None else str(sweep["key"]),
+                        sweep_value=value,
+                    )
+                )
     return jobs
 
 
@@ -183,27 +189,45 @@ def run_job(job: Job, job_dir: Path, timeout: float | None = None) -> dict[str, 
     (job_dir / "summary.json").unlink(missing_ok=True)
     (job_dir / "job.json").write_text(json.dumps(asdict(job), indent=2))
     start = time.perf_counter()
-    record: dict[str, Any] = {"job": job.name, "label": job.label, "method": job.method,
-                              "seed": job.seed, "sweep_key": job.sweep_key, "sweep_value": job.sweep_value}
+    record: dict[str, Any] = {
+        "job": job.name,
+        "label": job.label,
+        "method": job.method,
+        "seed": job.seed,
+        "sweep_key": job.sweep_key,
+        "sweep_value": job.sweep_value,
+    }
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS", "1"), "HYDRA_FULL_ERROR": "0"}
     try:
         proc = subprocess.run(
             [sys.executable, "-m", "simulations.tools.suite", "--run-job", str(job_dir)],
-            capture_output=True, text=True, timeout=timeout, env=env, check=False,
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            env=env,
+            check=False,
         )
     except subprocess.TimeoutExpired as exc:
         output = (exc.stdout or "") + (exc.stderr or "")
         if isinstance(output, bytes):
             output = output.decode(errors="replace")
         (job_dir / "job.log").write_text(output)
-        return {**record, "status": "failed", "error": f"timed out after {timeout:g} s",
-                "seconds": round(time.perf_counter() - start, 1)}
+        return {
+            **record,
+            "status": "failed",
+            "error": f"timed out after {timeout:g} s",
+            "seconds": round(time.perf_counter() - start, 1),
+        }
     (job_dir / "job.log").write_text(proc.stdout + proc.stderr)
     record["seconds"] = round(time.perf_counter() - start, 1)
     if proc.returncode == 0 and (job_dir / "summary.json").is_file():
         summary = json.loads((job_dir / "summary.json").read_text())
-        return {**record, "status": "done", "final_accuracy": summary.get("final_accuracy"),
-                "total_mb": summary.get("total_mb")}
+        return {
+            **record,
+            "status": "done",
+            "final_accuracy": summary.get("final_accuracy"),
+            "total_mb": summary.get("total_mb"),
+        }
     error = one_line(proc.stderr or proc.stdout)
     kind = "invalid config" if proc.returncode == INVALID_CONFIG else f"exit {proc.returncode}"
     return {**record, "status": "failed", "error": f"{kind}: {error}"}
@@ -276,18 +300,36 @@ class Suite:
         todo = []
         for job in self.jobs:
             if is_finished(self.out / job.name, job):
-                self._log({"job": job.name, "label": job.label, "method": job.method, "seed": job.seed,
-                           "sweep_key": job.sweep_key, "sweep_value": job.sweep_value,
-                           "status": "cached"}, status)
+                self._log(
+                    {
+                        "job": job.name,
+                        "label": job.label,
+                        "method": job.method,
+                        "seed": job.seed,
+                        "sweep_key": job.sweep_key,
+                        "sweep_value": job.sweep_value,
+                        "status": "cached",
+                    },
+                    status,
+                )
             else:
                 todo.append(job)
-        console.print(f"suite [bold]{self.spec['name']}[/]: {len(self.jobs)} jobs, "
-                      f"{len(self.jobs) - len(todo)} already finished, running {len(todo)} "
-                      f"({jobs} at a time) into {self.out}")
-        columns = (TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
-                   TimeElapsedColumn(), TextColumn("{task.fields[last]}"))
-        with Progress(*columns, console=console, disable=quiet) as progress, \
-                ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
+        console.print(
+            f"suite [bold]{self.spec['name']}[/]: {len(self.jobs)} jobs, "
+            f"{len(self.jobs) - len(todo)} already finished, running {len(todo)} "
+            f"({jobs} at a time) into {self.out}"
+        )
+        columns = (
+            TextColumn("[bold]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.fields[last]}"),
+        )
+        with (
+            Progress(*columns, console=console, disable=quiet) as progress,
+            ThreadPoolExecutor(max_workers=max(1, jobs)) as pool,
+        ):
             task = progress.add_task(self.spec["name"], total=len(todo), last="")
             futures = {pool.submit(run_job, job, self.out / job.name, timeout): job for job in todo}
             for future in as_completed(futures):
@@ -299,8 +341,10 @@ class Suite:
                     console.print(f"{record['job']}: {record['status']} in {record.get('seconds', 0):.0f} s")
                 progress.update(task, advance=1, last=f"{record['job']} {record['status']}")
         failed = [name for name, r in status.items() if r["status"] == "failed"]
-        console.print(f"suite {self.spec['name']}: {len(status) - len(failed)} finished, "
-                      f"{len(failed)} failed; see {self.out / 'status.json'}")
+        console.print(
+            f"suite {self.spec['name']}: {len(status) - len(failed)} finished, "
+            f"{len(failed)} failed; see {self.out / 'status.json'}"
+        )
         return status
 
 
@@ -316,14 +360,16 @@ def list_suites() -> list[tuple[str, str]]:
 def main(argv: list[str] | None = None) -> int:
     """Command line; returns the exit status (1 when a job failed)."""
     parser = argparse.ArgumentParser(
-        prog="python -m simulations.tools.suite", description=__doc__.splitlines()[0],
+        prog="python -m simulations.tools.suite",
+        description=__doc__.splitlines()[0],
         epilog="Suites: " + ", ".join(name for name, _ in list_suites()),
     )
     parser.add_argument("name", nargs="?", help="suite name (conf/suite/<name>.yaml) or a .yaml path")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides appended to every job")
     parser.add_argument("--jobs", "-j", type=int, default=1, help="jobs run at once (default 1)")
-    parser.add_argument("--out", type=Path, default=None,
-                        help="suite directory (default outputs/suite/<name>)")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="suite directory (default outputs/suite/<name>)"
+    )
     parser.add_argument("--timeout", type=float, default=None, help="seconds per job before it is failed")
     parser.add_argument("--list", action="store_true", help="list the suites and exit")
     parser.add_argument("--dry-run", action="store_true", help="print the jobs' overrides and exit")
