@@ -96,3 +96,28 @@ def test_wikitext2_transformer_lm_runs_gwpf_end_to_end(tmp_path):
     assert summary["model_flops_forward"] > 2 * 35 * 200 * 33278
     # Per-token cross-entropy of a near-uniform 33,278-way guess, finite.
     assert 5.0 < rounds[-1]["central_loss"] < 15.0
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("method", ["gwpf", "fedavg"])
+def test_gwpf_wikitext2_experiment_runs_on_a_fixture_corpus(tmp_path, method):
+    root = tmp_path / "wikitext-2"
+    make_wikitext2(root)
+    cfg = _config(
+        "+experiment=gwpf_wikitext2",
+        f"method={method}",
+        f"dataset.root={root}",
+        "num_clients=2",
+        "num_rounds=2",
+        "fraction_evaluate=0.0",
+    )
+    summary = run_from_config(cfg, tmp_path / "out", quiet=True)
+    rounds = [json.loads(x) for x in (tmp_path / "out" / "rounds.jsonl").read_text().splitlines()]
+    assert (summary["method"], summary["dataset"], summary["model"]) == (
+        method,
+        "wikitext2",
+        "transformer_lm",
+    )
+    assert summary["partition"] == "contiguous" and summary["total_bytes_up"] > 0
+    # Two rounds of next-token training lower the test perplexity of the initial model.
+    assert rounds[-1]["central_loss"] < rounds[0]["central_loss"]
