@@ -96,7 +96,8 @@ def test_tiny_suite_runs_records_the_bad_job_and_skips_finished_jobs_when_rerun(
         "oneshot_bad/seed1": "failed",
     }
     assert (
-        status["oneshot_bad/seed0"]["error"] == "invalid config: method.ft_rounds=2: must be < num_rounds=2"
+        status["oneshot_bad/seed0"]["error"]
+        == "invalid config: method.ft_rounds=2: must be in [0, num_rounds=2)"
     )
     assert not (out / "oneshot_bad" / "seed0" / "summary.json").exists()
     summaries = {

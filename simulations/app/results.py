@@ -21,26 +21,11 @@ from typing import Any
 
 import numpy as np
 
-MB = 1e6  # results use decimal megabytes (10^6 bytes)
+from simulations.app.records import MB, accuracy_of, total_bytes
+
 SUMMARY_FILE = "summary.json"
 #: ``running`` | ``interrupted`` | ``finished``, with the rounds completed so far.
 STATUS_FILE = "status.json"
-
-
-def accuracy_of(record: Mapping[str, Any]) -> float | None:
-    """The accuracy a record reports: centralized if there is one, else client-side.
-
-    A method without one global model reports its own ``accuracy`` in the round record.
-    """
-    for key in ("central_accuracy", "client_accuracy", "accuracy"):
-        if record.get(key) is not None:
-            return float(record[key])
-    return None
-
-
-def total_bytes(record: Mapping[str, Any]) -> int:
-    """Cumulative training bytes (up + down) up to a round record."""
-    return int(record.get("cum_bytes_up", 0)) + int(record.get("cum_bytes_down", 0))
 
 
 class ResultsWriter:
@@ -173,11 +158,6 @@ def _jsonable(value: Any) -> Any:
     if isinstance(value, np.generic):
         return value.item()
     raise TypeError(f"not JSON serializable: {type(value).__name__}")
-
-
-def read_rounds(path: str | Path) -> list[dict[str, Any]]:
-    """Read a ``rounds.jsonl`` file."""
-    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 
 
 def plot_runs(runs: Mapping[str, list[Mapping[str, Any]]], path: str | Path) -> None:

@@ -32,7 +32,7 @@ from clients.models import build_model
 from clients.train import evaluate_model
 from simulations import CONF_DIR as PACKAGE_CONF_DIR
 from simulations.app.compose import client_settings, seed_everything
-from simulations.app.results import read_rounds
+from simulations.app.records import read_rounds
 from simulations.runtimes.simulation import run_from_config
 
 CONF_DIR = str(PACKAGE_CONF_DIR)

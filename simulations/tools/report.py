@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from simulations.app.results import MB, accuracy_of, read_rounds, total_bytes
+from simulations.app.records import MB, accuracy_of, read_rounds, total_bytes
 
 #: Fields that must agree for two runs' bytes or accuracies to be compared.
 COMPARABLE = ("dataset", "model", "rounds", "backend", "partition", "num_clients")
