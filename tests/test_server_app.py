@@ -21,7 +21,9 @@ from simulations.app.server_app import (
     compose_config,
     find_conf_dir,
     output_dir,
+    override_value,
     parse_overrides,
+    wait_for_nodes,
 )
 from simulations.deploy import (
     export_partition,
@@ -103,6 +105,63 @@ def test_polling_grid_polls_until_all_replies():
     grid = PollingGrid(inner, interval=0.05)
     messages = [Message(RecordDict(), dst_node_id=grid.get_node_ids()[0], message_type="train")]
     assert list(grid.send_and_receive(messages, timeout=0.01)) == []
+
+
+class _ArrivingNodes:
+    """A Grid whose nodes connect over (fake) time: ``schedule`` maps time -> count."""
+
+    def __init__(self, schedule: dict[float, int]):
+        self.schedule = sorted(schedule.items())
+        self.now = 0.0
+
+    def clock(self) -> float:
+        return self.now
+
+    def sleep(self, seconds: float) -> None:
+        self.now += seconds
+
+    def get_node_ids(self):
+        count = max((n for t, n in self.schedule if t <= self.now), default=0)
+        return list(range(count))
+
+
+def test_wait_for_nodes_takes_the_federation_size_once_it_holds_still():
+    grid = _ArrivingNodes({0.0: 0, 1.0: 1, 2.0: 3})
+    n = wait_for_nodes(grid, None, timeout=60, settle=3.0, poll=0.5, clock=grid.clock, sleep=grid.sleep)
+    assert n == 3 and grid.now == pytest.approx(5.0)  # 3 nodes since t=2, held still for 3 s
+
+
+def test_wait_for_nodes_with_num_clients_waits_for_them_or_names_the_setting():
+    grid = _ArrivingNodes({0.0: 1, 4.0: 2})
+    assert wait_for_nodes(grid, 2, timeout=60, poll=0.5, clock=grid.clock, sleep=grid.sleep) == 2
+    assert grid.now == pytest.approx(4.0)
+    grid = _ArrivingNodes({0.0: 2})
+    with pytest.raises(ConfigError, match=r"num_clients=10: only 2 SuperNode\(s\) connected after 30 s"):
+        wait_for_nodes(grid, 10, timeout=30, poll=1.0, clock=grid.clock, sleep=grid.sleep)
+    with pytest.raises(ConfigError, match="node-wait: no SuperNode connected within 5 s"):
+        empty = _ArrivingNodes({})
+        wait_for_nodes(empty, None, timeout=5, clock=empty.clock, sleep=empty.sleep)
+
+
+def test_override_value_last_one_wins():
+    assert override_value(["num_clients=3", "seed=1", "+num_clients=5"], "num_clients") == "5"
+    assert override_value(["seed=1"], "num_clients") is None
+
+
+def test_server_app_without_num_clients_uses_the_connected_nodes(tmp_path):
+    from simulations.app.client_app import app as client_app
+
+    out = tmp_path / "results"
+    context = Context(
+        run_id=8,
+        node_id=0,
+        node_config={},
+        state=RecordDict(),
+        run_config={"overrides": "num_rounds=1 local_epochs=1", "output-dir": str(out), "node-wait": 10},
+    )
+    app(InlineGrid(client_app, 3), context)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["num_clients"] == 3 and summary["rounds"] == 1
 
 
 def test_server_app_runs_a_composed_config_on_any_grid(tmp_path):

@@ -22,6 +22,13 @@ Run config keys (``[tool.flwr.app.config]`` in ``pyproject.toml``):
 ``conf-dir``
     The Hydra config directory. Empty: ``conf/`` next to the installed app (it
     travels in the FAB), else ``./conf``.
+``node-wait``
+    Seconds the ServerApp waits for SuperNodes before the first round. Without
+    ``num_clients`` in ``overrides`` the run takes every node connected once their
+    number has held still for a moment, so ``flwr run .`` on Flower's local
+    simulation federation (2 simulated SuperNodes by default) needs no override;
+    with it, fewer nodes than ``num_clients`` after ``node-wait`` seconds end the
+    run with a message naming the setting instead of waiting forever.
 """
 
 from __future__ import annotations
@@ -29,7 +36,7 @@ from __future__ import annotations
 import json
 import shlex
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime
 from logging import INFO
 from pathlib import Path
@@ -46,6 +53,11 @@ from simulations.app.config import ConfigError
 OVERRIDES_KEY = "overrides"
 OUTPUT_DIR_KEY = "output-dir"
 CONF_DIR_KEY = "conf-dir"
+NODE_WAIT_KEY = "node-wait"
+DEFAULT_NODE_WAIT = 300.0
+#: Seconds the number of connected nodes must hold still before a run without
+#: ``num_clients`` takes it as the federation's size.
+NODE_COUNT_SETTLE = 3.0
 DEPLOYMENT_BACKEND = "deployment"
 DEFAULT_OUTPUT_ROOT = Path("outputs") / "deploy"
 #: Written next to the results: what ran where (run id, nodes, overrides).
@@ -70,6 +82,68 @@ def parse_overrides(text: str) -> list[str]:
         if "=" not in item:
             raise ConfigError(f"{item!r}: an override must look like key=value")
     return [*overrides, f"backend={DEPLOYMENT_BACKEND}"]
+
+
+def override_value(overrides: Sequence[str], key: str) -> str | None:
+    """The value given to ``key`` in Hydra overrides (last one wins), else None."""
+    value = None
+    for item in overrides:
+        name, _, text = item.partition("=")
+        if name.lstrip("+~") == key:
+            value = text
+    return value
+
+
+def wait_for_nodes(
+    grid: Grid,
+    wanted: int | None,
+    timeout: float,
+    settle: float = NODE_COUNT_SETTLE,
+    poll: float = 0.5,
+    clock: Callable[[], float] = time.monotonic,
+    sleep: Callable[[float], None] = time.sleep,
+) -> int:
+    """Wait for SuperNodes; the number of clients the run will use.
+
+    Parameters
+    ----------
+    grid : Grid
+        The ServerApp's Grid.
+    wanted : int | None
+        ``num_clients`` from the overrides: wait until that many nodes are connected.
+        None: take the federation's size, i.e. the number of connected nodes once it
+        has not changed for ``settle`` seconds.
+    timeout : float
+        Seconds to wait at most; then :class:`ConfigError` naming the setting.
+    settle, poll : float
+        Seconds the count must hold still (``wanted`` None); seconds between looks.
+    clock, sleep : Callable
+        Time source and sleep (tests pass fakes).
+
+    """
+    start = clock()
+    last_count, last_change = -1, start
+    while True:
+        count = len(list(grid.get_node_ids()))
+        now = clock()
+        if count != last_count:
+            last_count, last_change = count, now
+        if wanted is not None and count >= wanted:
+            return wanted
+        if wanted is None and count > 0 and now - last_change >= settle:
+            return count
+        if now - start >= timeout:
+            if wanted is None:
+                raise ConfigError(
+                    f"{NODE_WAIT_KEY}: no SuperNode connected within {timeout:.0f} s; "
+                    "start SuperNodes or raise the run config's node-wait"
+                )
+            raise ConfigError(
+                f"num_clients={wanted}: only {count} SuperNode(s) connected after {timeout:.0f} s; "
+                f"start more SuperNodes, set num_clients={count} in overrides, "
+                f"or raise the run config's {NODE_WAIT_KEY}"
+            )
+        sleep(poll)
 
 
 def find_conf_dir(explicit: str | Path | None = None) -> Path:
@@ -193,13 +267,21 @@ def main(grid: Grid, context: Context) -> None:
 
     run_config = dict(context.run_config)
     overrides = parse_overrides(str(run_config.get(OVERRIDES_KEY, "") or ""))
+    given = override_value(overrides, "num_clients")
+    node_wait = float(run_config.get(NODE_WAIT_KEY, DEFAULT_NODE_WAIT) or DEFAULT_NODE_WAIT)
+    wanted = int(given) if given is not None and given.strip().isdigit() else None
+    if given is None or wanted is not None:
+        num_clients = wait_for_nodes(grid, wanted, node_wait)
+        if given is None:
+            log(INFO, "fedlean: num_clients=%d (the SuperNodes connected)", num_clients)
+            overrides.append(f"num_clients={num_clients}")
     conf_dir = find_conf_dir(str(run_config.get(CONF_DIR_KEY, "") or "") or None)
     cfg = compose_config(overrides, conf_dir)
     out_dir = output_dir(run_config, cfg, context.run_id)
     plan = compose_run(cfg, out_dir)
     log(
         INFO,
-        "fedlean: %s on %s, waiting for %d SuperNodes; results in %s",
+        "fedlean: %s on %s with %d SuperNodes; results in %s",
         plan.cfg["method"]["name"],
         plan.cfg["dataset"]["name"],
         int(plan.cfg["num_clients"]),
