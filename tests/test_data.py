@@ -721,3 +721,28 @@ def test_load_local_data_errors(tmp_path):
     np.savez(nhwc, x=np.zeros((3, 8, 8, 3), dtype=np.uint8), y=np.zeros(3, dtype=int))
     with pytest.raises(ValueError, match="channels-last"):
         data.load_local_data(str(nhwc))
+
+
+def test_batch_loader_gives_the_plain_loaders_batches_for_the_same_generator():
+    import torch
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from clients.data.batches import TensorBatches, batch_loader
+
+    x = torch.randn(103, 3, 4)
+    y = torch.randint(0, 10, (103,))
+    idx = torch.arange(103)
+    dataset = TensorDataset(x, y, idx)
+    for shuffle in (True, False):
+        plain = DataLoader(dataset, batch_size=16, shuffle=shuffle, generator=torch.Generator().manual_seed(5))
+        fast = batch_loader(dataset, batch_size=16, shuffle=shuffle, generator=torch.Generator().manual_seed(5))
+        assert isinstance(fast.dataset, TensorBatches)
+        pairs = list(zip(plain, fast, strict=True))
+        assert len(pairs) == 7
+        for a, b in pairs:
+            assert len(a) == len(b) == 3
+            for ta, tb in zip(a, b, strict=True):
+                assert ta.dtype == tb.dtype and torch.equal(ta, tb)
+    # Anything but a TensorDataset keeps the plain loader.
+    other = torch.utils.data.Subset(dataset, range(10))
+    assert not isinstance(batch_loader(other, batch_size=4).dataset, TensorBatches)

@@ -20,6 +20,7 @@ from torch.utils.data import DataLoader, TensorDataset
 from fl_strategies.codec import decode_arrays, encode_arrays
 from fl_strategies.wire import ARRAYS_KEY, CONFIG_KEY, METRICS_KEY, NUM_EXAMPLES_KEY
 
+from ..data.batches import batch_loader
 from ..train import LoopStats, TrainHooks, evaluate_model, make_optimizer, train_loop
 
 
@@ -47,7 +48,7 @@ class ClientJob:
         train_cfg = self.settings["train"]
         generator = torch.Generator().manual_seed(self.batch_seed())
         dataset = self.train_set if train else self.test_set
-        return DataLoader(
+        return batch_loader(
             dataset, batch_size=int(train_cfg["batch_size"]), shuffle=train, generator=generator
         )
 

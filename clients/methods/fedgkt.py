@@ -44,7 +44,7 @@ import torch
 import torch.nn.functional as F  # noqa: N812
 from flwr.app import Array, ArrayRecord, MetricRecord, RecordDict
 from torch import Tensor, nn
-from torch.utils.data import DataLoader, TensorDataset
+from torch.utils.data import TensorDataset
 
 from fl_strategies.codec import decode_arrays, encode_arrays
 from fl_strategies.fedgkt import (
@@ -63,6 +63,7 @@ from fl_strategies.fedgkt import (
 )
 from fl_strategies.wire import ARRAYS_KEY, METRICS_KEY, NUM_EXAMPLES_KEY
 
+from ..data.batches import batch_loader
 from ..flops import count_flops
 from ..models import build_from_dims, count_params
 from ..train import LossTerm, TrainHooks, train_loop
@@ -448,7 +449,7 @@ class GKTServer:
             torch.from_numpy(np.asarray(client_logits, np.float32)),
         )
         generator = torch.Generator().manual_seed(self.seed * 1_000_003 + server_round)
-        loader = DataLoader(
+        loader = batch_loader(
             dataset,
             batch_size=self.batch_size,
             shuffle=True,

@@ -97,9 +97,8 @@ def seed_everything(seed: int) -> None:
 
 def central_evaluator(cfg: Mapping[str, Any]) -> Callable[[int, ArrayRecord], MetricRecord]:
     """Server-side evaluation of the global model on the dataset's test split."""
-    from torch.utils.data import DataLoader
-
     from clients.data import load_central_testset
+    from clients.data.batches import batch_loader
     from clients.train import evaluate_model, pick_device
 
     settings = client_settings(cfg)
@@ -109,7 +108,7 @@ def central_evaluator(cfg: Mapping[str, Any]) -> Callable[[int, ArrayRecord], Me
 
     def evaluate(server_round: int, arrays: ArrayRecord) -> MetricRecord:
         load_arrays(model, arrayrecord_to_numpy(arrays))
-        stats = evaluate_model(model, DataLoader(testset, batch_size=512), device)
+        stats = evaluate_model(model, batch_loader(testset, batch_size=512), device)
         return MetricRecord({"loss": stats.loss, "accuracy": stats.accuracy})
 
     return evaluate

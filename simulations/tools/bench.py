@@ -1,13 +1,16 @@
-"""Benchmark: the same FedAvg work three ways in one process, with times and ratios.
+"""Benchmark: the same FedAvg work four ways in one process, with times and ratios.
 
-``python -m simulations.tools.bench [--rounds 20] [--epochs 5] [--clients 10] [--skip-ray]``
+``python -m simulations.tools.bench [--rounds 20] [--epochs 5] [--clients 10] [--skip-ray] [--repeats 3]``
 
 Work: digits, the MLP, IID partitions, every client every round, no evaluation
 during the run (so all three do only training and aggregation). Ways:
 
-1. a plain PyTorch loop over the same client partitions (no Flower at all);
-2. ``backend=inline``: fedlean's strategy + ClientApp over the in-process Grid;
-3. ``backend=ray``: the same over Flower's Simulation Runtime on Ray.
+1. a plain PyTorch loop over the same client partitions (no Flower at all), with
+   batches sliced from the tensors: the floor a user would write for in-memory data,
+   and every ratio's denominator;
+2. the same loop with a per-example ``DataLoader``;
+3. ``backend=inline``: fedlean's strategy + ClientApp over the in-process Grid;
+4. ``backend=ray``: the same over Flower's Simulation Runtime on Ray.
 
 Per-round times are medians over rounds 2..R (round 1 includes warm-up); the
 final accuracy of each way is printed so that equal work is visible.
@@ -53,8 +56,20 @@ def bench_config(args: argparse.Namespace, backend: str):
         return compose(config_name="config", overrides=overrides)
 
 
-def plain_loop(cfg) -> tuple[float, list[float], float]:
-    """FedAvg in plain PyTorch: total seconds, per-round seconds, final accuracy."""
+def sliced_batches(part, batch_size: int, generator: torch.Generator):
+    """Shuffled batches sliced from a TensorDataset's tensors: the floor for in-memory data."""
+    order = torch.randperm(len(part), generator=generator)
+    for start in range(0, len(order), batch_size):
+        rows = order[start : start + batch_size]
+        yield tuple(t[rows] for t in part.tensors)
+
+
+def plain_loop(cfg, sliced: bool = False) -> tuple[float, list[float], float]:
+    """FedAvg in plain PyTorch: total seconds, per-round seconds, final accuracy.
+
+    ``sliced``: batches sliced from the tensors (:func:`sliced_batches`) instead of a
+    per-example ``DataLoader``.
+    """
     settings = client_settings(cfg)
     data, dims, train = settings["data"], settings["model"], settings["train"]
     seed_everything(int(cfg.seed))
@@ -62,6 +77,7 @@ def plain_loop(cfg) -> tuple[float, list[float], float]:
     global_state = {k: v.clone() for k, v in model.state_dict().items()}
     parts = [load_partition(data, i, int(cfg.num_clients))[0] for i in range(int(cfg.num_clients))]
     loss_fn = torch.nn.CrossEntropyLoss()
+    generator = torch.Generator().manual_seed(int(cfg.seed))
     start, round_times = time.perf_counter(), []
     for _ in range(int(cfg.num_rounds)):
         t0 = time.perf_counter()
@@ -69,9 +85,14 @@ def plain_loop(cfg) -> tuple[float, list[float], float]:
         for part in parts:
             model.load_state_dict(global_state)
             opt = torch.optim.SGD(model.parameters(), lr=train["lr"], momentum=train["momentum"])
-            loader = DataLoader(part, batch_size=train["batch_size"], shuffle=True)
             model.train()
             for _ in range(train["epochs"]):
+                if sliced:
+                    loader = sliced_batches(part, train["batch_size"], generator)
+                else:
+                    loader = DataLoader(
+                        part, batch_size=train["batch_size"], shuffle=True, generator=generator
+                    )
                 for x, y in loader:
                     opt.zero_grad()
                     loss_fn(model(x), y).backward()
@@ -115,28 +136,41 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--clients", type=int, default=10)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--skip-ray", action="store_true")
+    parser.add_argument("--repeats", type=int, default=3, help="runs of each way; figures are medians")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)  # same threading for all three ways (Ray actors get 1 CPU)
 
-    results = {"plain PyTorch loop": plain_loop(bench_config(args, "inline"))}
-    with tempfile.TemporaryDirectory() as tmp:
-        results["backend=inline"] = fedlean_way(bench_config(args, "inline"), Path(tmp) / "inline")
-        if not args.skip_ray:
-            results["backend=ray"] = fedlean_way(bench_config(args, "ray"), Path(tmp) / "ray")
+    ways = {
+        "plain loop, sliced tensors": lambda tmp: plain_loop(bench_config(args, "inline"), sliced=True),
+        "plain loop, DataLoader": lambda tmp: plain_loop(bench_config(args, "inline")),
+        "backend=inline": lambda tmp: fedlean_way(bench_config(args, "inline"), Path(tmp) / "inline"),
+    }
+    if not args.skip_ray:
+        ways["backend=ray"] = lambda tmp: fedlean_way(bench_config(args, "ray"), Path(tmp) / "ray")
+    # Interleaved repeats: a noisy neighbour slows every way alike.
+    runs: dict[str, list[tuple[float, list[float], float]]] = {name: [] for name in ways}
+    for _ in range(args.repeats):
+        for name, way in ways.items():
+            with tempfile.TemporaryDirectory() as tmp:
+                runs[name].append(way(tmp))
 
-    plain_total, plain_rounds, _ = results["plain PyTorch loop"]
-    plain_round = statistics.median(plain_rounds[1:])
+    def per_round(name: str) -> float:
+        return statistics.median(statistics.median(rounds[1:]) for _, rounds, _ in runs[name])
+
+    def total(name: str) -> float:
+        return statistics.median(seconds for seconds, _, _ in runs[name])
+
+    floor = "plain loop, sliced tensors"
     print(
         f"\nFedAvg, digits, MLP, {args.clients} clients, {args.rounds} rounds x "
-        f"{args.epochs} local epochs, torch threads 1\n"
+        f"{args.epochs} local epochs, torch threads 1, median of {args.repeats}\n"
     )
-    print("| way | total s | s/round (median, rounds 2..R) | total × plain | round × plain | final acc |")
+    print("| way | total s | s/round (rounds 2..R) | total × floor | round × floor | final acc |")
     print("|---|---|---|---|---|---|")
-    for name, (total, rounds, acc) in results.items():
-        per_round = statistics.median(rounds[1:])
+    for name in ways:
         print(
-            f"| {name} | {total:.2f} | {per_round:.3f} | {total / plain_total:.2f} "
-            f"| {per_round / plain_round:.2f} | {acc:.4f} |"
+            f"| {name} | {total(name):.2f} | {per_round(name):.3f} | {total(name) / total(floor):.2f} "
+            f"| {per_round(name) / per_round(floor):.2f} | {runs[name][-1][2]:.4f} |"
         )
 
 
