@@ -62,9 +62,9 @@ def thaw_votes(
 
     """
     ema_update(ema_f, abs_ema_f, d, alpha, where=frozen)
-    obs[frozen] += 1
-    rate = stability(ema_f[frozen], abs_ema_f[frozen], eps)
-    return (rate >= threshold) & (obs[frozen] >= min_rounds)
+    obs += frozen
+    votes = (stability(ema_f, abs_ema_f, eps) >= threshold) & (obs >= min_rounds)
+    return votes[frozen]
 
 
 class GWPFClient(PartialSyncClient):
