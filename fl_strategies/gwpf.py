@@ -14,12 +14,21 @@ the same decision. Here the server decides, per trainable scalar (flat layout of
   reference) a frozen scalar never becomes active again, it can only be thawed;
 * tightening: while the frozen fraction exceeds ``tighten_at``, ``threshold`` is halved
   every round (the same threshold is the clients' vote threshold);
-* thawing: each client sends one bit per frozen scalar its upload leaves out (packed,
-  1 bit on the wire; the reference sends an int32 per scalar), 1 when its local drift
-  of that scalar since the scalar's last sync is consistent; where the votes reach
-  ``thaw_quorum`` ``thaw_len += 1``, else ``thaw_len //= 2`` (a thawed scalar, uploaded
-  this round, has no unsynced drift to vote on: it counts as no vote). Scalars with
-  ``thaw_len > 0`` are synced next round.
+* thawing: each client sends one bit per frozen scalar (packed, 1 bit on the wire; the
+  reference sends an int32 per scalar), 1 when its local drift of that scalar is
+  consistent; where the votes reach ``thaw_quorum`` ``thaw_len += 1``, else
+  ``thaw_len //= 2``. Scalars with ``thaw_len > 0`` are synced next round.
+
+Timing. In the reference every frozen scalar votes at every sync, thawed ones too, and
+the votes, the thaw decision and the sync of the thawed scalars share one exchange, so a
+scalar voted for at every sync is synced at every sync and its ``thaw_len`` keeps
+growing. A Flower round has one reply per client, so here the votes ride on the reply
+and the thaw they decide applies to the next round; what keeps the reference's property
+is that a thawed scalar (uploaded this round) still votes on the drift of its local
+copy: repeated votes lengthen a thaw, and a scalar voted for in every round is synced in
+every round after its first vote. The decision sequence (``thaw_len``, ``freeze_len``,
+threshold) equals the reference's sync by sync for the same votes and updates
+(``tests/test_gwpf_reference.py``, a port of ``sync_manager.py``'s decision loop).
 
 Clients keep training frozen scalars locally (no rollback) and keep their local model
 in ``context.state``; each round they upload the synced set ``active | thawed`` and the
@@ -43,7 +52,7 @@ from .wire import ARRAYS_KEY
 
 #: ConfigRecord entry: the stability threshold, also the clients' vote threshold.
 THRESHOLD_KEY = "gwpf-threshold"
-#: Reply array: one thaw vote per scalar left out of the upload, packed bits.
+#: Reply array: one thaw vote per frozen scalar (thawed ones included), packed bits.
 VOTES_KEY = "gwpf-votes"
 
 QUORUMS = ("any", "majority")
@@ -136,10 +145,10 @@ class GWPF(StabilityFreezingStrategy):
         config[THRESHOLD_KEY] = float(self.threshold)
 
     def extra_reply_arrays(self) -> dict[str, tuple[int, ...]]:
-        """One vote bit per scalar left out of the upload (frozen, not thawed)."""
+        """One vote bit per frozen scalar, thawed (uploaded) ones included."""
         if not self.masks:
             return {VOTES_KEY: (0,)}
-        return {VOTES_KEY: (int((~self.sync_mask).sum()),)}
+        return {VOTES_KEY: (int(self.active.size - np.count_nonzero(self.active)),)}
 
     def update_state(
         self, server_round: int, delta: np.ndarray, replies: list[ParsedReply]
@@ -147,16 +156,16 @@ class GWPF(StabilityFreezingStrategy):
         """Thaw from the votes, freeze from the EMAs, tighten; set next round's masks."""
         active = self.active
         frozen = ~active
-        left_out = ~self.sync_mask
-        counts = np.zeros(active.size, np.int64)
-        vote_bytes, vote_bits = 0, len(replies) * int(left_out.sum())
+        # Vote counts over the frozen scalars only (the votes' own order).
+        counts = np.zeros(int(frozen.sum()), np.int64)
+        vote_bytes, vote_bits = 0, len(replies) * counts.size
         for reply in replies:
-            counts[left_out] += reply.arrays[VOTES_KEY].astype(np.int64)
+            counts += reply.arrays[VOTES_KEY]
             record = reply.content.array_records.get(ARRAYS_KEY)
             if record is not None:
                 vote_bytes += sum(len(record[k].data) for k in record if k.startswith(VOTES_KEY))
         thaw = quorum_reached(counts, len(replies), self.thaw_quorum)
-        self.thaw_len[frozen] = thaw_step(self.thaw_len[frozen], thaw[frozen])
+        self.thaw_len[frozen] = thaw_step(self.thaw_len[frozen], thaw)
         ema_update(self.ema, self.abs_ema, delta, self.alpha, where=active)
         rate = stability(self.ema, self.abs_ema, self.eps)
         newly_frozen = active & (rate < self.threshold)

@@ -147,10 +147,14 @@ def ema_update(
         Boolean mask of the entries to update; all when None.
 
     """
-    if where is None:
-        where = np.ones(ema.shape, dtype=bool)
-    ema[where] = alpha * ema[where] + (1.0 - alpha) * delta[where]
-    abs_ema[where] = alpha * abs_ema[where] + (1.0 - alpha) * np.abs(delta[where])
+    # Whole-array arithmetic and one masked copy: the same float32 operations per entry as
+    # updating ema[where] alone, without gathering and scattering the masked entries.
+    for average, value in ((ema, delta), (abs_ema, np.abs(delta))):
+        updated = alpha * average + (1.0 - alpha) * value
+        if where is None:
+            average[...] = updated
+        else:
+            np.copyto(average, updated, where=where)
 
 
 def stability(ema: np.ndarray, abs_ema: np.ndarray, eps: float = 1e-12) -> np.ndarray:

@@ -36,7 +36,7 @@ def make_strategy(size=2, buffers=None, **kwargs) -> GWPF:
 
 
 def votes_reply(strategy, node_id, values, vote_value=False, num_examples=10):
-    frozen = int((~strategy.sync_mask).sum())
+    frozen = int((~strategy.active).sum())  # every frozen scalar votes, thawed ones too
     return reply(
         node_id,
         num_examples,
@@ -113,7 +113,7 @@ def test_bn_buffers_are_never_frozen_and_always_averaged():
                     1,
                     **{
                         VALUES_KEY: np.zeros(int(strategy.sync_mask.sum()), np.float32),
-                        VOTES_KEY: np.zeros(int((~strategy.sync_mask).sum()), bool),
+                        VOTES_KEY: np.zeros(int((~strategy.active).sum()), bool),
                         "bn.running_mean": np.array([1.0, 1.0], np.float32),
                         "bn.running_var": np.array([2.0, 2.0], np.float32),
                         "bn.num_batches_tracked": np.array(6, np.int64),
@@ -124,7 +124,7 @@ def test_bn_buffers_are_never_frozen_and_always_averaged():
                     3,
                     **{
                         VALUES_KEY: np.zeros(int(strategy.sync_mask.sum()), np.float32),
-                        VOTES_KEY: np.zeros(int((~strategy.sync_mask).sum()), bool),
+                        VOTES_KEY: np.zeros(int((~strategy.active).sum()), bool),
                         "bn.running_mean": np.array([5.0, 5.0], np.float32),
                         "bn.running_var": np.array([4.0, 4.0], np.float32),
                         "bn.num_batches_tracked": np.array(10, np.int64),
@@ -315,3 +315,33 @@ def test_nodes_that_missed_a_round_are_resynced_with_the_full_model():
     assert any(full for rnd, _, full in kinds if rnd > 1)
     assert any(not full for _, _, full in kinds)
     assert sum(r["full_messages"] for r in records[1:]) == sum(f for _, _, f in kinds)
+
+
+def test_real_clients_keep_voting_on_thawed_scalars_so_thaws_lengthen():
+    # Every frozen scalar, thawed (uploaded) or not, folds each round's local change into
+    # its drift EMAs and votes: a node's EMAs hold one observation per round since the
+    # scalar froze, and repeated votes push thaw_len past 1 (the reference's mechanism).
+    strategy = GWPF(fraction_evaluate=0.0, min_available_nodes=3, min_train_nodes=3, alpha=0.5, threshold=0.5)
+    active_by_round: dict[int, np.ndarray] = {}
+    max_thaw_len = [0]
+    thawed_rounds = []
+
+    def on_receive(strat, job, client):
+        check_consistent_view(strat, job, client)
+        active_by_round.setdefault(job.server_round, strat.active.copy())
+        frozen_rounds = sum((~active_by_round[r]).astype(int) for r in range(1, job.server_round))
+        np.testing.assert_array_equal(client.extra["obs"], np.asarray(frozen_rounds, np.float32))
+        max_thaw_len[0] = max(max_thaw_len[0], int(strat.thaw_len.max()))
+        thawed_rounds.append(int(strat.masks["thawed"].sum()))
+
+    records, _, _ = run_real_clients(
+        strategy,
+        GWPFClient,
+        {"name": "gwpf", "alpha": 0.5, "vote_min_rounds": 1},
+        rounds=6,
+        on_receive=on_receive,
+    )
+    assert all(r["dropped"] == 0 for r in records[1:])
+    assert (~active_by_round[6]).any()
+    assert max(thawed_rounds) > 0
+    assert max_thaw_len[0] >= 2

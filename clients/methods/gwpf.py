@@ -1,4 +1,4 @@
-"""GWPF's client: trains everything, uploads the synced set and one thaw bit per left-out scalar.
+"""GWPF's client: trains everything, uploads the synced set and one thaw bit per frozen scalar.
 
 Frozen scalars keep training locally (no rollback, unlike APF). For each frozen
 scalar the client tracks, across rounds in ``context.state``, EMAs of its own local
@@ -6,11 +6,11 @@ change per round ``d = before - after`` (``ema_f``, ``abs_ema_f``, decay ``vote_
 default ``alpha``) and votes to thaw it when ``|ema_f| / (abs_ema_f + eps) >= threshold``
 (the server's current threshold), i.e. when its local drift is consistent.
 
-The EMAs hold the drift *not yet synced*, as the reference's do (it resets them at
-every sync): they restart for every scalar this round's upload carries (its drift is
-synced now) and for every scalar the client receives a synced value for. A frozen
-scalar that is uploaded this round (thawed) therefore casts no vote: votes cover the
-scalars the upload leaves out (``~sync``), one packed bit each.
+Every frozen scalar votes every round, thawed ones (uploaded this round) included, on
+the drift of the local copy it keeps training: so repeated votes lengthen a thaw, as in
+the reference, where all frozen scalars vote at every sync. The EMAs start when a
+scalar is frozen (active scalars hold none; GWPF never unfreezes) and run until the
+node is resynced with a full message.
 
 ``vote_min_rounds`` (default 2, **our reading**): a scalar votes only once its EMAs
 hold that many rounds. With one observation the rate is exactly 1 for any nonzero
@@ -35,36 +35,36 @@ def thaw_votes(
     abs_ema_f: np.ndarray,
     obs: np.ndarray,
     d: np.ndarray,
-    left_out: np.ndarray,
+    frozen: np.ndarray,
     alpha: float,
     threshold: float,
     min_rounds: int = 2,
     eps: float = 1e-12,
 ) -> np.ndarray:
-    """Fold one round's local change into the drift EMAs of the left-out scalars and vote.
+    """Fold one round's local change into the drift EMAs of the frozen scalars and vote.
 
     Parameters
     ----------
     ema_f, abs_ema_f, obs : np.ndarray
-        Per-scalar EMAs of the unsynced local change and of its magnitude, and the
-        number of rounds they hold; updated in place at the ``left_out`` positions.
+        Per-scalar EMAs of the local change since freezing and of its magnitude, and the
+        number of rounds they hold; updated in place at the ``frozen`` positions.
     d : np.ndarray
         This round's local change ``before - after`` of every scalar.
-    left_out : np.ndarray
-        Boolean mask of the frozen scalars this round's upload leaves out (``~sync``).
+    frozen : np.ndarray
+        Boolean mask of the frozen scalars (``~active``), thawed ones included.
     alpha, threshold, min_rounds, eps
         EMA decay, vote threshold, minimum rounds held, epsilon.
 
     Returns
     -------
     np.ndarray
-        One boolean per left-out scalar (flat order): 1 = thaw it.
+        One boolean per frozen scalar (flat order): 1 = thaw it (or keep it thawed).
 
     """
-    ema_update(ema_f, abs_ema_f, d, alpha, where=left_out)
-    obs[left_out] += 1
-    rate = stability(ema_f[left_out], abs_ema_f[left_out], eps)
-    return (rate >= threshold) & (obs[left_out] >= min_rounds)
+    ema_update(ema_f, abs_ema_f, d, alpha, where=frozen)
+    obs += frozen
+    votes = (stability(ema_f, abs_ema_f, eps) >= threshold) & (obs >= min_rounds)
+    return votes[frozen]
 
 
 class GWPFClient(PartialSyncClient):
@@ -74,16 +74,8 @@ class GWPFClient(PartialSyncClient):
     mask_spec = GWPF_MASKS
     extra_state = ("ema_f", "abs_ema_f", "obs")
 
-    def on_receive(self, job: ClientJob, received: np.ndarray) -> None:
-        """Restart the drift EMAs of every scalar that was just synced."""
-        self._restart(received)
-
-    def _restart(self, where: np.ndarray) -> None:
-        for name in self.extra_state:
-            self.extra[name][where] = 0.0
-
     def extra_reply(self, job: ClientJob, flat_after: np.ndarray) -> dict[str, np.ndarray]:
-        """The packed thaw votes, one bit per scalar left out of the upload."""
+        """The packed thaw votes, one bit per frozen scalar."""
         alpha = self.method["vote_alpha"]
         alpha = float(self.method["alpha"] if alpha is None else alpha)
         votes = thaw_votes(
@@ -91,13 +83,12 @@ class GWPFClient(PartialSyncClient):
             self.extra["abs_ema_f"],
             self.extra["obs"],
             (self.flat_before - flat_after).astype(np.float32),
-            ~self.sync,
+            ~self.masks["active"],
             alpha,
             float(job.config[THRESHOLD_KEY]),
             int(self.method["vote_min_rounds"]),
             float(self.method["eps"]),
         )
-        self._restart(self.sync)  # their drift is synced by this upload
         return {VOTES_KEY: votes}
 
     def reply_metrics(self, job: ClientJob, stats: LoopStats) -> dict[str, float | int]:
