@@ -641,3 +641,24 @@ def test_method_payload_faults_are_dropped(tmp_path, caplog, faults, overrides):
         tmp_path / "run", caplog, {**generic, **faults}, [*overrides, "fraction_evaluate=0"]
     )
     check_run(run, {**generic, **faults})
+
+
+@pytest.mark.slow
+def test_nan_num_examples_on_ray_is_dropped_and_the_run_completes(tmp_path, caplog):
+    from omegaconf import OmegaConf
+
+    from simulations.runtimes.simulation import run_from_config
+
+    cfg = OmegaConf.to_container(config("backend=ray", "num_clients=3", "fraction_evaluate=0"), resolve=True)
+    cfg["method"] = {"name": "fedavg_nan_node"}
+    cfg["plugins"] = ["tests.fault_plugin"]
+    with caplog.at_level(logging.WARNING, logger="flwr"):
+        summary = run_from_config(cfg, tmp_path, quiet=True)
+    rounds = [json.loads(x) for x in (tmp_path / "rounds.jsonl").read_text().splitlines()]
+    assert [r["dropped"] for r in rounds[1:]] == [1, 1]
+    drops = [m for m in (r.getMessage() for r in caplog.records) if DROP.match(m)]
+    assert len(drops) == 2 and all("'num-examples'=nan is not a positive integer" in m for m in drops)
+    assert {DROP.match(m)[1] for m in drops} == {"1", "2"}
+    final = np.load(tmp_path / "final_model.npz")
+    assert all(np.all(np.isfinite(final[k])) for k in final.files)
+    assert summary["method"] == "fedavg_nan_node"
