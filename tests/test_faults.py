@@ -526,8 +526,13 @@ class FaultRun:
 
 
 def run_with_faults(
-    tmp_path, caplog, faults: dict[str, Fault], overrides: list[str], good: int = 2
+    tmp_path, caplog, faults: dict[str, Fault], overrides: list[str], good: int = 2, deployment: bool = False
 ) -> FaultRun:
+    """Run with one node per fault and ``good`` honest ones.
+
+    ``deployment``: the server knows no partition sizes (as with real devices), so
+    only ``max_num_examples`` bounds a reply's claim.
+    """
     from simulations.app.client_app import app
     from simulations.app.compose import compose_run, execute_plan
     from simulations.runtimes.inline import InlineGrid
@@ -545,7 +550,10 @@ def run_with_faults(
             _set_metric("num-examples", strategy.partition_sizes[pid] + 1), "of partition"
         )
     grid = InlineGrid(faulty_app(app, by_node), num_clients)
-    strategy.node_partitions = {n: int(c.node_config["partition-id"]) for n, c in grid.contexts.items()}
+    if deployment:
+        strategy.partition_sizes = None
+    else:
+        strategy.node_partitions = {n: int(c.node_config["partition-id"]) for n, c in grid.contexts.items()}
     forged = {nodes[n] for n in names if faults[n].forged_size}
     peaks: dict[int, list[tuple[int, int]]] = {}
     validate = strategy.validated_train_reply
@@ -662,3 +670,127 @@ def test_nan_num_examples_on_ray_is_dropped_and_the_run_completes(tmp_path, capl
     final = np.load(tmp_path / "final_model.npz")
     assert all(np.all(np.isfinite(final[k])) for k in final.files)
     assert summary["method"] == "fedavg_nan_node"
+
+
+# ------------------------------------------------------- weights and aggregation
+def test_check_num_examples_by_hand():
+    from fl_strategies.base import ReplyError, check_num_examples
+
+    assert check_num_examples(12.0, 12) == 12
+    for bad in (math.nan, math.inf, -1, 0, 2.5, True, "7", [3], None):
+        with pytest.raises(ReplyError):
+            check_num_examples(bad, 100)
+    with pytest.raises(ReplyError, match="more than the 12 examples of partition 3"):
+        check_num_examples(13, 12, "of partition 3")
+
+
+def test_capped_weights_by_hand():
+    from fl_strategies.base import capped_weights
+
+    # 1000 of 1030 would hold 97%; capped at 50% the other two share the rest 1:2.
+    shares = np.array(capped_weights([1000, 10, 20], 0.5)) / 1030
+    np.testing.assert_allclose(shares, [0.5, 0.5 / 3, 1 / 3])
+    assert capped_weights([1, 2, 3], None) == [1.0, 2.0, 3.0]
+    assert capped_weights([5, 1], 0.4) == [3.0, 3.0]  # no split holds 0.4 each: equal weights
+    # Water filling: capping one may push another over the cap.
+    np.testing.assert_allclose(np.array(capped_weights([60, 30, 5, 5], 0.35)) / 100, [0.35, 0.35, 0.15, 0.15])
+
+
+def test_clip_update_by_hand():
+    from fl_strategies.base import clip_update
+
+    reference = {"w": np.zeros(2, np.float32), "b": np.ones(1, np.float32)}
+    arrays = {"w": np.array([3.0, 4.0], np.float32), "b": np.ones(1, np.float32), "n": np.array(7)}
+    clipped, norm = clip_update(arrays, reference, 1.0)
+    assert norm == pytest.approx(5.0)
+    np.testing.assert_allclose(clipped["w"], [0.6, 0.8], rtol=1e-6)
+    assert clipped["n"] == 7 and clipped["w"].dtype == np.float32
+    same, norm = clip_update(arrays, reference, 10.0)
+    np.testing.assert_array_equal(same["w"], arrays["w"])
+
+
+def test_robust_mean_uses_flowers_aggregators_by_hand():
+    from fl_strategies.base import robust_mean
+
+    replies = [
+        {"w": np.array([v], np.float32), "n": np.array([k])} for v, k in ((1, 1), (2, 2), (3, 3), (100, 4))
+    ]
+    weights = [1, 1, 1, 1]
+    assert robust_mean(replies, weights, "mean")["w"][0] == pytest.approx(26.5)
+    assert robust_mean(replies, weights, "median")["w"][0] == pytest.approx(2.5)
+    assert robust_mean(replies, weights, "trimmed_mean", trim_beta=0.25)["w"][0] == pytest.approx(2.5)
+    assert robust_mean(replies, weights, "krum", num_malicious=1)["w"][0] in (1.0, 2.0, 3.0)
+    assert robust_mean(replies, weights, "median")["n"].dtype == replies[0]["n"].dtype
+
+
+def test_one_client_cannot_dominate_with_weights_norms_or_outliers(tmp_path, caplog):
+    """An honest-looking reply (10,000 examples claimed, weights +100) among honest ones."""
+    from fl_strategies.codec import decode_arrays, encode_arrays
+
+    def poison(content: RecordDict) -> RecordDict:
+        _metrics(content)["num-examples"] = 10_000
+        arrays = decode_arrays(content.array_records["arrays"])
+        content.array_records["arrays"] = encode_arrays(
+            {k: v + 100 if v.dtype.kind == "f" else v for k, v in arrays.items()}
+        )
+        return content
+
+    outlier = {"poisoned": Fault(poison, "")}
+    common = ["method=fedavg", "fraction_evaluate=0"]
+    finals = {}
+    for name, extra in {
+        "plain": [],
+        "share": ["max_weight_share=0.25"],
+        "norm": ["update_norm_bound=1.0"],
+        "median": ["aggregation=median"],
+    }.items():
+        plan_dir = tmp_path / name
+        run = run_with_faults(plan_dir, caplog, outlier, [*common, *extra], good=4, deployment=True)
+        finals[name] = max(float(np.abs(v).max()) for v in run.final.values() if v.dtype.kind == "f")
+        assert all(r["dropped"] == 0 for r in run.rounds[1:])
+        if name == "norm":
+            assert all(r["clipped"] >= 1 for r in run.rounds[1:])
+    # 10,000 of about 10,900 examples: the outlier is the model (+100 twice, about 180).
+    assert finals["plain"] > 150
+    assert finals["share"] < 0.4 * finals["plain"]  # a quarter of the weight: about +50
+    assert finals["norm"] < 10 and finals["median"] < 10
+
+
+@pytest.mark.parametrize(
+    ("overrides", "needle"),
+    [
+        (["max_num_examples=0"], "max_num_examples=0: must be an integer >= 1"),
+        (["max_weight_share=1.5"], "max_weight_share=1.5: must be null or in (0, 1]"),
+        (["update_norm_bound=-1"], "update_norm_bound=-1.0: must be null or > 0"),
+        (["aggregation=mode"], "aggregation='mode': must be one of mean, median, trimmed_mean, krum"),
+        (["aggregation=krum", "method=gwpf"], "aggregation='krum': is supported for fedavg and fedprox only"),
+        (["trim_beta=0.5"], "trim_beta=0.5: must be in [0, 0.5)"),
+        (["num_clients=1500"], "num_clients=1500: more than the 1437 training examples of digits"),
+        (["num_clients=2", "max_num_examples=100"], "max_num_examples=100: below the largest partition"),
+    ],
+)
+def test_bad_weight_and_aggregation_config_fails_in_one_line(tmp_path, overrides, needle):
+    from simulations.app.compose import compose_run
+    from simulations.app.config import ConfigError
+
+    with pytest.raises(ConfigError) as info:
+        compose_run(config(*overrides), tmp_path)
+    assert needle in str(info.value) and "\n" not in str(info.value)
+
+
+def test_download_without_network_fails_in_one_line(tmp_path, monkeypatch):
+    import socket
+
+    from simulations.app.compose import compose_run
+    from simulations.app.config import ConfigError
+
+    def no_network(*args, **kwargs):
+        raise socket.gaierror(-2, "Name or service not known")
+
+    monkeypatch.setattr(socket, "getaddrinfo", no_network)
+    cfg = config("dataset=mnist", f"dataset.root={tmp_path / 'data'}", "dataset.download=true")
+    with pytest.raises(ConfigError) as info:
+        compose_run(cfg, tmp_path / "out")
+    message = str(info.value)
+    assert message.startswith("dataset.download=true: dataset 'mnist': download into") and "\n" not in message
+    assert "Name or service not known" in message
