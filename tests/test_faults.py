@@ -19,6 +19,7 @@ import io
 import json
 import logging
 import math
+import os
 import re
 import tracemalloc
 import zlib
@@ -604,6 +605,17 @@ def check_run(run: FaultRun, faults: dict[str, Fault], phases: tuple[str, ...] =
             assert run.peaks.get(node), name
             for peak, size in run.peaks[node]:
                 assert peak < size + run.model_bytes + (1 << 20), (name, peak, size, run.model_bytes)
+    table = os.environ.get("FEDLEAN_FAULT_TABLE")
+    if table:  # docs/reliability.md's table, as measured by this run
+        with open(table, "a", encoding="utf-8") as out:
+            for name, fault in faults.items():
+                node = run.nodes[name]
+                reason = run.drops.get((1, fault.phases[0], node), ["used"])[0]
+                peak = max((p for p, _ in run.peaks.get(node, [])), default=None)
+                size = max((z for _, z in run.peaks.get(node, [])), default=None)
+                cost = f"{peak / 2**20:.2f} MiB (reply {size / 2**20:.2f} MiB)" if peak is not None else ""
+                method = run.strategy.method_name
+                out.write(f"| {method} | {name} | {', '.join(fault.phases)} | {reason} | {cost} |\n")
     dropped = sum(1 for f in faults.values() if f.dropped and "train" in f.phases)
     assert [r["dropped"] for r in run.rounds[1:]] == [dropped + _evaluate_drops(faults, phases)] * len(ROUNDS)
 
