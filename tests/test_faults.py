@@ -806,3 +806,36 @@ def test_download_without_network_fails_in_one_line(tmp_path, monkeypatch):
     message = str(info.value)
     assert message.startswith("dataset.download=true: dataset 'mnist': download into") and "\n" not in message
     assert "Name or service not known" in message
+
+
+def test_a_drop_is_one_line_with_the_traceback_at_debug(caplog):
+    from fl_strategies import FedAvg
+
+    strategy = FedAvg()
+    try:
+        raise ValueError("first line\n  second line")
+    except ValueError as exc:
+        with caplog.at_level(logging.DEBUG, logger="flwr"):
+            strategy._drop_node(3, 1007, "train", exc)
+    warnings = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warnings == ["round 3 train: dropped reply from node 1007: ValueError: first line"]
+    debug = [r for r in caplog.records if r.levelno == logging.DEBUG]
+    assert len(debug) == 1 and debug[0].exc_info is not None
+    assert strategy.dropped[3] == ["1007: ValueError: first line"]
+
+
+def test_read_npy_and_claimed_shape_check_headers_by_hand():
+    from fl_strategies.codec import CodecError, claimed_shape, encode_arrays, read_npy
+
+    good = Array(np.arange(6, dtype=np.float32).reshape(2, 3))
+    np.testing.assert_array_equal(read_npy(good, (2, 3)), np.arange(6).reshape(2, 3))
+    with pytest.raises(CodecError, match=r"claims shape \(2, 3\), expected \(3, 2\)"):
+        read_npy(good, (3, 2))
+    with pytest.raises(CodecError, match=r"claims 1099511627776 elements \(at most 268435456 accepted\)"):
+        read_npy(forged_npy(2**40))  # no expected shape: the codec's element bound
+    with pytest.raises(CodecError, match="header claims 4000 data bytes, the message holds 16"):
+        read_npy(forged_npy(1000))  # within the bound: the bytes must be there
+    assert claimed_shape(forged_npy(2**40), "x") == (2**40,)
+    record = encode_arrays({"s": np.zeros((40, 5), np.float32), "b": np.zeros(7, bool)}, encoding="sparse")
+    assert claimed_shape(record["s@sparse"], "s@sparse") == (40, 5)
+    assert claimed_shape(record["b@bits"], "b@bits") == (7,)
