@@ -5,9 +5,14 @@
 * **measured bytes** of every message each way (Flower's own serialization, see
   :mod:`fl_strategies.wire`), per round and cumulative, training and evaluation apart;
 * **validated replies**: error replies, missing records or keys, undecodable payloads,
-  wrong shapes/dtypes, non-finite values and implausible ``num-examples`` are dropped
-  with one log line naming the node and the reason, and the round completes with the
-  rest;
+  wrong shapes/dtypes, non-finite values, implausible ``num-examples`` and metrics that
+  are not finite numbers (or whose keys differ from the other replies') are dropped
+  with one log line naming the round, the node and the reason, and the round completes
+  with the rest; no reply can raise out of the strategy;
+* **weights that cannot be gamed**: ``num-examples`` bounded by the node's partition
+  (simulation) or ``max_num_examples``, an optional cap on one reply's share of the
+  weight, an optional bound on a reply's update norm (clipped) and, for the plain
+  FedAvg/FedProx aggregation, Flower's robust aggregators (median, trimmed mean, Krum);
 * **per-round records** (:meth:`round_record`) that the results writer stores.
 
 Methods override small hooks instead of Flower's methods: :meth:`encode_global` (what
@@ -23,10 +28,10 @@ from __future__ import annotations
 
 import json
 import math
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from logging import INFO, WARNING
+from logging import DEBUG, INFO, WARNING
 from typing import Any
 
 import numpy as np
@@ -35,12 +40,163 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Result
 
 from .codec import CodecError, decode_arrays, encode_arrays
-from .flwr_compat import log
+from .flwr_compat import log, select_multikrum, trim_mean
 from .wire import ARRAYS_KEY, METRICS_KEY, NUM_EXAMPLES_KEY, RUN_CONFIG_KEY, messages_bytes
+
+#: ``num-examples`` bound where the server knows no partition sizes (deployment).
+DEFAULT_MAX_NUM_EXAMPLES = 100_000
+#: How :meth:`FedleanStrategy.aggregate_replies` may merge dense models.
+ROBUST_AGGREGATIONS = ("mean", "median", "trimmed_mean", "krum")
 
 
 class ReplyError(ValueError):
     """A client reply that cannot be used this round; the message says why."""
+
+
+def first_line(text: object) -> str:
+    """The first non-empty line of ``text`` (a drop reason is one log line)."""
+    for line in str(text).splitlines():
+        if line.strip():
+            return line.strip()
+    return ""
+
+
+def check_num_examples(value: Any, bound: int | None = None, what: str = "accepted") -> int:
+    """A reply's ``num-examples`` as a positive int within ``bound``; :class:`ReplyError` if not.
+
+    Parameters
+    ----------
+    value : Any
+        The value the reply sent (anything: NaN, inf, bool, a list...).
+    bound : int | None (default: None)
+        Largest count accepted; ``None`` accepts any positive integer.
+    what : str (default: "accepted")
+        Where the bound comes from, for the message (e.g. "of partition 3").
+    """
+    if isinstance(value, bool) or not isinstance(value, int | float):
+        raise ReplyError(f"'{NUM_EXAMPLES_KEY}' missing or not a number ({type(value).__name__})")
+    if not math.isfinite(value) or value <= 0 or value != int(value):
+        raise ReplyError(f"'{NUM_EXAMPLES_KEY}'={value!r} is not a positive integer")
+    if bound is not None and value > bound:
+        raise ReplyError(
+            f"'{NUM_EXAMPLES_KEY}'={int(value)} is implausible (more than the {bound} examples {what})"
+        )
+    return int(value)
+
+
+def check_metrics(record: MetricRecord) -> MetricRecord:
+    """A copy of a reply's metrics holding only finite numbers; :class:`ReplyError` otherwise.
+
+    Values must be finite ints/floats or non-empty lists of them (what a MetricRecord
+    may hold on the wire); what Flower's metric aggregation reads is this copy only.
+    """
+    clean: dict[str, Any] = {}
+    for key, value in record.items():
+        items = value if isinstance(value, list) else [value]
+        if isinstance(value, list) and not value:
+            raise ReplyError(f"metric '{key}' is an empty list")
+        for item in items:
+            if isinstance(item, bool) or not isinstance(item, int | float):
+                raise ReplyError(f"metric '{key}' is a {type(item).__name__}, not a number")
+            if not math.isfinite(item):
+                raise ReplyError(f"metric '{key}'={item!r} is not finite")
+        clean[key] = list(value) if isinstance(value, list) else value
+    return MetricRecord(clean)
+
+
+def metric_signature(record: Mapping[str, Any]) -> tuple[tuple[str, int], ...]:
+    """Keys of a metric record with each value's length (0 for a scalar)."""
+    return tuple(sorted((k, len(v) if isinstance(v, list) else 0) for k, v in record.items()))
+
+
+def capped_weights(weights: Sequence[float], max_share: float | None) -> list[float]:
+    """Weights rescaled so that no entry holds more than ``max_share`` of their sum.
+
+    The excess of capped entries goes to the others in proportion to their weights
+    (water filling). Where ``len(weights) * max_share < 1`` no such split exists: every
+    entry gets the same weight.
+    """
+    total = float(sum(weights))
+    if max_share is None or total <= 0 or not weights:
+        return [float(w) for w in weights]
+    if len(weights) * max_share < 1:
+        return [total / len(weights)] * len(weights)
+    shares = [float(w) / total for w in weights]
+    capped: set[int] = set()
+    while True:
+        over = {i for i, s in enumerate(shares) if s > max_share + 1e-12} - capped
+        if not over:
+            break
+        capped |= over
+        free = [i for i in range(len(shares)) if i not in capped]
+        rest = 1.0 - max_share * len(capped)
+        free_total = sum(float(weights[i]) for i in free)
+        for i in capped:
+            shares[i] = max_share
+        for i in free:
+            shares[i] = rest * float(weights[i]) / free_total if free_total > 0 else rest / len(free)
+    return [s * total for s in shares]
+
+
+def update_norm(arrays: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray]) -> float:
+    """L2 norm of ``arrays - reference`` over the names of ``reference``."""
+    squares = 0.0
+    for name, ref in reference.items():
+        squares += float(np.sum(np.square(arrays[name].astype(np.float64) - ref.astype(np.float64))))
+    return math.sqrt(squares)
+
+
+def clip_update(
+    arrays: Mapping[str, np.ndarray], reference: Mapping[str, np.ndarray], bound: float
+) -> tuple[dict[str, np.ndarray], float]:
+    """``arrays`` with their update from ``reference`` scaled to L2 norm at most ``bound``.
+
+    Returns the (possibly) clipped arrays and the norm before clipping; names not in
+    ``reference`` are kept as they are.
+    """
+    norm = update_norm(arrays, reference)
+    if norm <= bound:
+        return dict(arrays), norm
+    scale = bound / norm
+    out = dict(arrays)
+    for name, ref in reference.items():
+        base = ref.astype(np.float64)
+        out[name] = (base + (arrays[name].astype(np.float64) - base) * scale).astype(arrays[name].dtype)
+    return out, norm
+
+
+def robust_mean(
+    arrays: Sequence[Mapping[str, np.ndarray]],
+    weights: Sequence[float],
+    how: str,
+    trim_beta: float = 0.2,
+    num_malicious: int = 0,
+) -> dict[str, np.ndarray]:
+    """Merge same-keyed dense models with one of :data:`ROBUST_AGGREGATIONS`.
+
+    ``mean`` is :func:`weighted_mean`; ``median`` (Flower's ``FedMedian``) and
+    ``trimmed_mean`` (Flower's ``FedTrimmedAvg`` ``trim_mean``, cutting ``trim_beta``
+    of the replies at each end per coordinate) are coordinate-wise and unweighted;
+    ``krum`` keeps the one reply Flower's ``select_multikrum`` picks for
+    ``num_malicious`` faulty nodes.
+    """
+    if how == "mean":
+        return weighted_mean(arrays, weights)
+    if how == "krum":
+        contents = [RecordDict({ARRAYS_KEY: numpy_to_arrayrecord(a)}) for a in arrays]
+        chosen = select_multikrum(contents, num_malicious_nodes=num_malicious, num_nodes_to_select=1)
+        index = next(i for i, c in enumerate(contents) if c is chosen[0])
+        return {k: np.array(v) for k, v in arrays[index].items()}
+    if how not in ROBUST_AGGREGATIONS:
+        raise ValueError(f"aggregation must be one of {ROBUST_AGGREGATIONS}, got {how!r}")
+    out: dict[str, np.ndarray] = {}
+    for key, first in arrays[0].items():
+        stacked = np.stack([a[key].astype(np.float64) for a in arrays])
+        merged = np.median(stacked, axis=0) if how == "median" else trim_mean(stacked, trim_beta)
+        if np.issubdtype(first.dtype, np.integer):
+            merged = np.rint(merged)
+        out[key] = np.asarray(merged).astype(first.dtype)
+    return out
 
 
 @dataclass
@@ -52,6 +208,12 @@ class ParsedReply:
     arrays: dict[str, np.ndarray]
     metrics: MetricRecord
     content: RecordDict = field(repr=False, default_factory=RecordDict)
+    #: Aggregation weight: ``num-examples``, after the server's share cap.
+    weight: float = field(default=0.0, kw_only=True)
+
+    def __post_init__(self) -> None:
+        if not self.weight:
+            self.weight = float(self.num_examples)
 
 
 def arrayrecord_to_numpy(record: ArrayRecord) -> dict[str, np.ndarray]:
@@ -102,21 +264,31 @@ def decode_reply_arrays(
     content: RecordDict,
     key: str = ARRAYS_KEY,
     expected_keys: Mapping[str, tuple[int, ...]] | Iterable[str] | None = None,
+    max_elements: int | None = None,
+    exact_keys: bool = True,
 ) -> dict[str, np.ndarray]:
     """Decode one ArrayRecord of a reply; :class:`ReplyError` if absent or malformed.
 
     With ``expected_keys``, the decoded names must be exactly those; given as a mapping
     of names to shapes, an entry claiming another shape is rejected by the codec before
-    anything is allocated for it.
+    anything is allocated for it. ``max_elements`` bounds what an encoded entry not
+    named there may claim (default: the codec's :data:`~fl_strategies.codec.MAX_ELEMENTS`).
+    ``exact_keys=False`` checks the shapes of the names given but lets other names come.
     """
     if key not in content.array_records:
         raise ReplyError(f"no ArrayRecord '{key}'")
-    shapes = dict(expected_keys) if isinstance(expected_keys, Mapping) else None
+    if isinstance(expected_keys, Mapping):
+        shapes = {name: tuple(int(d) for d in shape) for name, shape in expected_keys.items()}
+    else:
+        shapes = None
     try:
-        arrays = decode_arrays(content.array_records[key], shapes)
+        if max_elements is None:
+            arrays = decode_arrays(content.array_records[key], shapes)
+        else:
+            arrays = decode_arrays(content.array_records[key], shapes, max_elements)
     except (CodecError, ValueError, TypeError) as exc:
-        raise ReplyError(f"undecodable payload: {exc}") from exc
-    if expected_keys is not None:
+        raise ReplyError(f"undecodable payload: {first_line(exc)}") from exc
+    if expected_keys is not None and exact_keys:
         expected = set(expected_keys)
         missing, extra = sorted(expected - set(arrays)), sorted(set(arrays) - expected)
         if missing or extra:
@@ -141,12 +313,28 @@ class FedleanStrategy(FedAvg):
     client_config : Mapping[str, Any] | None (default: None)
         Client-side run settings (dataset, model, training, method options). Sent as
         JSON in every message's ConfigRecord so that clients need no Hydra.
-    max_num_examples : int | None (default: None)
-        Largest plausible ``num-examples`` in a reply (e.g. the training set size);
-        replies above it are dropped. ``None`` accepts any positive count.
+    max_num_examples : int | None (default: :data:`DEFAULT_MAX_NUM_EXAMPLES`)
+        Largest plausible ``num-examples`` in a reply; replies above it are dropped.
+        ``None`` accepts any positive count. Where the runtime fills
+        :attr:`node_partitions` and :attr:`partition_sizes` (simulation), a training
+        reply must not claim more than its partition's training examples either.
     encoding : str (default: "auto")
         Codec encoding of the global model sent down (see
         :func:`fl_strategies.codec.encode_arrays`).
+    max_weight_share : float | None (default: None)
+        Largest share (0 < share <= 1) of a round's aggregation weight one reply may
+        hold (:func:`capped_weights`); ``None``: weights as the replies' counts.
+    update_norm_bound : float | None (default: None)
+        Largest L2 norm of a reply's update against the global model; longer updates
+        are scaled down to it (clipped). Applies where :meth:`update_reference` names
+        the reply's dense arrays.
+    robust_aggregation : str (default: "mean")
+        One of :data:`ROBUST_AGGREGATIONS`; anything but ``mean`` only for strategies
+        that keep the base :meth:`aggregate_replies` (FedAvg, FedProx).
+    trim_beta : float (default: 0.2)
+        Fraction cut at each end by ``trimmed_mean``.
+    krum_num_malicious : int (default: 1)
+        Faulty nodes Krum assumes.
     **kwargs
         Passed to :class:`flwr.serverapp.strategy.FedAvg`.
 
@@ -158,14 +346,44 @@ class FedleanStrategy(FedAvg):
     def __init__(
         self,
         client_config: Mapping[str, Any] | None = None,
-        max_num_examples: int | None = None,
+        max_num_examples: int | None = DEFAULT_MAX_NUM_EXAMPLES,
         encoding: str = "auto",
+        max_weight_share: float | None = None,
+        update_norm_bound: float | None = None,
+        robust_aggregation: str = "mean",
+        trim_beta: float = 0.2,
+        krum_num_malicious: int = 1,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
+        if max_weight_share is not None and not 0 < max_weight_share <= 1:
+            raise ValueError(f"max_weight_share must be in (0, 1], got {max_weight_share}")
+        if update_norm_bound is not None and not (update_norm_bound > 0 and math.isfinite(update_norm_bound)):
+            raise ValueError(f"update_norm_bound must be > 0, got {update_norm_bound}")
+        if robust_aggregation not in ROBUST_AGGREGATIONS:
+            raise ValueError(f"aggregation must be one of {ROBUST_AGGREGATIONS}, got {robust_aggregation!r}")
+        if (
+            robust_aggregation != "mean"
+            and type(self).aggregate_replies is not FedleanStrategy.aggregate_replies
+        ):
+            raise ValueError(
+                f"aggregation={robust_aggregation} is not supported by {self.method_name} "
+                "(only fedavg and fedprox aggregate plain dense models)"
+            )
         self.client_config = dict(client_config or {})
         self.max_num_examples = max_num_examples
         self.encoding = encoding
+        self.max_weight_share = max_weight_share
+        self.update_norm_bound = update_norm_bound
+        self.robust_aggregation = robust_aggregation
+        self.trim_beta = float(trim_beta)
+        self.krum_num_malicious = int(krum_num_malicious)
+        #: Node id -> partition id, filled by the runtime before :meth:`start` (simulation).
+        self.node_partitions: dict[int, int] = {}
+        #: Training examples of each partition (simulation); ``None`` where unknown.
+        self.partition_sizes: list[int] | None = None
+        #: Replies whose update was clipped, per round (node ids).
+        self.clipped: dict[int, list[int]] = defaultdict(list)
         self.bytes: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
         self.dropped: dict[int, list[str]] = defaultdict(list)
         self.train_metrics: dict[int, MetricRecord] = {}
@@ -263,14 +481,17 @@ class FedleanStrategy(FedAvg):
         content: RecordDict,
         key: str = ARRAYS_KEY,
         expected_keys: Mapping[str, tuple[int, ...]] | Iterable[str] | None = None,
+        exact_keys: bool = True,
     ) -> dict[str, np.ndarray]:
         """Decode one ArrayRecord of a reply (training or evaluation) through the codec.
 
         Every method reads reply arrays through this hook; :class:`ReplyError` if the
         record is absent, malformed or (with ``expected_keys``) holds other names.
-        Shapes given as a mapping are checked before the codec allocates anything.
+        Shapes given as a mapping are checked before the codec allocates anything; an
+        encoded entry not named there may claim at most one model's worth of elements.
         """
-        return decode_reply_arrays(content, key, expected_keys)
+        bound = max(1, sum(int(v.size) for v in self.global_arrays.values()))
+        return decode_reply_arrays(content, key, expected_keys, max_elements=bound, exact_keys=exact_keys)
 
     def add_train_config(self, server_round: int, config: ConfigRecord) -> None:
         """Add per-round entries to the training ConfigRecord (default: none)."""
@@ -302,15 +523,65 @@ class FedleanStrategy(FedAvg):
         """Validate one evaluation reply (``num-examples``, finite metrics); raise to drop it."""
         content = message.content
         self._num_examples(content)
-        for name, value in content.metric_records[METRICS_KEY].items():
-            if isinstance(value, float) and not math.isfinite(value):
-                raise ReplyError(f"metric '{name}' is not finite")
+        check_metrics(content.metric_records[METRICS_KEY])
         return content
 
     def aggregate_replies(self, server_round: int, replies: list[ParsedReply]) -> dict[str, np.ndarray]:
-        """New global model from validated replies (default: weighted mean)."""
-        merged = weighted_mean([r.arrays for r in replies], [r.num_examples for r in replies])
+        """New global model from validated replies (default: weighted mean, or ``robust_aggregation``)."""
+        merged = robust_mean(
+            [r.arrays for r in replies],
+            [r.weight for r in replies],
+            self.robust_aggregation,
+            self.trim_beta,
+            self.krum_num_malicious,
+        )
         return {**self.global_arrays, **merged}
+
+    def update_reference(self, server_round: int, reply: ParsedReply) -> dict[str, np.ndarray]:
+        """What a reply's dense arrays are an update of, by name (``update_norm_bound``).
+
+        Default: the global model's float arrays the reply carries. Methods whose
+        replies hold other arrays name their own (an empty dict: no bound applies).
+        """
+        return {
+            name: self.global_arrays[name]
+            for name in reply.arrays
+            if name in self.global_arrays and self.global_arrays[name].dtype.kind == "f"
+        }
+
+    def validated_train_reply(self, server_round: int, message: Message) -> ParsedReply:
+        """One training reply through every check: error, :meth:`parse_train_reply`, bounds.
+
+        The metrics of the returned reply are :func:`check_metrics`' copy (what the
+        metric aggregation reads); its update is clipped to ``update_norm_bound``.
+        """
+        if message.has_error():
+            raise ReplyError(f"error reply: {first_line(message.error.reason)}")
+        reply = self.parse_train_reply(server_round, message)
+        node = message.metadata.src_node_id
+        partition = self.node_partitions.get(node)
+        if self.partition_sizes is not None and partition is not None:
+            if not 0 <= partition < len(self.partition_sizes):
+                raise ReplyError(f"node's partition {partition} is unknown")
+            check_num_examples(
+                reply.num_examples, self.partition_sizes[partition], f"of partition {partition}"
+            )
+        reply.metrics = check_metrics(reply.metrics)
+        if self.update_norm_bound is not None:
+            reference = self.update_reference(server_round, reply)
+            if reference:
+                reply.arrays, norm = clip_update(reply.arrays, reference, self.update_norm_bound)
+                if norm > self.update_norm_bound:
+                    self.clipped[server_round].append(node)
+                    log(
+                        INFO,
+                        "round %d train: clipped the update of node %s (norm %.4g > %.4g)",
+                        server_round,
+                        node,
+                        norm,
+                        self.update_norm_bound,
+                    )
+        return reply
 
     def method_metrics(self, server_round: int) -> dict[str, float]:
         """Method-specific per-round fields for the results (default: none)."""
@@ -345,17 +616,22 @@ class FedleanStrategy(FedAvg):
         parsed: list[ParsedReply] = []
         for message in replies:
             try:
-                if message.has_error():
-                    raise ReplyError(f"error reply: {message.error.reason}")
-                parsed.append(self.parse_train_reply(server_round, message))
-            except ReplyError as exc:
+                parsed.append(self.validated_train_reply(server_round, message))
+            except Exception as exc:  # noqa: BLE001 - no reply may end the run
                 self._drop(server_round, message, "train", exc)
+        parsed = self._same_metric_keys(server_round, "train", parsed)
         log(INFO, "aggregate_train: %d valid replies, %d dropped", len(parsed), len(replies) - len(parsed))
         if not parsed:
             return None, None
+        for reply, weight in zip(
+            parsed, capped_weights([r.num_examples for r in parsed], self.max_weight_share), strict=True
+        ):
+            reply.weight = weight
         new_global = self.aggregate_replies(server_round, parsed)
         self.global_arrays = new_global
-        metrics = self.train_metrics_aggr_fn([r.content for r in parsed], self.weighted_by_key)
+        metrics = self.train_metrics_aggr_fn(
+            [self._metrics_content(r.metrics, r.weight) for r in parsed], self.weighted_by_key
+        )
         self.train_metrics[server_round] = metrics
         return self.global_record(), metrics
 
@@ -379,17 +655,25 @@ class FedleanStrategy(FedAvg):
         """Aggregate evaluation metrics of the valid replies."""
         replies = list(replies)
         self._count(server_round, "eval_bytes_up", replies)
-        valid: list[RecordDict] = []
+        valid: list[ParsedReply] = []
         for message in replies:
             try:
                 if message.has_error():
-                    raise ReplyError(f"error reply: {message.error.reason}")
-                valid.append(self.parse_evaluate_reply(server_round, message))
-            except ReplyError as exc:
+                    raise ReplyError(f"error reply: {first_line(message.error.reason)}")
+                content = self.parse_evaluate_reply(server_round, message)
+                record = check_metrics(content.metric_records[METRICS_KEY])
+                count = self._num_examples(content)
+                valid.append(ParsedReply(message.metadata.src_node_id, count, {}, record, content))
+            except Exception as exc:  # noqa: BLE001 - no reply may end the run
                 self._drop(server_round, message, "evaluate", exc)
+        valid = self._same_metric_keys(server_round, "evaluate", valid)
         if not valid:
             return None
-        metrics = self.evaluate_metrics_aggr_fn(valid, self.weighted_by_key)
+        weights = capped_weights([r.num_examples for r in valid], self.max_weight_share)
+        metrics = self.evaluate_metrics_aggr_fn(
+            [self._metrics_content(r.metrics, w) for r, w in zip(valid, weights, strict=True)],
+            self.weighted_by_key,
+        )
         self.eval_metrics[server_round] = metrics
         return metrics
 
@@ -490,6 +774,8 @@ class FedleanStrategy(FedAvg):
                 int(self.bytes[r].get(key, 0)) for r in list(self.bytes) if r <= server_round
             )
         record["dropped"] = len(self.dropped.get(server_round, []))
+        if self.update_norm_bound is not None:
+            record["clipped"] = len(self.clipped.get(server_round, []))
         if server_round > 0:
             record.update(self.method_metrics(server_round))
         return record
@@ -521,18 +807,51 @@ class FedleanStrategy(FedAvg):
         if METRICS_KEY not in content.metric_records:
             raise ReplyError(f"no MetricRecord '{METRICS_KEY}'")
         value = content.metric_records[METRICS_KEY].get(NUM_EXAMPLES_KEY)
-        if not isinstance(value, int | float) or isinstance(value, bool):
-            raise ReplyError(f"'{NUM_EXAMPLES_KEY}' missing or not a number")
-        if value <= 0 or value != int(value):
-            raise ReplyError(f"'{NUM_EXAMPLES_KEY}'={value} is not a positive integer")
-        if self.max_num_examples is not None and value > self.max_num_examples:
-            raise ReplyError(
-                f"'{NUM_EXAMPLES_KEY}'={value} is implausible (more than the "
-                f"{self.max_num_examples} examples that exist)"
-            )
-        return int(value)
+        return check_num_examples(value, self.max_num_examples, "accepted (max_num_examples)")
 
-    def _drop(self, server_round: int, message: Message, phase: str, exc: Exception) -> None:
-        node = message.metadata.src_node_id
-        self.dropped[server_round].append(f"{node}: {exc}")
-        log(WARNING, "round %d %s: dropped reply from node %s: %s", server_round, phase, node, exc)
+    @staticmethod
+    def _metrics_content(metrics: MetricRecord, weight: float) -> RecordDict:
+        """What Flower's metric aggregation reads: the checked metrics, weighted as aggregated."""
+        return RecordDict(
+            {METRICS_KEY: MetricRecord({**dict(metrics.items()), NUM_EXAMPLES_KEY: float(weight)})}
+        )
+
+    def _same_metric_keys(
+        self, server_round: int, phase: str, replies: list[ParsedReply]
+    ) -> list[ParsedReply]:
+        """Drop replies whose metric keys (and list lengths) differ from most replies'.
+
+        Flower's aggregation averages each key over the replies that have it; a reply
+        with other keys would skew or break it. Ties go to the earliest reply's keys.
+        """
+        if len(replies) < 2:
+            return replies
+        signatures = [metric_signature(r.metrics) for r in replies]
+        common = Counter(signatures).most_common(1)[0][0]
+        kept = []
+        for reply, signature in zip(replies, signatures, strict=True):
+            if signature == common:
+                kept.append(reply)
+                continue
+            ours, theirs = dict(signature), dict(common)
+            missing = sorted(set(theirs) - set(ours))
+            extra = sorted(set(ours) - set(theirs))
+            other = sorted(k for k in set(ours) & set(theirs) if ours[k] != theirs[k])
+            reason = ReplyError(
+                f"metric keys differ from the other replies': missing {missing[:3]}, "
+                f"unexpected {extra[:3]}, other length {other[:3]}"
+            )
+            self._drop_node(server_round, reply.node_id, phase, reason)
+        return kept
+
+    def _drop(self, server_round: int, message: Message, phase: str, exc: BaseException) -> None:
+        self._drop_node(server_round, message.metadata.src_node_id, phase, exc)
+
+    def _drop_node(self, server_round: int, node: int, phase: str, exc: BaseException) -> None:
+        """One WARNING line per dropped reply (first line of the reason); the traceback at DEBUG."""
+        reason = first_line(exc) or "(no message)"
+        if not isinstance(exc, ReplyError):
+            reason = f"{type(exc).__name__}: {reason}"
+        self.dropped[server_round].append(f"{node}: {reason}")
+        log(WARNING, "round %d %s: dropped reply from node %s: %s", server_round, phase, node, reason)
+        log(DEBUG, "round %d %s: reply from node %s", server_round, phase, node, exc_info=exc)

@@ -32,11 +32,14 @@ for each ``Array``) at one unit regardless of encoding.
 
 from __future__ import annotations
 
+import io
+import math
 import zlib
 from collections.abc import Mapping
 
 import numpy as np
 from flwr.app import Array, ArrayRecord
+from numpy.lib import format as npy_format
 
 SPARSE_SUFFIX = "@sparse"
 FLOAT16_SUFFIX = "@f16"
@@ -194,14 +197,62 @@ def positions_mask(blob: np.ndarray, size: int) -> np.ndarray:
     return mask
 
 
-def _checked_size(shape: tuple[int, ...], expected: tuple[int, ...] | None, what: str) -> int:
+def _checked_size(
+    shape: tuple[int, ...],
+    expected: tuple[int, ...] | None,
+    what: str,
+    max_elements: int = MAX_ELEMENTS,
+) -> int:
     """Element count of a claimed shape, checked before anything is allocated for it."""
-    if expected is not None and tuple(shape) != tuple(expected):
-        raise CodecError(f"{what} claims shape {shape}, expected {tuple(expected)}")
-    size = int(np.prod(shape, dtype=np.int64)) if shape else 1
-    if any(d < 0 for d in shape) or (expected is None and size > MAX_ELEMENTS):
-        raise CodecError(f"{what} claims {size} elements (at most {MAX_ELEMENTS} accepted)")
+    if expected is not None and tuple(shape) != tuple(int(d) for d in expected):
+        raise CodecError(f"{what} claims shape {tuple(shape)}, expected {tuple(expected)}")
+    if any(int(d) < 0 for d in shape):
+        raise CodecError(f"{what} claims a negative dimension in {tuple(shape)}")
+    # Python ints: a product of forged dimensions must not wrap around.
+    size = math.prod(int(d) for d in shape)
+    if expected is None and size > max_elements:
+        raise CodecError(f"{what} claims {size} elements (at most {max_elements} accepted)")
     return size
+
+
+def read_npy(array: Array, expected: tuple[int, ...] | None = None, what: str = "array") -> np.ndarray:
+    """A Flower ``Array``'s npy bytes as numpy, the header checked before any allocation.
+
+    ``numpy.load`` sizes its output from the header alone; here a header must match
+    ``expected`` (if given) and the bytes that follow it exactly, so a forged header
+    costs nothing beyond the message that carries it.
+
+    Raises
+    ------
+    CodecError
+        If the bytes are not a plain npy array, or the header disagrees with
+        ``expected`` or with the data length.
+    """
+    if array.stype != "numpy.ndarray":
+        raise CodecError(f"{what}: serialization type {array.stype!r}, expected 'numpy.ndarray'")
+    data = array.data
+    stream = io.BytesIO(data)
+    try:
+        version = npy_format.read_magic(stream)
+        if version == (1, 0):
+            shape, fortran, dtype = npy_format.read_array_header_1_0(stream)
+        elif version == (2, 0):
+            shape, fortran, dtype = npy_format.read_array_header_2_0(stream)
+        else:
+            raise CodecError(f"{what}: npy version {version} not accepted")
+    except (ValueError, TypeError, SyntaxError) as exc:
+        raise CodecError(f"{what}: malformed npy header: {str(exc).splitlines()[0]}") from None
+    if dtype.hasobject or dtype.fields is not None or dtype.subdtype is not None:
+        raise CodecError(f"{what}: dtype {dtype} not accepted")
+    size = _checked_size(tuple(shape), expected, what)
+    offset = stream.tell()
+    if len(data) - offset != size * dtype.itemsize:
+        raise CodecError(
+            f"{what}: header claims {size * dtype.itemsize} data bytes, "
+            f"the message holds {len(data) - offset}"
+        )
+    flat = np.frombuffer(data, dtype=dtype, count=size, offset=offset).copy()
+    return flat.reshape(shape, order="F" if fortran else "C")
 
 
 def _read_shape(blob: np.ndarray, offset: int, ndim: int, what: str) -> tuple[int, ...]:
@@ -274,11 +325,13 @@ def encode_sparse(array: np.ndarray, float16: bool = False) -> np.ndarray:
     )
 
 
-def decode_sparse(blob: np.ndarray, shape: tuple[int, ...] | None = None) -> np.ndarray:
+def decode_sparse(
+    blob: np.ndarray, shape: tuple[int, ...] | None = None, max_elements: int = MAX_ELEMENTS
+) -> np.ndarray:
     """Decode a blob made by :func:`encode_sparse` into the dense array.
 
     ``shape``: the shape the receiver expects; a blob claiming another is rejected
-    before anything is allocated (without it, at most :data:`MAX_ELEMENTS` elements).
+    before anything is allocated (without it, at most ``max_elements`` elements).
     """
     blob = np.ascontiguousarray(blob, dtype=np.uint8).reshape(-1)
     try:
@@ -287,7 +340,7 @@ def decode_sparse(blob: np.ndarray, shape: tuple[int, ...] | None = None) -> np.
     except (ValueError, KeyError, IndexError) as exc:
         raise CodecError(f"malformed sparse header: {exc}") from exc
     claimed = _read_shape(blob, 16, ndim, "sparse blob")
-    size = _checked_size(claimed, shape, "sparse blob")
+    size = _checked_size(claimed, shape, "sparse blob", max_elements)
     body = blob[16 + 4 * ndim :]
     per_position = 4 + value_dtype.itemsize if fmt == FORM_INDICES else None
     positions, value_bytes = _decode_form(fmt, body, size, per_position)
@@ -312,7 +365,9 @@ def pack_bits(flags: np.ndarray) -> np.ndarray:
     return np.concatenate([header, np.frombuffer(payload, dtype=np.uint8)])
 
 
-def unpack_bits(blob: np.ndarray, shape: tuple[int, ...] | None = None) -> np.ndarray:
+def unpack_bits(
+    blob: np.ndarray, shape: tuple[int, ...] | None = None, max_elements: int = MAX_ELEMENTS
+) -> np.ndarray:
     """Inverse of :func:`pack_bits` (``shape`` as in :func:`decode_sparse`)."""
     blob = np.ascontiguousarray(blob, dtype=np.uint8).reshape(-1)
     if blob.size < 4:
@@ -320,7 +375,7 @@ def unpack_bits(blob: np.ndarray, shape: tuple[int, ...] | None = None) -> np.nd
     first = int(blob[:4].view("<u4")[0])
     ndim, form = first & 0xFF, first >> 8
     claimed = _read_shape(blob, 4, ndim, "bit vector")
-    size = _checked_size(claimed, shape, "bit vector")
+    size = _checked_size(claimed, shape, "bit vector", max_elements)
     positions, rest = _decode_form(form, blob[4 + 4 * ndim :], size)
     if rest.size:
         raise CodecError(f"bit vector has {rest.size} trailing bytes")
@@ -378,7 +433,9 @@ def encode_arrays(
 
 
 def decode_arrays(
-    record: ArrayRecord, shapes: Mapping[str, tuple[int, ...]] | None = None
+    record: ArrayRecord,
+    shapes: Mapping[str, tuple[int, ...]] | None = None,
+    max_elements: int = MAX_ELEMENTS,
 ) -> dict[str, np.ndarray]:
     """Decode an ArrayRecord made by :func:`encode_arrays` (or a plain one).
 
@@ -388,8 +445,10 @@ def decode_arrays(
         The encoded record.
     shapes : Mapping[str, tuple[int, ...]] | None (default: None)
         Shapes the receiver expects, by decoded name; an encoded entry claiming
-        another shape is rejected before anything is allocated for it. Entries not
-        named here may claim at most :data:`MAX_ELEMENTS` elements.
+        another shape is rejected before anything is allocated for it.
+    max_elements : int (default: :data:`MAX_ELEMENTS`)
+        Most elements a sparse or bit-vector entry not named in ``shapes`` may claim
+        (plain npy entries are bounded by their own bytes, see :func:`read_npy`).
 
     Raises
     ------
@@ -399,15 +458,51 @@ def decode_arrays(
     shapes = shapes or {}
     out: dict[str, np.ndarray] = {}
     for key, array in record.items():
-        value = array.numpy()
-        if key.endswith(SPARSE_SUFFIX):
-            name = key[: -len(SPARSE_SUFFIX)]
-            out[name] = decode_sparse(value, shapes.get(name))
+        name = key
+        for suffix in (SPARSE_SUFFIX, FLOAT16_SUFFIX, BITS_SUFFIX):
+            if key.endswith(suffix):
+                name = key[: -len(suffix)]
+        if name in out:
+            raise CodecError(f"array '{name}' is sent twice (as '{key}' too)")
+        if key.endswith((SPARSE_SUFFIX, BITS_SUFFIX)):
+            value = read_npy(array, None, f"'{key}'")
+            if value.dtype != np.uint8 or value.ndim != 1:
+                raise CodecError(f"'{key}' is {value.dtype}{value.shape}, expected a 1-D uint8 blob")
+            decode = decode_sparse if key.endswith(SPARSE_SUFFIX) else unpack_bits
+            out[name] = decode(value, shapes.get(name), max_elements)
         elif key.endswith(FLOAT16_SUFFIX):
-            out[key[: -len(FLOAT16_SUFFIX)]] = value.astype(np.float32)
-        elif key.endswith(BITS_SUFFIX):
-            name = key[: -len(BITS_SUFFIX)]
-            out[name] = unpack_bits(value, shapes.get(name))
+            value = read_npy(array, shapes.get(name), f"'{key}'")
+            if value.dtype != np.float16:
+                raise CodecError(f"'{key}' is {value.dtype}, expected float16")
+            out[name] = value.astype(np.float32)
         else:
-            out[key] = value
+            out[name] = read_npy(array, shapes.get(name), f"'{key}'")
     return out
+
+
+def claimed_shape(array: Array, key: str) -> tuple[int, ...]:
+    """The shape an encoded entry claims, read from its header alone (nothing decoded).
+
+    Lets a receiver whose expected shapes depend on the reply (e.g. FedGKT's test
+    split) bound them before :func:`decode_arrays` allocates anything.
+    """
+    if array.stype != "numpy.ndarray":
+        raise CodecError(f"'{key}': serialization type {array.stype!r}, expected 'numpy.ndarray'")
+    if not key.endswith((SPARSE_SUFFIX, BITS_SUFFIX)):
+        stream = io.BytesIO(array.data)
+        try:
+            version = npy_format.read_magic(stream)
+            reader = (
+                npy_format.read_array_header_1_0 if version == (1, 0) else npy_format.read_array_header_2_0
+            )
+            return tuple(int(d) for d in reader(stream)[0])
+        except (ValueError, TypeError, SyntaxError) as exc:
+            raise CodecError(f"'{key}': malformed npy header: {str(exc).splitlines()[0]}") from None
+    blob = read_npy(array, None, f"'{key}'").reshape(-1)
+    if key.endswith(SPARSE_SUFFIX):
+        if blob.size < 16:
+            raise CodecError(f"'{key}': sparse blob shorter than its header")
+        return _read_shape(blob, 16, int(blob[12:16].view("<u4")[0]), f"'{key}'")
+    if blob.size < 4:
+        raise CodecError(f"'{key}': bit vector shorter than its header")
+    return _read_shape(blob, 4, int(blob[:4].view("<u4")[0]) & 0xFF, f"'{key}'")

@@ -30,7 +30,7 @@ from .base import (
     numpy_to_arrayrecord,
     scalar_metric,
 )
-from .codec import encode_arrays
+from .codec import CodecError, claimed_shape, encode_arrays
 from .flwr_compat import log
 from .wire import ARRAYS_KEY, METRICS_KEY
 
@@ -152,7 +152,9 @@ class FedGKT(FedleanStrategy):
         """Validate an upload: keys, shapes, dtypes, label range, unique indices, finite."""
         content = message.content
         num_examples = self._num_examples(content)
-        arrays = self.decode_reply(server_round, content, ARRAYS_KEY, REPLY_KEYS)
+        arrays = self.decode_reply(
+            server_round, content, ARRAYS_KEY, self.upload_shapes(content, num_examples)
+        )
         num_test = len(arrays[TEST_LABELS_KEY])
         expected = {
             FEATURES_KEY: (num_examples, *self.feature_shape),
@@ -184,6 +186,42 @@ class FedGKT(FedleanStrategy):
             metrics=content.metric_records[METRICS_KEY],
             content=content,
         )
+
+    def upload_shapes(self, content: RecordDict, num_examples: int) -> dict[str, tuple[int, ...]]:
+        """Shapes every upload array must have, known before anything is decoded.
+
+        The training arrays follow ``num-examples``; the test split's size is read from
+        the test labels' header alone and bounded like ``num-examples``.
+        """
+        record = content.array_records.get(ARRAYS_KEY)
+        if record is None:
+            raise ReplyError(f"no ArrayRecord '{ARRAYS_KEY}'")
+        entries = [k for k in record if k.split("@")[0] == TEST_LABELS_KEY]
+        if not entries:
+            raise ReplyError(f"array keys differ: missing ['{TEST_LABELS_KEY}']")
+        if len(entries) > 1:
+            raise ReplyError(f"array '{TEST_LABELS_KEY}' is sent {len(entries)} times")
+        try:
+            claimed = claimed_shape(record[entries[0]], entries[0])
+        except CodecError as exc:
+            raise ReplyError(f"undecodable payload: {exc}") from exc
+        if len(claimed) != 1:
+            raise ReplyError(f"array '{TEST_LABELS_KEY}' claims shape {claimed}, expected 1-D")
+        num_test = claimed[0]
+        if self.max_num_examples is not None and num_test > self.max_num_examples:
+            raise ReplyError(f"'{TEST_LABELS_KEY}' claims {num_test} test examples (max_num_examples)")
+        return {
+            FEATURES_KEY: (num_examples, *self.feature_shape),
+            LOGITS_KEY: (num_examples, self.num_classes),
+            LABELS_KEY: (num_examples,),
+            INDICES_KEY: (num_examples,),
+            TEST_FEATURES_KEY: (num_test, *self.feature_shape),
+            TEST_LABELS_KEY: (num_test,),
+        }
+
+    def update_reference(self, server_round: int, reply: ParsedReply) -> dict[str, np.ndarray]:
+        """None: an upload holds features and logits, no model (``update_norm_bound`` n/a)."""
+        return {}
 
     def aggregate_replies(self, server_round: int, replies: list[ParsedReply]) -> dict[str, np.ndarray]:
         """Train the server model on all uploads; keep each node's logits; evaluate."""

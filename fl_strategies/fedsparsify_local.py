@@ -95,7 +95,7 @@ class FedSparsifyLocal(FedSparsifyGlobal):
         merged, keep = majority_vote(
             [r.arrays for r in replies],
             [r.mask for r in replies],  # type: ignore[attr-defined]
-            [r.num_examples for r in replies],
+            [r.weight for r in replies],
             self.mv_average,
         )
         self.keep = {name: keep[name] & self.keep[name] for name in self.keep}

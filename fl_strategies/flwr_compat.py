@@ -20,6 +20,8 @@ from typing import Any
 from flwr.app import Message
 from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 from flwr.proto.node_pb2 import NodeInfo
+from flwr.serverapp.strategy.fedtrimmedavg import trim_mean
+from flwr.serverapp.strategy.multikrum import select_multikrum
 from flwr.supercore import log
 from flwr.supercore.inflatable.inflatable_object import (
     get_all_nested_objects,
@@ -53,9 +55,11 @@ __all__ = [
     "nested_objects",
     "no_object_id_recompute",
     "run_simulation",
+    "select_multikrum",
     "set_message_id",
     "set_task_identity",
     "shorten_engine_polling",
+    "trim_mean",
 ]
 
 # The simulation engine's polling function that :func:`shorten_engine_polling` replaces.

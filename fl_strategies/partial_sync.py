@@ -438,6 +438,14 @@ class PartialSyncStrategy(FedleanStrategy):
                 )
         return parsed
 
+    def update_reference(self, server_round: int, reply: ParsedReply) -> dict[str, np.ndarray]:
+        """The global values at the synced positions and the non-freezable arrays."""
+        reference = {
+            k: self.global_arrays[k] for k in self.buffer_keys if self.global_arrays[k].dtype.kind == "f"
+        }
+        reference[VALUES_KEY] = self._ensure_state().flatten(self.global_arrays)[self.sync_mask]
+        return reference
+
     def aggregate_replies(self, server_round: int, replies: list[ParsedReply]) -> dict[str, np.ndarray]:
         """Weighted mean of the synced values and the non-freezable arrays.
 
@@ -445,7 +453,7 @@ class PartialSyncStrategy(FedleanStrategy):
         decides the next round's masks from the update of the synced positions.
         """
         layout = self._ensure_state()
-        weights = [float(r.num_examples) for r in replies]
+        weights = [r.weight for r in replies]
         keys = [VALUES_KEY, *self.buffer_keys]
         merged = weighted_mean([{k: r.arrays[k] for k in keys} for r in replies], weights)
         old_flat = layout.flatten(self.global_arrays)

@@ -27,7 +27,7 @@ import numpy as np
 from flwr.app import ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
-from .base import ReplyError, check_reply_array
+from .base import ReplyError, check_reply_array, first_line
 from .codec import encode_arrays
 from .fedsparsify import (
     GRASP_TEMPERATURE_KEY,
@@ -85,9 +85,14 @@ class PruneAtInit(FedSparsifyGlobal):
         for node in nodes:
             try:
                 scores = self._request_scores(grid, node, arrays, timeout)
-            except ReplyError as exc:
-                self.dropped[0].append(f"{node}: {exc}")
-                log(WARNING, "round 0: no %s scores from node %s: %s", self.score_name, node, exc)
+            except Exception as exc:  # noqa: BLE001 - no reply may end the run
+                reason = (
+                    first_line(exc)
+                    if isinstance(exc, ReplyError)
+                    else f"{type(exc).__name__}: {first_line(exc)}"
+                )
+                self.dropped[0].append(f"{node}: {reason}")
+                log(WARNING, "round 0: no %s scores from node %s: %s", self.score_name, node, reason)
                 continue
             self.scoring_node = node
             self.keep = prune_by_score(scores, self.keep, self.s_f)
@@ -117,7 +122,7 @@ class PruneAtInit(FedSparsifyGlobal):
             raise ReplyError("no reply")
         reply = replies[0]
         if reply.has_error():
-            raise ReplyError(f"error reply: {reply.error.reason}")
+            raise ReplyError(f"error reply: {first_line(reply.error.reason)}")
         shapes = {name: keep.shape for name, keep in self.keep.items()}
         scores = self.decode_reply(0, reply.content, SCORES_KEY, shapes)
         for name, value in scores.items():

@@ -109,7 +109,8 @@ class PruneFL(PruneAtInit):
     def parse_train_reply(self, server_round: int, message: Message) -> GradReply:
         """Validate the values as usual, then the squared gradients (finite, >= 0)."""
         reply = super().parse_train_reply(server_round, message)
-        sqgrad = decode_reply_arrays(message.content, SQGRAD_KEY, self.keep)
+        shapes = {name: keep.shape for name, keep in self.keep.items()}
+        sqgrad = decode_reply_arrays(message.content, SQGRAD_KEY, shapes)
         self.sqgrad_bytes[server_round] = self.sqgrad_bytes.get(server_round, 0) + record_bytes(
             message.content.array_records[SQGRAD_KEY]
         )

@@ -251,8 +251,9 @@ class ZeroFL(Swat):
         """Validate a reply: dense tensors as the base does, sparse ones by position."""
         content = message.content
         num_examples = self._num_examples(content)
-        arrays = self.decode_reply(server_round, content, ARRAYS_KEY)
         dense_expected = self.expected_reply_arrays(server_round)
+        # Dense tensors' shapes are checked while decoding; the sent values' keys below.
+        arrays = self.decode_reply(server_round, content, ARRAYS_KEY, dense_expected, exact_keys=False)
         wire_names = set(dense_expected)
         values: dict[str, np.ndarray] = {}
         sent: dict[str, np.ndarray] = {}
@@ -294,10 +295,18 @@ class ZeroFL(Swat):
             sent=sent,
         )
 
+    def update_reference(self, server_round: int, reply: ParsedReply) -> dict[str, np.ndarray]:
+        """Dense tensors: the global ones; sparsified: the global values where sent (0 for diffs)."""
+        reference = super().update_reference(server_round, reply)
+        for name, sent in getattr(reply, "sent", {}).items():
+            base = np.zeros_like(self.global_arrays[name]) if self.additive else self.global_arrays[name]
+            reference[name] = np.where(sent, base, 0).astype(self.global_arrays[name].dtype)
+        return reference
+
     def aggregate_replies(self, server_round: int, replies: list[ParsedReply]) -> dict[str, np.ndarray]:
         """Dense tensors: weighted mean; sparsified ones: :func:`aggregate_sparse`."""
         self.record_flops(server_round, replies)
-        weights = [float(r.num_examples) for r in replies]
+        weights = [r.weight for r in replies]
         dense_keys = [k for k in self.global_arrays if k not in self.sparse_keys]
         merged = (
             weighted_mean([{k: r.arrays[k] for k in dense_keys} for r in replies], weights)

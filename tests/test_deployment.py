@@ -182,8 +182,10 @@ def test_deployment_tls_with_node_auth(federation_factory):
     online = fed.wait_for_nodes(2)
     assert {int(n["node-id"]) for n in online} == registered
     rogue.popen.wait(timeout=60)
-    assert rogue.popen.returncode != 0
+    # Flower logs its own code (305, SUPERNODE_CONNECTION_ERROR) but exits 1 for every error.
+    assert rogue.popen.returncode == 1, rogue.popen.returncode
     assert "Failed to activate SuperNode" in rogue.log_tail(), rogue.log_tail()
+    assert "Exit Code: 305" in rogue.log_tail(), rogue.log_tail()
 
     out_dir = fed.workdir / "results-tls"
     run_id = fed.run(run_config={"overrides": overrides(2), "output-dir": str(out_dir)})

@@ -33,6 +33,7 @@ _EXPORTS: dict[str, str] = {
     "DatasetSpec": "specs",
     "get_spec": "specs",
     "DataBundle": "loaders",
+    "DataDownloadError": "loaders",
     "load_dataset": "loaders",
     "validate_data_source": "loaders",
     "PARTITION_SCHEMES": "partition",
@@ -41,6 +42,7 @@ _EXPORTS: dict[str, str] = {
     "clear_data_cache": "federated",
     "load_central_testset": "federated",
     "train_set_size": "federated",
+    "partition_train_sizes": "federated",
     "load_partition": "federated",
     "load_local_data": "local",
 }
@@ -51,6 +53,7 @@ __all__ = [
     "PARTITION_SCHEMES",
     "SPECS",
     "DataBundle",
+    "DataDownloadError",
     "DatasetSpec",
     "clear_data_cache",
     "get_spec",
@@ -60,6 +63,7 @@ __all__ = [
     "load_local_data",
     "load_partition",
     "partition_indices",
+    "partition_train_sizes",
     "validate_data_source",
 ]
 assert sorted(__all__) == sorted(_EXPORTS)  # keep the two lists in sync

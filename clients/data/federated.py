@@ -152,6 +152,19 @@ def train_set_size(data_cfg: Mapping[str, Any]) -> int:
         return int(_bundle(key).y_train.shape[0])
 
 
+def partition_train_sizes(data_cfg: Mapping[str, Any], num_partitions: int) -> list[int]:
+    """Training examples of each partition after its local hold-out (what honest clients report).
+
+    The server uses them as the exact bound for each simulated node's ``num-examples``;
+    computing them partitions the labels only (no client split is built).
+    """
+    key = _partition_key(data_cfg)
+    test_fraction = _fraction(_get(data_cfg, "test_fraction"))
+    with _LOCK:
+        parts = _partitions(key, int(num_partitions))
+    return [len(p) - _holdout_count(len(p), test_fraction) for p in parts]
+
+
 def clear_data_cache() -> None:
     """Drop every cached dataset, partitioning and client split of this process."""
     with _LOCK:
@@ -223,12 +236,7 @@ def _holdout(indices: np.ndarray, fraction: float, seed: Any) -> tuple[np.ndarra
     both sides get at least one sample, so local evaluation never runs on
     an empty set and training never gets nothing.
     """
-    n = len(indices)
-    n_test = int(round(n * fraction))
-    if fraction > 0 and n >= 2:
-        n_test = min(max(n_test, 1), n - 1)
-    elif n < 2:
-        n_test = 0
+    n_test = _holdout_count(len(indices), fraction)
     perm = np.random.default_rng(seed).permutation(indices)
     return np.sort(perm[n_test:]), np.sort(perm[:n_test])
 
@@ -236,6 +244,14 @@ def _holdout(indices: np.ndarray, fraction: float, seed: Any) -> tuple[np.ndarra
 # --------------------------------------------------------------------------
 # Config parsing
 # --------------------------------------------------------------------------
+def _holdout_count(n: int, fraction: float) -> int:
+    """Hold-out size of a partition of ``n`` samples (see :func:`_holdout`)."""
+    n_test = int(round(n * fraction))
+    if fraction > 0 and n >= 2:
+        return min(max(n_test, 1), n - 1)
+    return 0 if n < 2 else n_test
+
+
 def _get(cfg: Mapping[str, Any], key: str) -> Any:
     value = cfg.get(key, None)
     return DEFAULT_DATA_CFG[key] if value is None else value

@@ -57,6 +57,7 @@ from torch.nn import functional as nnf
 from .specs import BUNDLED_DATASETS, DatasetSpec, default_root, get_spec
 
 __all__ = [
+    "DataDownloadError",
     "CINIC10_CLASSES",
     "CINIC10_URL",
     "DataBundle",
@@ -336,9 +337,35 @@ def load_dataset(
         return _finish(spec, *_load_mnist5k(), resize=resize)
 
     resolved = _resolve_root(name, root)
-    if not download and not _is_present(name, resolved):
+    present = _is_present(name, resolved)
+    if not download and not present:
         raise _missing_error(name, resolved)
+    if download and not present:
+        try:
+            return _load_root(name, spec, resolved, download, resize)
+        except (OSError, RuntimeError) as exc:  # urllib's URLError is an OSError
+            raise DataDownloadError(
+                f"dataset {name!r}: download into {resolved} failed ({_download_cause(exc)}); "
+                f"without network put the data there ({_layout_hint(name)}) and set download=false"
+            ) from exc
+    return _load_root(name, spec, resolved, download, resize)
 
+
+class DataDownloadError(RuntimeError):
+    """The data is absent and fetching it failed (no network, server down); one line."""
+
+
+def _download_cause(exc: BaseException) -> str:
+    """The line of a download failure that says why (torchvision lists every mirror tried)."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    for line in lines:
+        if "error" in line.lower() and not line.lower().startswith("error downloading"):
+            return line
+    return lines[0] if lines else type(exc).__name__
+
+
+def _load_root(name: str, spec: DatasetSpec, resolved: str, download: bool, resize: int | None) -> DataBundle:
+    """:func:`load_dataset` for the datasets read from a data root."""
     if name in ("mnist", "fashion_mnist", "emnist_balanced"):
         parts = _load_mnist_family(name, resolved, download)
     elif name in ("cifar10", "cifar100"):

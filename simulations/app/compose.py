@@ -21,13 +21,14 @@ from flwr.app import ArrayRecord, ConfigRecord, MetricRecord
 from flwr.serverapp import Grid
 from omegaconf import DictConfig, OmegaConf
 
+from clients.data import DataDownloadError
 from clients.data.specs import get_spec
 from clients.flops import count_flops
 from clients.methods import load_arrays, model_arrays
 from clients.models import build_from_dims, count_params, model_dims
 from clients.train import set_torch_threads
 from fl_strategies.base import FedleanStrategy, arrayrecord_to_numpy, numpy_to_arrayrecord
-from methods import BuildContext, get_method
+from methods import BuildContext, ConfigError, get_method
 from simulations.app.config import validate_config
 from simulations.app.results import ResultsWriter
 
@@ -114,13 +115,32 @@ def central_evaluator(cfg: Mapping[str, Any]) -> Callable[[int, ArrayRecord], Me
     return evaluate
 
 
-def _plausible_max_examples(cfg: Mapping[str, Any]) -> int | None:
-    """The dataset's train size, when the server holds the data (central evaluation)."""
-    if not cfg.get("central_eval", True):
-        return None
-    from clients.data import train_set_size
+def simulated_partition_sizes(cfg: Mapping[str, Any]) -> list[int] | None:
+    """Each simulated client's training examples (None in deployment: the server cannot know).
 
-    return train_set_size(client_settings(cfg)["data"])
+    Raises :class:`ConfigError` (one line) where ``num_clients`` exceeds the training
+    examples, a partition is larger than ``max_num_examples``, or the data cannot be
+    fetched.
+    """
+    if cfg["backend"]["name"] == "deployment":
+        return None
+    from clients.data import partition_train_sizes, train_set_size
+
+    data = client_settings(cfg)["data"]
+    num_clients = int(cfg["num_clients"])
+    total = train_set_size(data)
+    if num_clients > total:
+        raise ConfigError(
+            f"num_clients={num_clients}: more than the {total} training examples of {data['name']}"
+        )
+    sizes = partition_train_sizes(data, num_clients)
+    bound = int(cfg["max_num_examples"])
+    if max(sizes) > bound:
+        raise ConfigError(
+            f"max_num_examples={bound}: below the largest partition "
+            f"({max(sizes)} training examples); raise it"
+        )
+    return sizes
 
 
 def compose_run(cfg: Mapping[str, Any] | DictConfig, out_dir: str | Path) -> RunPlan:
@@ -132,6 +152,11 @@ def compose_run(cfg: Mapping[str, Any] | DictConfig, out_dir: str | Path) -> Run
     """
     typed = validate_config(cfg)
     cfg = typed.cfg
+    try:
+        partition_sizes = simulated_partition_sizes(cfg)
+        evaluate_fn = central_evaluator(cfg) if cfg.get("central_eval", True) else None
+    except DataDownloadError as exc:
+        raise ConfigError(f"dataset.download=true: {exc}") from None
     seed_everything(int(cfg["seed"]))
     # The initial weights come first from the seeded generator, as in every earlier release.
     ctx = BuildContext(run=cfg, common={}, dims=model_dims(cfg))
@@ -153,16 +178,22 @@ def compose_run(cfg: Mapping[str, Any] | DictConfig, out_dir: str | Path) -> Run
         ),
         "min_available_nodes": num_clients,
         "client_config": client_settings(cfg),
-        "max_num_examples": _plausible_max_examples(cfg),
+        "max_num_examples": int(cfg["max_num_examples"]),
+        "max_weight_share": cfg["max_weight_share"],
+        "update_norm_bound": cfg["update_norm_bound"],
+        "robust_aggregation": cfg["aggregation"],
+        "trim_beta": float(cfg["trim_beta"]),
+        "krum_num_malicious": int(cfg["krum_num_malicious"]),
     }
     entry = get_method(cfg["method"]["name"], cfg["plugins"])
     strategy = entry.build(typed.method, ctx)
+    strategy.partition_sizes = partition_sizes
     return RunPlan(
         cfg=cfg,
         strategy=strategy,
         initial_arrays=initial_arrays,
         out_dir=Path(out_dir),
-        evaluate_fn=central_evaluator(cfg) if cfg.get("central_eval", True) else None,
+        evaluate_fn=evaluate_fn,
         model_info=model_info,
     )
 

@@ -26,6 +26,7 @@ from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from fl_strategies.base import ROBUST_AGGREGATIONS
 from methods import ConfigError, MethodConfig, all_methods, require
 
 __all__ = ["ConfigError", "RunConfig", "register_schemas", "validate_config"]
@@ -263,6 +264,14 @@ class RunConfig:
     timeout: float = 3600.0  # seconds to wait for replies each round
     verbose: bool = False  # Flower's INFO logs
     plugins: list[str] = field(default_factory=list)  # modules that register extra methods
+    # Reply weights and robust aggregation (docs/reliability.md). In simulation a reply
+    # may not claim more examples than its partition holds, whatever this bound says.
+    max_num_examples: int = 100_000  # largest num-examples a reply may claim
+    max_weight_share: float | None = None  # cap on one reply's share of a round's weight, in (0, 1]
+    update_norm_bound: float | None = None  # clip a reply's update to this L2 norm (dense methods)
+    aggregation: str = "mean"  # mean | median | trimmed_mean | krum (fedavg, fedprox only)
+    trim_beta: float = 0.2  # fraction cut at each end by aggregation=trimmed_mean, in [0, 0.5)
+    krum_num_malicious: int = 1  # faulty nodes aggregation=krum assumes
 
     def check(self, run: Mapping[str, Any]) -> None:
         """Rules of the top-level keys."""
@@ -286,6 +295,7 @@ class RunConfig:
             self.torch_threads,
             "must be an integer >= 1 or null",
         )
+        self.check_weights(run)
         device = self.device
         require(
             device in ("auto", "cpu") or device == "cuda" or device.startswith("cuda:"),
@@ -300,6 +310,39 @@ class RunConfig:
                 torch.cuda.is_available(), "device", device, "no CUDA GPU is visible here (use device=auto)"
             )
 
+    def check_weights(self, run: Mapping[str, Any]) -> None:
+        """Rules of the reply-weight and robust-aggregation keys."""
+        require(
+            self.max_num_examples >= 1, "max_num_examples", self.max_num_examples, "must be an integer >= 1"
+        )
+        share = self.max_weight_share
+        require(share is None or (0 < share <= 1), "max_weight_share", share, "must be null or in (0, 1]")
+        bound = self.update_norm_bound
+        require(
+            bound is None or (bound > 0 and math.isfinite(bound)),
+            "update_norm_bound",
+            bound,
+            "must be null or > 0",
+        )
+        require(
+            self.aggregation in ROBUST_AGGREGATIONS,
+            "aggregation",
+            self.aggregation,
+            f"must be one of {', '.join(ROBUST_AGGREGATIONS)}",
+        )
+        method = run["method"]["name"]
+        require(
+            self.aggregation == "mean" or method in ROBUST_METHODS,
+            "aggregation",
+            self.aggregation,
+            f"is supported for {' and '.join(ROBUST_METHODS)} only, not method={method} (use mean)",
+        )
+        require(0 <= self.trim_beta < 0.5, "trim_beta", self.trim_beta, "must be in [0, 0.5)")
+        require(self.krum_num_malicious >= 0, "krum_num_malicious", self.krum_num_malicious, "must be >= 0")
+
+
+#: Methods whose strategy aggregates plain dense models (``aggregation`` other than mean).
+ROBUST_METHODS = ("fedavg", "fedprox")
 
 PARTITIONS: dict[str, type[PartitionConfig]] = {
     cls.name: cls

@@ -34,6 +34,9 @@ def run_inline(plan: RunPlan, quiet: bool = False) -> dict[str, Any]:
     from simulations.app.client_app import app as client_app
 
     grid = InlineGrid(client_app, int(plan.cfg["num_clients"]))
+    plan.strategy.node_partitions = {
+        node: int(context.node_config["partition-id"]) for node, context in grid.contexts.items()
+    }
     return execute_plan(plan, grid, quiet=quiet)
 
 
