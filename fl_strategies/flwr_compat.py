@@ -256,6 +256,8 @@ def serve_clientapp_tasks(
                     if reply is not None and context is not None:
                         push_message(task_client, reply, context)
                     push_task_output(task_client, context, status, details)
+                except Exception as exc:  # noqa: BLE001 - e.g. the run was stopped meanwhile
+                    log(40, "Failed to push the task's reply", exc_info=exc)
                 finally:
                     heartbeat.stop()
                     task_client.close()

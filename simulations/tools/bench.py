@@ -168,11 +168,18 @@ def population_main(argv: list[str]) -> None:
     parser.add_argument("--sampled", type=int, default=10)
     parser.add_argument("--rounds", type=int, default=6)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument(
+        "--extra",
+        nargs="*",
+        default=[],
+        help="more Hydra overrides, e.g. backend.engine_poll_interval=null (Flower's own engine loop)",
+    )
     args = parser.parse_args(argv)
     rows = []
     for backend in args.backends:
         for size in args.sizes:
             overrides = population_overrides(backend, size, args.sampled, args.rounds, args.seed)
+            overrides += args.extra
             result = subprocess.run(  # noqa: S603 - this module, our arguments
                 [sys.executable, "-m", "simulations.tools.bench", "population-run", *overrides],
                 capture_output=True,
