@@ -53,7 +53,7 @@ def _local(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m simulations.deploy {certs,keys,export,local} ...``."""
+    """``python -m simulations.deploy {certs,keys,export,local,clientapp} ...``."""
     parser = argparse.ArgumentParser(
         prog="python -m simulations.deploy",
         description=__doc__,
