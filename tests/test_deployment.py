@@ -34,6 +34,8 @@ ROUNDS = 2
 BYTES_TOLERANCE = 0.05
 #: Bound on that envelope per message (measured: about 1.2 KB down, 1.6 KB up).
 ENVELOPE_MAX = 4096
+#: Bound on the extra bytes per message of deployment's longer node/run ids (measured: 57).
+ID_BYTES = 128
 #: Logs the SuperLink's traffic records by Fleet API call (diagnostic; docs/deploy.md).
 PROBE = REPO / "scripts" / "traffic_probe"
 
@@ -254,6 +256,8 @@ def test_deployment_process_isolation_matches_inline(federation_factory, tmp_pat
     inline_rounds = [json.loads(x) for x in (tmp_path / "inline" / "rounds.jsonl").read_text().splitlines()]
     assert [r["central_accuracy"] for r in rounds] == [r["central_accuracy"] for r in inline_rounds]
     for key in ("cum_bytes_up", "cum_bytes_down", "cum_eval_bytes_up", "cum_eval_bytes_down"):
-        # Deployment messages carry longer node and run ids than inline ones (~0.01%).
-        assert rounds[-1][key] == pytest.approx(inline_rounds[-1][key], rel=1e-3), key
+        # Deployment messages carry longer node and run ids than inline ones: up to
+        # ID_BYTES more per message (2 nodes x ROUNDS messages of each kind), no fewer.
+        extra = rounds[-1][key] - inline_rounds[-1][key]
+        assert 0 <= extra <= ID_BYTES * 2 * ROUNDS, (key, rounds[-1][key], inline_rounds[-1][key])
     print(f"\nprocess isolation: s/round {per_round}")
