@@ -54,8 +54,10 @@ __all__ = [
     "log",
     "nested_objects",
     "no_object_id_recompute",
+    "pending_destinations",
     "run_simulation",
     "select_multikrum",
+    "serve_clientapp_tasks",
     "set_message_id",
     "set_task_identity",
     "shorten_engine_polling",
@@ -113,13 +115,31 @@ def shorten_engine_polling(interval: float) -> bool:
 
     def add_messages_to_queue(state: Any, queue: Any, nodes_mapping: Any, f_stop: Any) -> None:
         while not f_stop.is_set():
-            for node_id in nodes_mapping.keys():
+            for node_id in pending_destinations(state, nodes_mapping):
                 for message in state.get_message_ins(node_id=node_id, limit=1):
                     queue.put(message)
             f_stop.wait(interval)
 
     vce_api.add_messages_to_queue = add_messages_to_queue
     return True
+
+
+def pending_destinations(state: Any, nodes: Any) -> Any:
+    """The node ids that may have undelivered messages in ``state``, among ``nodes``.
+
+    Flower's engine asks its LinkState for each of the population's nodes at every poll,
+    and the in-memory LinkState scans all its stored messages for each ask: the cost of a
+    poll grows with ``num_clients``. When ``state`` is Flower's in-memory LinkState, this
+    reads the destinations of its stored, undelivered messages once (a scan of the
+    messages in flight, i.e. of the clients sampled); any other state gets every node.
+    """
+    store = getattr(state, "message_ins_store", None)
+    lock = getattr(state, "lock", None)
+    if not isinstance(store, dict) or lock is None:
+        return list(nodes.keys())
+    with lock:
+        waiting = {m.metadata.dst_node_id for m in store.values() if m.metadata.delivered_at == ""}
+    return [node_id for node_id in waiting if node_id in nodes]
 
 
 def is_valid_app_name(name: str) -> bool:
@@ -142,3 +162,121 @@ def run_simulation(**kwargs: Any) -> None:
     from flwr.simulation import run_simulation as flower_run_simulation
 
     flower_run_simulation(**kwargs)
+
+
+# ----------------------------------------------------------------- SuperNode side
+#: Flower's task type of ClientApp executions (what ``flwr-clientapp`` serves).
+CLIENT_APP_TASK_TYPE = "flwr-clientapp"
+
+
+def serve_clientapp_tasks(
+    runtime_api_address: str,
+    client_app: Any,
+    *,
+    insecure: bool = True,
+    root_certificates: bytes | None = None,
+    poll_interval: float = 0.02,
+    max_tasks: int | None = None,
+) -> int:
+    """Run a SuperNode's ClientApp tasks in this process, one after the other, until stopped.
+
+    What ``flower-superexec`` + one ``flwr-clientapp`` process per task do, for a SuperNode
+    started with ``--isolation process``: acquire a ``flwr-clientapp`` task from the
+    SuperNode's Runtime API every ``poll_interval`` s, pull its message and context,
+    call ``client_app``, push the reply (an error reply if it raised) and the updated
+    context. Unlike ``flwr-clientapp``, the app is the one imported here (the FAB's code
+    is not installed), so imports, data and model caches live as long as this process.
+
+    Parameters
+    ----------
+    runtime_api_address : str
+        The SuperNode's Runtime API (``flower-supernode --port``), e.g. ``127.0.0.1:9094``.
+    client_app : ClientApp
+        Called as ``client_app(message=..., context=...)``.
+    insecure : bool (default: True)
+        Plain HTTP to the Runtime API (it listens on 127.0.0.1 by default).
+    root_certificates : bytes | None (default: None)
+        PEM CA for a TLS Runtime API.
+    poll_interval : float (default: 0.02)
+        Seconds between task polls while idle.
+    max_tasks : int | None (default: None)
+        Return after this many tasks (tests); ``None``: serve forever.
+
+    Returns
+    -------
+    int
+        Number of tasks served.
+
+    """
+    import functools
+    import time
+
+    from flwr.app import Error
+    from flwr.common.constant import SubStatus
+    from flwr.proto.runtime_pb2 import AcquireTaskRequest, SendTaskHeartbeatRequest
+    from flwr.supercore.heartbeat import HeartbeatSender
+    from flwr.supercore.interceptors import RuntimeTokenHttpInterceptor, RuntimeVersionHttpInterceptor
+    from flwr.supercore.retry import make_simple_http_retry_invoker
+    from flwr.supercore.runtime import RuntimeHttpClient
+    from flwr.supernode.runtime.run_clientapp import pull_task_input, push_message, push_task_output
+
+    def connect(*interceptors: Any) -> Any:
+        return RuntimeHttpClient.from_server_address(
+            server_address=runtime_api_address,
+            insecure=insecure,
+            root_certificates=root_certificates,
+            interceptors=[RuntimeVersionHttpInterceptor(component_name="flwr-clientapp"), *interceptors],
+            retry_invoker=make_simple_http_retry_invoker(),
+        )
+
+    acquirer = connect()
+    request = AcquireTaskRequest(supported_task_types=[CLIENT_APP_TASK_TYPE])
+    served = 0
+    try:
+        while max_tasks is None or served < max_tasks:
+            acquired = acquirer.AcquireTask(request)
+            if not (acquired.HasField("task") and acquired.token):
+                time.sleep(poll_interval)
+                continue
+            task_client = connect(RuntimeTokenHttpInterceptor(acquired.token))
+            # Without heartbeats the SuperNode declares a long task lost; a refused
+            # heartbeat (task stopped) is ignored: flwr-clientapp exits, this process serves on.
+            beat = functools.partial(_heartbeat, task_client, SendTaskHeartbeatRequest())
+            heartbeat = HeartbeatSender(beat)
+            heartbeat.start()
+            message = context = reply = None
+            status, details = SubStatus.FAILED, "ClientApp task failed due to unknown reason"
+            try:
+                message, context, _run, _fab = pull_task_input(task_client)
+                reply = client_app(message=message, context=context)
+                status, details = SubStatus.COMPLETED, ""
+            except Exception as exc:  # noqa: BLE001 - a failing app becomes an error reply
+                log(40, "ClientApp raised an exception", exc_info=exc)
+                details = f"{type(exc)}:<'{exc}'>"
+                if message is not None:
+                    reply = Message(Error(CLIENT_APP_ERROR_CODE, details), reply_to=message)
+            finally:
+                try:
+                    if reply is not None and context is not None:
+                        push_message(task_client, reply, context)
+                    push_task_output(task_client, context, status, details)
+                except Exception as exc:  # noqa: BLE001 - e.g. the run was stopped meanwhile
+                    log(40, "Failed to push the task's reply", exc_info=exc)
+                finally:
+                    heartbeat.stop()
+                    task_client.close()
+            served += 1
+    finally:
+        acquirer.close()
+    return served
+
+
+def _heartbeat(client: Any, request: Any) -> bool:
+    """One task heartbeat; ``False`` (retry) on a transport error, like Flower's sender."""
+    import httpx
+
+    try:
+        client.SendTaskHeartbeat(request)
+    except httpx.TransportError:
+        return False
+    return True

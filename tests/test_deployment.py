@@ -22,6 +22,7 @@ import pytest
 from simulations import CONF_DIR
 from simulations.deploy import (
     LocalFederation,
+    descendants,
     export_partition,
     generate_supernode_keys,
 )
@@ -33,6 +34,8 @@ ROUNDS = 2
 BYTES_TOLERANCE = 0.05
 #: Bound on that envelope per message (measured: about 1.2 KB down, 1.6 KB up).
 ENVELOPE_MAX = 4096
+#: Bound on the extra bytes per message of deployment's longer node/run ids (measured: 57).
+ID_BYTES = 128
 #: Logs the SuperLink's traffic records by Fleet API call (diagnostic; docs/deploy.md).
 PROBE = REPO / "scripts" / "traffic_probe"
 
@@ -84,6 +87,22 @@ def read_results(out_dir: Path) -> tuple[list[dict], dict, dict]:
     summary = json.loads((out_dir / "summary.json").read_text())
     info = json.loads((out_dir / "deployment.json").read_text())
     return rounds, summary, info
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except OSError:
+        return ""
+
+
+def check_round_times(rounds: list[dict]) -> list[float]:
+    """Each round's wall time is recorded (cumulative, increasing); returns seconds per round."""
+    walls = [r["wall_seconds"] for r in rounds]
+    assert all(isinstance(w, float) and w >= 0 for w in walls), walls
+    per_round = [b - a for a, b in zip(walls, walls[1:], strict=False)]
+    assert len(per_round) == ROUNDS and all(s > 0 for s in per_round), walls
+    return per_round
 
 
 def check_bytes(
@@ -148,6 +167,7 @@ def test_deployment_plain_with_failing_device(federation_factory, tmp_path):
     assert summary["backend"] == "deployment" and summary["method"] == METHOD
     assert summary["rounds"] == ROUNDS
     assert summary["final_central_accuracy"] > 0.5  # digits MLP after 2 rounds: ~0.9
+    per_round = check_round_times(rounds)
     for r in rounds[1:]:
         # The broken device fails both its train and evaluate message; the round
         # goes on with the two others.
@@ -161,7 +181,8 @@ def test_deployment_plain_with_failing_device(federation_factory, tmp_path):
 
     check_bytes(rounds, summary, record["network-traffic"], messages=3 * 2 * ROUNDS, probe_log=probe_log)
     print(
-        f"\nplain: {elapsed:.1f} s, ours {summary['total_bytes'] + summary['eval_bytes']} B, "
+        f"\nplain: {elapsed:.1f} s, s/round {per_round}, "
+        f"ours {summary['total_bytes'] + summary['eval_bytes']} B, "
         f"SuperLink {record['network-traffic']}"
     )
 
@@ -195,8 +216,50 @@ def test_deployment_tls_with_node_auth(federation_factory):
     assert set(info["node_ids"]) == registered
     assert summary["rounds"] == ROUNDS and summary["final_central_accuracy"] > 0.5
     assert all(r["dropped"] == 0 for r in rounds)
+    check_round_times(rounds)
     check_bytes(rounds, summary, record["network-traffic"], messages=2 * 2 * ROUNDS)
     print(
         f"\ntls: ours {summary['total_bytes'] + summary['eval_bytes']} B, "
         f"SuperLink {record['network-traffic']}"
     )
+
+
+def test_deployment_process_isolation_matches_inline(federation_factory, tmp_path):
+    """``--isolation process`` + fedlean's long-running ClientApp: the inline run's accuracy and bytes.
+
+    The SuperNodes start no SuperExec, so every message is served by the worker
+    processes; the run completing at all shows they did.
+    """
+    from hydra import compose, initialize_config_dir
+
+    from simulations.runtimes.simulation import run_from_config
+
+    fed = federation_factory("process")
+    fed.start_superlink()
+    for i in range(2):
+        fed.start_supernode(f"node{i}", {"partition-id": i, "num-partitions": 2}, isolation="process")
+    workers = [p for p in fed.procs if p.name.endswith("-clientapp")]
+    assert len(workers) == 2
+    out_dir = tmp_path / "results-process"
+    run_id = fed.run(run_config={"overrides": overrides(2), "output-dir": str(out_dir)})
+    record = fed.wait_for_run(run_id, timeout=480, done_file=out_dir / "deployment.json")
+    rounds, summary, _ = read_results(out_dir)
+    per_round = check_round_times(rounds)
+    assert all(r["dropped"] == 0 for r in rounds)
+    assert all(w.alive for w in workers)  # one process for all of the run's messages
+    # No SuperExec below any SuperNode: Flower started no flwr-clientapp process.
+    below = [pid for p in fed.procs if p.name in ("node0", "node1") for pid in descendants(p.popen.pid)]
+    assert not any("superexec" in _cmdline(pid) for pid in below)
+    check_bytes(rounds, summary, record["network-traffic"], messages=2 * 2 * ROUNDS)
+
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
+        cfg = compose(config_name="config", overrides=[*shlex.split(overrides(2)), "backend=inline"])
+    run_from_config(cfg, tmp_path / "inline", quiet=True)
+    inline_rounds = [json.loads(x) for x in (tmp_path / "inline" / "rounds.jsonl").read_text().splitlines()]
+    assert [r["central_accuracy"] for r in rounds] == [r["central_accuracy"] for r in inline_rounds]
+    for key in ("cum_bytes_up", "cum_bytes_down", "cum_eval_bytes_up", "cum_eval_bytes_down"):
+        # Deployment messages carry longer node and run ids than inline ones: up to
+        # ID_BYTES more per message (2 nodes x ROUNDS messages of each kind), no fewer.
+        extra = rounds[-1][key] - inline_rounds[-1][key]
+        assert 0 <= extra <= ID_BYTES * 2 * ROUNDS, (key, rounds[-1][key], inline_rounds[-1][key])
+    print(f"\nprocess isolation: s/round {per_round}")

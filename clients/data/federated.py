@@ -30,7 +30,7 @@ import torch
 from torch.utils.data import TensorDataset
 
 from .loaders import DataBundle, _resolve_root, load_dataset
-from .partition import PARTITION_SCHEMES, partition_indices
+from .partition import PARTITION_SCHEMES, partition_indices, sampled_indices
 from .specs import BUNDLED_DATASETS, get_spec
 
 __all__ = [
@@ -51,6 +51,7 @@ DEFAULT_DATA_CFG: dict[str, Any] = {
     "seed": 0,
     "test_fraction": 0.2,
     "min_partition_size": 1,
+    "examples_per_partition": 16,
 }
 
 
@@ -81,6 +82,7 @@ class _PartitionKey:
     classes_per_partition: int
     seed: int
     min_partition_size: int
+    examples_per_partition: int = 16
 
 
 def load_partition(
@@ -216,7 +218,12 @@ def _client_split(
     num_partitions: int,
 ) -> tuple[TensorDataset, TensorDataset]:
     bundle = _bundle(key.data)
-    indices = _partitions(key, num_partitions)[partition_id]
+    if key.scheme == "sampled":  # this client's draw only: no work per other client
+        indices = sampled_indices(
+            int(bundle.y_train.shape[0]), partition_id, key.examples_per_partition, key.seed
+        )
+    else:
+        indices = _partitions(key, num_partitions)[partition_id]
     train_idx, test_idx = _holdout(indices, test_fraction, [key.seed, partition_id])
     return (
         _subset(bundle.x_train, bundle.y_train, train_idx),
@@ -296,4 +303,5 @@ def _partition_key(cfg: Mapping[str, Any]) -> _PartitionKey:
         classes_per_partition=int(_get(cfg, "classes_per_partition")),
         seed=int(_get(cfg, "seed")),
         min_partition_size=int(_get(cfg, "min_partition_size")),
+        examples_per_partition=int(_get(cfg, "examples_per_partition")),
     )

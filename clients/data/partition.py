@@ -13,10 +13,25 @@ from collections.abc import Sequence
 
 import numpy as np
 
-__all__ = ["PARTITION_SCHEMES", "partition_indices"]
+__all__ = ["PARTITION_SCHEMES", "partition_indices", "sampled_indices"]
 
 #: Supported values of the ``partition`` config key.
-PARTITION_SCHEMES: tuple[str, ...] = ("iid", "dirichlet", "pathological", "natural", "contiguous")
+PARTITION_SCHEMES: tuple[str, ...] = ("iid", "dirichlet", "pathological", "natural", "contiguous", "sampled")
+
+
+def sampled_indices(num_samples: int, partition_id: int, examples: int, seed: int) -> np.ndarray:
+    """One client's ``sampled`` partition: ``examples`` indices drawn uniformly with replacement.
+
+    Seeded by ``(seed, partition_id)`` alone, so a client's data does not depend on how
+    many clients there are and is computed only when that client is first asked for
+    (any population size gives every client data, e.g. 10,000 clients on digits).
+    """
+    if examples < 1:
+        raise ValueError(f"examples_per_partition must be >= 1, got {examples}.")
+    if num_samples < 1:
+        raise ValueError("the training set is empty.")
+    rng = np.random.default_rng([int(seed), int(partition_id)])
+    return rng.integers(0, int(num_samples), size=int(examples), dtype=np.int64)
 
 
 def partition_indices(
@@ -28,6 +43,7 @@ def partition_indices(
     classes_per_partition: int = 2,
     writer_ids: np.ndarray | Sequence[object] | None = None,
     min_partition_size: int = 1,
+    examples_per_partition: int = 16,
 ) -> list[np.ndarray]:
     """Assign every training sample to one of ``num_partitions`` clients.
 
@@ -53,6 +69,9 @@ def partition_indices(
           ``num_partitions`` near-equal contiguous index ranges, in order (a
           contiguous shard of a corpus; ``IidPartitioner`` on the unshuffled
           index).  Labels and ``seed`` are unused.
+        * ``sampled`` -- every client draws ``examples_per_partition``
+          samples uniformly with replacement (:func:`sampled_indices`):
+          partitions overlap, any number of clients gets data.
         * ``natural`` -- group samples by ``writer_ids`` via
           ``NaturalIdPartitioner`` (FEMNIST's per-writer split).  See Notes.
     num_partitions : int
@@ -65,6 +84,8 @@ def partition_indices(
         Classes per client (``pathological`` only).
     writer_ids : array-like, shape (N,), optional
         Natural client id of every sample (required for ``natural``).
+    examples_per_partition : int
+        Samples per client (``sampled`` only).
     min_partition_size : int
         ``dirichlet`` only: resample (up to flwr-datasets' 10 attempts) until
         every client has at least this many samples.  The default of 1 only
@@ -110,6 +131,8 @@ def partition_indices(
     num_partitions = int(num_partitions)
     if num_partitions < 1:
         raise ValueError(f"num_partitions must be >= 1, got {num_partitions}.")
+    if scheme == "sampled":
+        return [sampled_indices(n, i, examples_per_partition, seed) for i in range(num_partitions)]
     if num_partitions > n:
         raise ValueError(f"num_partitions ({num_partitions}) exceeds the number of samples ({n}).")
 

@@ -57,6 +57,7 @@ def client_settings(cfg: Mapping[str, Any]) -> dict[str, Any]:
             "partition": partition["name"],
             "alpha": float(partition.get("alpha", 0.5)),
             "classes_per_partition": int(partition.get("classes_per_partition", 2)),
+            "examples_per_partition": int(partition.get("examples_per_partition", 16)),
             "seed": int(cfg["seed"]),
         },
         "model": model_dims(cfg),

@@ -148,6 +148,22 @@ class NaturalPartition(PartitionConfig):
 
 
 @dataclass
+class SampledPartition(PartitionConfig):
+    """Each client draws ``examples_per_partition`` examples with replacement (any population size)."""
+
+    name: str = "sampled"
+    examples_per_partition: int = 16
+
+    def check(self, run: Mapping[str, Any]) -> None:  # noqa: D102
+        require(
+            self.examples_per_partition >= 2,
+            "partition.examples_per_partition",
+            self.examples_per_partition,
+            "must be >= 2 (one local test example, at least one to train on)",
+        )
+
+
+@dataclass
 class ContiguousPartition(PartitionConfig):
     """Client i gets the i-th of ``num_clients`` contiguous shards, in order (WikiText-2: corpus pieces)."""
 
@@ -212,7 +228,7 @@ class DeploymentBackend(BackendConfig):
     """Real SuperLink/SuperNodes (``flwr run . <connection>``); see ``docs/deploy.md``."""
 
     name: str = "deployment"
-    poll_interval: float = 0.2  # s between the ServerApp's polls for replies (Flower's Grid: 3 s)
+    poll_interval: float = 0.05  # s between the ServerApp's polls for replies (Flower's Grid: 3 s)
 
     def check(self, run: Mapping[str, Any]) -> None:  # noqa: D102
         require(self.poll_interval > 0, "backend.poll_interval", self.poll_interval, "must be > 0")
@@ -352,6 +368,7 @@ PARTITIONS: dict[str, type[PartitionConfig]] = {
         PathologicalPartition,
         NaturalPartition,
         ContiguousPartition,
+        SampledPartition,
     )
 }
 BACKENDS: dict[str, type[BackendConfig]] = {

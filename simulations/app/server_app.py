@@ -287,7 +287,7 @@ def main(grid: Grid, context: Context) -> None:
         int(plan.cfg["num_clients"]),
         out_dir,
     )
-    polling = PollingGrid(grid, float(plan.cfg["backend"].get("poll_interval", 0.2)))
+    polling = PollingGrid(grid, float(plan.cfg["backend"].get("poll_interval", 0.05)))
     started = time.time()
     summary = execute_plan(plan, polling)
     info = {

@@ -1,4 +1,4 @@
-"""``python -m simulations.deploy {certs,keys,export,local}``: deployment from the shell.
+"""``python -m simulations.deploy {certs,keys,export,local,clientapp}``: deployment from the shell.
 
 ``python -m simulations.deploy local --nodes 2 -- method=fedavg num_rounds=3`` runs a
 whole deployment on this machine and prints where the results are; ``docs/deploy.md``
@@ -32,7 +32,10 @@ def _local(args: argparse.Namespace) -> int:
                 fed.register_node(keys.public_key)
                 key = keys.private_key
             fed.start_supernode(
-                f"supernode{i}", {"partition-id": i, "num-partitions": args.nodes}, private_key=key
+                f"supernode{i}",
+                {"partition-id": i, "num-partitions": args.nodes},
+                private_key=key,
+                isolation=args.isolation,
             )
         out_dir = fed.workdir / "results"
         run_id = fed.run(run_config={"overrides": shlex.join(overrides), "output-dir": str(out_dir)})
@@ -50,7 +53,7 @@ def _local(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m simulations.deploy {certs,keys,export,local} ...``."""
+    """``python -m simulations.deploy {certs,keys,export,local,clientapp} ...``."""
     parser = argparse.ArgumentParser(
         prog="python -m simulations.deploy",
         description=__doc__,
@@ -84,7 +87,26 @@ def main(argv: Sequence[str] | None = None) -> int:
     local.add_argument("--auth", action="store_true", help="SuperNode authentication (implies --tls)")
     local.add_argument("--workdir", default=None)
     local.add_argument("--timeout", type=float, default=3600.0)
+    local.add_argument(
+        "--isolation",
+        choices=("process", "subprocess"),
+        default="process",
+        help="process: one long-running fedlean ClientApp per SuperNode (default); "
+        "subprocess: Flower's default, a new flwr-clientapp process per message",
+    )
     local.add_argument("overrides", nargs="*", help="Hydra overrides, e.g. method=fedavg num_rounds=3")
+
+    worker = sub.add_parser(
+        "clientapp",
+        help="long-running ClientApp for a SuperNode started with --isolation process",
+    )
+    worker.add_argument(
+        "--runtime-api-address",
+        default="127.0.0.1:9094",
+        help="the SuperNode's Runtime API (flower-supernode --port; default 127.0.0.1:9094)",
+    )
+    worker.add_argument("--poll-interval", type=float, default=0.02, help="seconds between task polls")
+    worker.add_argument("--root-certificates", default=None, help="CA file of a TLS Runtime API")
 
     args = parser.parse_args(argv)
     if args.command == "certs":
@@ -97,6 +119,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     elif args.command == "export":
         path = export_partition(args.out, args.partition_id, args.num_partitions, args.overrides)
         print(path)
+    elif args.command == "clientapp":
+        from .worker import serve
+
+        serve(args.runtime_api_address, args.poll_interval, args.root_certificates)
     elif args.command == "local":
         args.tls = args.tls or args.auth
         return _local(args)

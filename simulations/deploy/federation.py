@@ -164,14 +164,15 @@ class LocalFederation:
         """The SuperLink's address (Fleet, Control and Runtime API share one port)."""
         return f"{self.host}:{self.port}"
 
-    def _spawn(self, name: str, command: list[str]) -> Proc:
-        command = [_executable(command[0]), *command[1:]]
+    def _spawn(self, name: str, command: list[str], env: Mapping[str, str] | None = None) -> Proc:
+        if command[0] != sys.executable:
+            command = [_executable(command[0]), *command[1:]]
         log_path = self.workdir / f"{name}.log"
         with log_path.open("ab") as log_file:
             popen = subprocess.Popen(  # noqa: S603 - our own argument list
                 command,
                 cwd=self.workdir,
-                env=self._env,
+                env={**self._env, **(env or {})},
                 stdin=subprocess.DEVNULL,
                 stdout=log_file,
                 stderr=subprocess.STDOUT,
@@ -233,6 +234,8 @@ class LocalFederation:
         node_config: Mapping[str, Any] | str = "",
         private_key: str | Path | None = None,
         max_wait_time: float | None = None,
+        isolation: str = "subprocess",
+        worker_poll_interval: float = 0.02,
     ) -> Proc:
         """Start a ``flower-supernode`` connected to the SuperLink.
 
@@ -247,14 +250,26 @@ class LocalFederation:
             ``--auth-supernode-private-key`` (SuperNode authentication).
         max_wait_time : float | None (default: None)
             Give up connecting after this many seconds (default: retry forever).
+        isolation : {"subprocess", "process"} (default: "subprocess")
+            ``subprocess``: Flower's default, one ``flwr-clientapp`` process per
+            message. ``process``: ``--isolation process`` plus one long-running
+            fedlean ClientApp worker (:mod:`simulations.deploy.worker`, log
+            ``<name>-clientapp.log``) that serves every message of this SuperNode.
+        worker_poll_interval : float (default: 0.02)
+            The worker's idle poll interval (``process`` only).
 
         """
+        if isolation not in ("subprocess", "process"):
+            raise ValueError(f"isolation must be 'subprocess' or 'process', got {isolation!r}")
+        runtime_port = free_port()
         command = [
             "flower-supernode",
             "--superlink",
             self.address,
             "--port",
-            str(free_port()),
+            str(runtime_port),
+            "--isolation",
+            isolation,
             "--node-config",
             format_node_config(node_config),
         ]
@@ -266,7 +281,30 @@ class LocalFederation:
             command += ["--auth-supernode-private-key", str(private_key)]
         if max_wait_time is not None:
             command += ["--max-wait-time", str(max_wait_time)]
-        return self._spawn(name, command)
+        node = self._spawn(name, command)
+        if isolation == "process":
+            address = f"127.0.0.1:{runtime_port}"
+            self.start_clientapp_worker(f"{name}-clientapp", address, worker_poll_interval)
+        return node
+
+    def start_clientapp_worker(
+        self, name: str, runtime_api_address: str, poll_interval: float = 0.02
+    ) -> Proc:
+        """Start ``python -m simulations.deploy clientapp`` for a ``--isolation process`` SuperNode."""
+        return self._spawn(
+            name,
+            [
+                sys.executable,
+                "-m",
+                "simulations.deploy",
+                "clientapp",
+                "--runtime-api-address",
+                runtime_api_address,
+                "--poll-interval",
+                str(poll_interval),
+            ],
+            env={"PYTHONPATH": os.pathsep.join(filter(None, [str(REPO_ROOT), self._env.get("PYTHONPATH")]))},
+        )
 
     def stop(self, grace: float = 10.0) -> None:
         """Stop every process started here (SIGTERM, then SIGKILL after ``grace`` s)."""
