@@ -469,3 +469,13 @@ def test_swat_and_zerofl_run_end_to_end_through_the_client_app(tmp_path):
     assert 0 < zerofl["flops_train_swat"] < zerofl["flops_train_dense"]
     # mlp, first layer dense (reference default): 2 of 3 weight tensors go sparse
     assert 2.5 < swat["bytes_up"] / zerofl["bytes_up"] < 3.5
+
+
+def test_zerofl_wire_tool_measures_a_reply_below_swats(capsys):
+    from simulations.tools.zerofl_wire import main
+
+    main(["--model", "mlp", "--channels", "1", "--image-size", "8", "--values", "gaussian-update"])
+    report = json.loads(capsys.readouterr().out)
+    assert report["params_sparsified"] > 0 and report["bytes_zerofl"] < report["bytes_swat"]
+    assert report["ratio_measured"] == pytest.approx(report["bytes_swat"] / report["bytes_zerofl"], rel=1e-3)
+    assert report["ratio_bitmask_float32"] < report["ratio_ideal_float32"]
