@@ -9,11 +9,14 @@ import numpy as np
 import pytest
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, RecordDict
 
+from fl_strategies import codec
 from fl_strategies.codec import (
     BITS_SUFFIX,
     FLOAT16_SUFFIX,
     FORM_BITMASK,
     FORM_INDICES,
+    FORM_LZMA_BITMASK,
+    FORM_LZMA_GAPS,
     FORM_ZLIB_BITMASK,
     FORM_ZLIB_DELTA,
     MAX_ELEMENTS,
@@ -159,6 +162,9 @@ def _mask(size, positions):
         (_mask(100_000, [3, 50_000]), FORM_INDICES),  # two spread positions: 8 bytes
         (np.arange(40_000) < 20_000, FORM_ZLIB_BITMASK),  # one long run
         (_mask(1_000_000, range(0, 1_000_000, 997)), FORM_ZLIB_DELTA),  # regular gaps
+        # whole rows of a (64, 800) tensor empty, the others 30 % full: a top-K mask's structure
+        (((RNG.random((64, 1)) < 0.3) & (RNG.random((64, 800)) < 0.3)).reshape(-1), FORM_LZMA_BITMASK),
+        (RNG.random(51_200) < 0.1, FORM_LZMA_GAPS),  # i.i.d. 10 %: one byte per gap, entropy-coded
     ],
 )
 def test_position_set_picks_the_smallest_form_and_round_trips(mask, form):
@@ -168,6 +174,29 @@ def test_position_set_picks_the_smallest_form_and_round_trips(mask, form):
     assert blob.size <= plain + 1  # the entropy-coded forms only ever win when smaller
     np.testing.assert_array_equal(decode_positions(blob, mask.size), np.flatnonzero(mask))
     np.testing.assert_array_equal(positions_mask(blob, mask.size), mask)
+
+
+@pytest.mark.parametrize("gaps", [[0, 0, 254, 255, 256, 70_000, 3], [255], [0], [], [2**20]])
+def test_lzma_gaps_round_trip_with_escaped_gaps(gaps):
+    positions = np.cumsum(np.asarray(gaps, np.int64) + 1) - 1
+    size = int(positions[-1]) + 2 if positions.size else 10
+    blob = np.frombuffer(bytes([FORM_LZMA_GAPS]) + codec._lzma(codec._gaps_bytes(positions)), np.uint8)
+    np.testing.assert_array_equal(decode_positions(blob, size), positions)
+    if positions.size:
+        with pytest.raises(CodecError, match="past|claim"):
+            decode_positions(blob, int(positions[-1]))  # the last position does not exist
+
+
+def test_lzma_forms_are_bounded():
+    bomb = np.frombuffer(bytes([FORM_LZMA_BITMASK]) + codec._lzma(bytes(10**7)), np.uint8)
+    with pytest.raises(CodecError, match="longer"):
+        decode_positions(bomb, 1000)  # 10 MB inflating into a 125-byte bitmask
+    claim = np.asarray([10**6], "<u4").tobytes() + bytes(16)  # a million positions for 1000 elements
+    forged = np.frombuffer(bytes([FORM_LZMA_GAPS]) + codec._lzma(claim), np.uint8)
+    with pytest.raises(CodecError, match="claim"):
+        decode_positions(forged, 1000)
+    with pytest.raises(CodecError):  # not an LZMA2 stream, or one cut short
+        decode_positions(np.frombuffer(bytes([FORM_LZMA_BITMASK, 0xFF, 0x00, 0x13]), np.uint8), 1000)
 
 
 def test_sparse_blob_uses_the_entropy_coded_positions_when_smaller():

@@ -32,11 +32,18 @@ from flwr.app import Array, ArrayRecord, ConfigRecord, Error, Message, MetricRec
 from hydra import compose, initialize_config_dir
 from numpy.lib import format as npy_format
 
-from fl_strategies.codec import BITS_SUFFIX, FLOAT16_SUFFIX, SPARSE_SUFFIX
+from fl_strategies.codec import (
+    BITS_SUFFIX,
+    FLOAT16_SUFFIX,
+    SPARSE_SUFFIX,
+    decode_sent,
+    encode_positions,
+    encode_sent,
+)
 from fl_strategies.gwpf import VOTES_KEY
 from fl_strategies.partial_sync import VALUES_KEY
 from fl_strategies.wire import message_bytes
-from fl_strategies.zerofl import POSITIONS_SUFFIX, VALUES_SUFFIX
+from fl_strategies.zerofl import SENT_SUFFIX
 from simulations import CONF_DIR
 
 SMALL = ["num_rounds=2", "local_epochs=1", "batch_size=64", "seed=3", "central_eval=false"]
@@ -387,49 +394,55 @@ FEDSPARSIFY_LOCAL: dict[str, Fault] = {
 def _zerofl(edit: Callable[[ArrayRecord, str], None]) -> Corrupt:
     def corrupt(content: RecordDict) -> RecordDict:
         record = content.array_records["arrays"]
-        name = next(k for k in record if k.endswith(POSITIONS_SUFFIX))[: -len(POSITIONS_SUFFIX)]
+        name = next(k for k in record if k.endswith(SENT_SUFFIX))[: -len(SENT_SUFFIX)]
         edit(record, name)
         return content
 
     return corrupt
 
 
-def _zerofl_values(record: ArrayRecord, name: str) -> np.ndarray:
-    key = next(k for k in record if _base(k) == name + VALUES_SUFFIX)
-    value = _decode_one(record, key)
-    del record[key]
-    return value
+def _sent_blob(positions: bytes, values: bytes) -> Array:
+    """A ZeroFL ``@sent`` blob from a position set and raw little-endian float32 values."""
+    head = np.asarray([len(positions)], "<u4").tobytes()
+    return Array(np.frombuffer(head + positions + bytes([1]) + values, np.uint8).copy())
+
+
+def _zerofl_sent(record: ArrayRecord, name: str) -> tuple[np.ndarray, np.ndarray]:
+    """The (positions, values) an honest reply sent for ``name``."""
+    size = int(np.prod(_shape_of(name)))
+    return decode_sent(record[name + SENT_SUFFIX].numpy(), size)
 
 
 def _positions_out_of_range(record: ArrayRecord, name: str) -> None:
-    count = _zerofl_values(record, name).size
-    record[name + VALUES_SUFFIX] = Array(np.ones(count, np.float32))
-    record[name + POSITIONS_SUFFIX] = Array(
-        np.frombuffer(bytes([2]) + np.arange(2**31, 2**31 + count, dtype="<u4").tobytes(), np.uint8).copy()
-    )
+    count = _zerofl_sent(record, name)[0].size
+    indices = bytes([2]) + np.arange(2**31, 2**31 + count, dtype="<u4").tobytes()
+    record[name + SENT_SUFFIX] = _sent_blob(indices, np.ones(count, "<f4").tobytes())
 
 
 def _positions_bomb(record: ArrayRecord, name: str) -> None:
-    record[name + POSITIONS_SUFFIX] = Array(np.frombuffer(bytes([4]) + BOMB, np.uint8).copy())
+    record[name + SENT_SUFFIX] = _sent_blob(bytes([4]) + BOMB, b"")
 
 
 def _values_count(record: ArrayRecord, name: str) -> None:
-    value = _zerofl_values(record, name)
-    record[name + VALUES_SUFFIX] = Array(np.ascontiguousarray(value[:-1]))
+    positions, values = _zerofl_sent(record, name)
+    mask = np.zeros(int(np.prod(_shape_of(name))), bool)
+    mask[positions] = True
+    packed = encode_positions(mask).tobytes()
+    record[name + SENT_SUFFIX] = _sent_blob(packed, values.astype("<f4")[:-1].tobytes())
 
 
 def _values_nan(record: ArrayRecord, name: str) -> None:
-    value = _zerofl_values(record, name)
-    record[name + VALUES_SUFFIX] = Array(np.full_like(value, np.nan))
+    positions, _ = _zerofl_sent(record, name)
+    mask = np.zeros(int(np.prod(_shape_of(name))), bool)
+    mask[positions] = True
+    record[name + SENT_SUFFIX] = Array(
+        encode_sent(np.full(_shape_of(name), np.nan, np.float32), mask.reshape(_shape_of(name)))
+    )
 
 
 def _all_positions(record: ArrayRecord, name: str) -> None:
-    from fl_strategies.codec import encode_positions
-
-    size = int(np.prod(_shape_of(name)))
-    _zerofl_values(record, name)
-    record[name + VALUES_SUFFIX] = Array(np.ones(size, np.float32))
-    record[name + POSITIONS_SUFFIX] = Array(encode_positions(np.ones(size, bool)))
+    shape = _shape_of(name)
+    record[name + SENT_SUFFIX] = Array(encode_sent(np.ones(shape, np.float32), np.ones(shape, bool)))
 
 
 _SHAPES: dict[str, tuple[int, ...]] = {}
@@ -442,7 +455,7 @@ def _shape_of(name: str) -> tuple[int, ...]:
 ZEROFL: dict[str, Fault] = {
     "ZeroFL positions out of range": Fault(_zerofl(_positions_out_of_range), "out of range"),
     "ZeroFL positions zlib bomb": Fault(_zerofl(_positions_bomb), "zlib stream longer", forged_size=True),
-    "ZeroFL values fewer than positions": Fault(_zerofl(_values_count), "values for"),
+    "ZeroFL values fewer than positions": Fault(_zerofl(_values_count), "positions but"),
     "ZeroFL values NaN": Fault(_zerofl(_values_nan), "non-finite"),
     "ZeroFL every position (over budget)": Fault(_zerofl(_all_positions), "more than the"),
 }

@@ -13,15 +13,16 @@ from torch.utils.data import TensorDataset
 from fl_strategies.base import numpy_to_arrayrecord
 from fl_strategies.codec import (
     FORM_INDICES,
+    CodecError,
     decode_arrays,
     decode_positions,
     encode_arrays,
     encode_positions,
+    encode_sent,
 )
 from fl_strategies.swat import Swat, topk_mask, topk_weights_only
 from fl_strategies.zerofl import (
-    POSITIONS_SUFFIX,
-    VALUES_SUFFIX,
+    SENT_SUFFIX,
     ZeroFL,
     aggregate_sparse,
     pack_sent,
@@ -69,12 +70,15 @@ def test_zero_valued_sent_positions_survive_the_codec():
     values, mask = select_uplink(LOCAL, GLOBAL, "diff_topk_weights", 0.5)
     assert mask[1, 1] and values[1, 1] == 0.0
     record = encode_arrays(pack_sent("w", values, mask))
-    assert {k.split("@")[0] for k in record} == {"w"}
-    assert "w" + POSITIONS_SUFFIX in record and record["w" + POSITIONS_SUFFIX].dtype == "uint8"
-    assert any(k.startswith("w" + VALUES_SUFFIX) for k in record)
+    assert list(record) == ["w" + SENT_SUFFIX]  # one blob per tensor: positions and values
     dense, sent = unpack_sent(decode_arrays(record), "w", LOCAL.shape)
     np.testing.assert_array_equal(sent, mask)  # the 0-valued position is still "sent"
     np.testing.assert_allclose(dense, np.where(mask, values, 0))
+
+
+def _position_set(blob):
+    length = int(blob[:4].view("<u4")[0])
+    return blob[4 : 4 + length]
 
 
 def test_indices_are_sent_when_smaller_than_a_bitmask():
@@ -83,35 +87,80 @@ def test_indices_are_sent_when_smaller_than_a_bitmask():
     mask = np.zeros_like(big, dtype=bool)
     mask[3, 7] = mask[50, 50] = True
     wire = pack_sent("w", big, mask)
-    assert set(wire) == {"w" + VALUES_SUFFIX, "w" + POSITIONS_SUFFIX}
-    blob = wire["w" + POSITIONS_SUFFIX]
-    assert blob[0] == FORM_INDICES and blob.size == 1 + 8  # form byte, two uint32
-    assert decode_positions(blob, big.size).tolist() == [307, 5050]
+    assert set(wire) == {"w" + SENT_SUFFIX}
+    blob = wire["w" + SENT_SUFFIX]
+    positions = _position_set(blob)
+    assert positions[0] == FORM_INDICES and positions.size == 1 + 8  # form byte, two uint32
+    assert decode_positions(positions, big.size).tolist() == [307, 5050]
+    assert blob.size == 4 + 9 + 1 + 8  # length, positions, value form, two raw float32
     dense, sent = unpack_sent(decode_arrays(encode_arrays(wire)), "w", big.shape)
     assert sent.sum() == 2 and sent[50, 50] and dense[3, 7] == 2.0
 
 
-def _positions(*indices, size=6):
+def test_sent_values_are_bit_exact_and_compressed_when_that_is_smaller():
+    rng = np.random.default_rng(3)
+    update = (rng.standard_normal((64, 800)) * 1e-3).astype(np.float32)
+    mask = topk_exact(update, 0.1)
+    update[mask.nonzero()[0][:50], mask.nonzero()[1][:50]] = 0.0  # sent zeros stay sent
+    mask[0, :3] = True
+    blob = encode_sent(update, mask)
+    raw = 4 + _position_set(blob).size + 1 + 4 * int(mask.sum())
+    assert blob.size < raw - 0.1 * 4 * int(mask.sum())  # byte planes: > 10 % below raw float32
+    dense, sent = unpack_sent({"w" + SENT_SUFFIX: blob}, "w", update.shape)
+    np.testing.assert_array_equal(sent, mask)
+    np.testing.assert_array_equal(dense.view(np.uint32), np.where(mask, update, 0).view(np.uint32))
+
+
+def test_sent_blob_is_decoded_within_the_receivers_sizes():
+    mask = np.zeros(1000, bool)
+    mask[::10] = True
+    blob = encode_sent(np.ones(1000, np.float32), mask)
+    with pytest.raises(CodecError):
+        unpack_sent({"w" + SENT_SUFFIX: blob}, "w", (990,))  # position 990 does not exist
+    with pytest.raises(CodecError, match="longer"):
+        # values claiming more bytes than 100 positions need: inflated no further than 400 bytes
+        forged = np.concatenate([blob[: 4 + int(blob[:4].view("<u4")[0])], [2], _zlib_of(10**6)])
+        unpack_sent({"w" + SENT_SUFFIX: forged.astype(np.uint8)}, "w", (1000,))
+    with pytest.raises(CodecError, match="cannot hold"):
+        unpack_sent({"w" + SENT_SUFFIX: blob[:8]}, "w", (1000,))
+
+
+def _zlib_of(num_bytes):
+    import zlib
+
+    return np.frombuffer(zlib.compress(bytes(num_bytes)), np.uint8)
+
+
+def _wire(*indices, size=6, values=(1.0, 2.0)):
     mask = np.zeros(size, bool)
     mask[list(indices)] = True
-    return encode_positions(mask)
+    dense = np.zeros(size, np.float32)
+    dense[mask] = values[: int(mask.sum())]
+    return encode_sent(dense, mask)
+
+
+def _forged(positions, values):
+    head = np.asarray([positions.size], "<u4").view(np.uint8)
+    tail = np.asarray(values, "<f4").view(np.uint8)
+    return np.concatenate([head, positions, [1], tail]).astype(np.uint8)
 
 
 @pytest.mark.parametrize("broken", ["count", "repeat", "range", "missing", "dtype"])
 def test_inconsistent_wire_entries_are_rejected(broken):
-    wire = {"w" + VALUES_SUFFIX: np.array([1.0, 2.0], np.float32), "w" + POSITIONS_SUFFIX: _positions(0, 5)}
+    wire = {"w" + SENT_SUFFIX: _wire(0, 5)}
     if broken == "count":
-        wire["w" + VALUES_SUFFIX] = np.array([1.0], np.float32)
+        wire["w" + SENT_SUFFIX] = _forged(
+            encode_positions(np.eye(1, 6, 0, bool)[0] | np.eye(1, 6, 5, bool)[0]), [1.0]
+        )
     elif broken == "repeat":
-        wire["w" + POSITIONS_SUFFIX] = np.concatenate(
-            [[FORM_INDICES], np.array([5, 5], "<u4").view(np.uint8)]
-        ).astype(np.uint8)
+        repeated = np.concatenate([[FORM_INDICES], np.array([5, 5], "<u4").view(np.uint8)]).astype(np.uint8)
+        wire["w" + SENT_SUFFIX] = _forged(repeated, [1.0, 2.0])
     elif broken == "range":
-        wire["w" + POSITIONS_SUFFIX] = _positions(0, 6, size=7)
+        wire["w" + SENT_SUFFIX] = _wire(0, 6, size=7)
     elif broken == "missing":
-        del wire["w" + POSITIONS_SUFFIX]
+        del wire["w" + SENT_SUFFIX]
     else:
-        wire["w" + POSITIONS_SUFFIX] = np.ones((2, 3), bool)
+        wire["w" + SENT_SUFFIX] = np.ones((2, 3), bool)
     with pytest.raises(ValueError):
         unpack_sent(wire, "w", (2, 3))
 
@@ -237,7 +286,7 @@ def test_strategy_drops_replies_over_budget_or_with_dense_sparse_tensors():
     )
     result = strategy.start(InlineGrid(client_app, 3), numpy_to_arrayrecord(initial), num_rounds=1)
     reasons = "\n".join(strategy.dropped[1])
-    assert "more than the 2" in reasons and "needs 'w@values'" in reasons
+    assert "more than the 2" in reasons and "needs 'w@sent'" in reasons
     final = {k: v.numpy() for k, v in result.arrays.items()}
     np.testing.assert_allclose(final["w"], np.where(MASKS[2], VALUES[2], G))
 
@@ -332,7 +381,7 @@ def test_client_uplink_round_trip_through_strategy_parse(uplink):
     assert 0 < metrics["flops-swat"] < metrics["flops-dense"]
     keys = ["net.1.weight", "net.3.weight", "net.5.weight"]
     wire = decode_arrays(reply.array_records["arrays"])
-    assert {k + VALUES_SUFFIX for k in keys} <= set(wire)
+    assert {k + SENT_SUFFIX for k in keys} <= set(wire)
     assert {"net.1.bias", "net.3.bias", "net.5.bias"} <= set(wire)
     assert not set(keys) & set(wire)  # weights never go up dense
 
@@ -420,3 +469,13 @@ def test_swat_and_zerofl_run_end_to_end_through_the_client_app(tmp_path):
     assert 0 < zerofl["flops_train_swat"] < zerofl["flops_train_dense"]
     # mlp, first layer dense (reference default): 2 of 3 weight tensors go sparse
     assert 2.5 < swat["bytes_up"] / zerofl["bytes_up"] < 3.5
+
+
+def test_zerofl_wire_tool_measures_a_reply_below_swats(capsys):
+    from simulations.tools.zerofl_wire import main
+
+    main(["--model", "mlp", "--channels", "1", "--image-size", "8", "--values", "gaussian-update"])
+    report = json.loads(capsys.readouterr().out)
+    assert report["params_sparsified"] > 0 and report["bytes_zerofl"] < report["bytes_swat"]
+    assert report["ratio_measured"] == pytest.approx(report["bytes_swat"] / report["bytes_zerofl"], rel=1e-3)
+    assert report["ratio_bitmask_float32"] < report["ratio_ideal_float32"]
