@@ -218,6 +218,10 @@ class FedSparsifyGlobal(FedleanStrategy):
     # -------------------------------------------------------- known-mask wire
     def _identify_mask(self) -> None:
         """Give ``keep`` a new id if it changed since it was last identified."""
+        if not self.identified_keep and all(m.all() for m in self.keep.values()):
+            # Nothing pruned yet: still mask 0, which every node holds untold.
+            self.identified_keep = {n: m.copy() for n, m in self.keep.items()}
+            return
         same = set(self.keep) == set(self.identified_keep) and all(
             np.array_equal(self.keep[n], self.identified_keep[n]) for n in self.keep
         )
@@ -255,7 +259,9 @@ class FedSparsifyGlobal(FedleanStrategy):
         """Known values, plus the mask change against the mask the node confirmed holding."""
         if message_type != MessageType.TRAIN:
             return None
-        held = self.node_mask_ids.get(node_id, FULL_MASK_ID)
+        # Popped: the node holds the mask sent now only once a valid reply confirms it
+        # (a failed or lost reply leaves it unknown, and the next message sends it whole).
+        held = self.node_mask_ids.pop(node_id, FULL_MASK_ID)
         if held != self.mask_id and self._mask_with_id(held) is None:
             held = FULL_MASK_ID
         self.sent_mask_ids[node_id] = self.mask_id
