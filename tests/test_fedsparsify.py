@@ -572,3 +572,39 @@ def test_paper_setups_compose_validate_and_build(experiment, monkeypatch):
         ctx = BuildContext(run=typed.cfg, common=common, dims=model_dims(typed.cfg))
         strategy = get_method(method).build(typed.method, ctx)
         assert strategy.method_name == method
+
+
+# ---------------------------------------------------- report: paper-formula column
+def test_report_shows_the_paper_formula_column_for_pruning_rows(tmp_path: Path):
+    import csv
+
+    from simulations.tools import report as rep
+
+    from .test_report import column, fake_run, fake_suite, row_of
+
+    suite = fake_suite(tmp_path / "s", "s")
+    for seed, paper in ((0, 40e6), (1, 60e6)):
+        fake_run(suite / "fedavg" / f"seed{seed}", "fedavg", seed, [0.1, 0.9], 50, 50, label="fedavg")
+        fake_run(
+            suite / "g" / f"seed{seed}",
+            "fedsparsify_global",
+            seed,
+            [0.1, 0.9],
+            10,
+            20 + 10 * seed,
+            label="g",
+            paper_formula_bytes=int(paper),
+        )
+    text = rep.report([suite])
+    mb, ratio = column(text, "paper-formula MB"), column(text, "× paper")
+    cells = row_of(text, "g")
+    assert (cells[mb], cells[ratio]) == ("50.00 ± 14.14", "0.700")  # 35 MB measured over 50 MB
+    assert (row_of(text, "fedavg")[mb], row_of(text, "fedavg")[ratio]) == ("-", "-")
+    with (suite / "report.csv").open() as fh:
+        rows = {r["method"]: r for r in csv.DictReader(fh)}
+    assert float(rows["g"]["paper_formula_mb_mean"]) == pytest.approx(50.0)
+    assert float(rows["g"]["ratio_total_mb_vs_paper"]) == pytest.approx(0.7)
+    # A table without any pruning method has no such column.
+    plain = fake_suite(tmp_path / "p", "p")
+    fake_run(plain / "fedavg" / "seed0", "fedavg", 0, [0.1, 0.9], 50, 50, label="fedavg")
+    assert "paper-formula" not in rep.report([plain])
