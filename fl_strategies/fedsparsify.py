@@ -67,7 +67,7 @@ from .wire import ARRAYS_KEY, CONFIG_KEY, METRICS_KEY
 
 # ConfigRecord entries (server -> client).
 PRUNE_SCOPE_KEY = "prune-scope"  # str: which tensors are prunable (weights | all)
-MASKED_KEY = "mask-from-zeros"  # bool: the zeros of the prunable tensors are the mask
+MASKED_KEY = "mask-from-zeros"  # bool: anything is pruned (evaluation messages: the zeros are the mask)
 LOCAL_SPARSITY_KEY = "local-sparsity"  # float: FedSparsify-Local's per-round target
 SCORE_KEY = "prune-score"  # str: round-0 request for SNIP/GraSP scores
 SCORE_BATCHES_KEY = "score-batches"  # int: batches to score on (0 = all local data)
