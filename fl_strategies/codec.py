@@ -282,18 +282,8 @@ def decode_positions(blob: np.ndarray, size: int) -> np.ndarray:
 
 
 # ------------------------------------------------- values at explicit positions
-# Value forms of :func:`encode_sent` (the byte after the position set): the values as
-# they are, or their byte planes through zlib.
-_VALUES_RAW = 1
-_VALUES_ZLIB_PLANES = 2
-
-
-def _value_planes(words: np.ndarray, itemsize: int) -> bytes:
-    # Byte j of every value together: the sign/exponent bytes of values of one tensor
-    # repeat (a few exponents), so that plane compresses; the low mantissa planes do not.
-    return np.ascontiguousarray(words.view(np.uint8).reshape(-1, itemsize).T).tobytes()
-
-
+# The value forms (:data:`VALUE_FORMS`, raw or zlib byte planes) are those of the
+# known-mask values below.
 def encode_sent(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
     """Values at explicit positions (zeros included) as one blob, lossless.
 
@@ -327,8 +317,8 @@ def encode_sent(values: np.ndarray, mask: np.ndarray) -> np.ndarray:
     words = np.ascontiguousarray(values.reshape(-1)[flat_mask]).astype(values.dtype.newbyteorder("<"))
     words = words.view(f"<u{itemsize}")
     raw = words.view(np.uint8).tobytes()
-    packed = zlib.compress(_value_planes(words, itemsize), 9) if len(raw) > 16 else raw
-    form, body = (_VALUES_ZLIB_PLANES, packed) if len(packed) < len(raw) else (_VALUES_RAW, raw)
+    packed = zlib.compress(_byte_planes(words, itemsize), 9) if len(raw) > 16 else raw
+    form, body = (VALUES_ZLIB_PLANES, packed) if len(packed) < len(raw) else (VALUES_RAW, raw)
     head = np.asarray([positions.size], "<u4").view(np.uint8)
     return np.concatenate([head, positions, np.frombuffer(bytes([form]) + body, np.uint8)])
 
@@ -359,11 +349,11 @@ def decode_sent(
     positions = decode_positions(blob[4 : 4 + length], size)
     form, body = int(blob[4 + length]), blob[5 + length :]
     expected = positions.size * dtype.itemsize
-    if form == _VALUES_RAW:
+    if form == VALUES_RAW:
         if body.size != expected:
             raise CodecError(f"{positions.size} positions but {body.size} value bytes")
         data = body.tobytes()
-    elif form == _VALUES_ZLIB_PLANES:
+    elif form == VALUES_ZLIB_PLANES:
         data, rest = _inflate(body, expected, "sent values")
         if len(data) != expected or rest.size:
             raise CodecError(f"{positions.size} positions but values inflating to {len(data)} bytes")
@@ -691,3 +681,108 @@ def claimed_shape(array: Array, key: str) -> tuple[int, ...]:
     if blob.size < 4:
         raise CodecError(f"'{key}': bit vector shorter than its header")
     return _read_shape(blob, 4, int(blob[:4].view("<u4")[0]) & 0xFF, f"'{key}'")
+
+
+# ----------------------------------------------------------- known-mask values
+#: Forms of a known-mask value blob (its first byte).
+VALUES_RAW = 1
+VALUES_ZLIB_PLANES = 2
+VALUES_XOR_ZLIB_PLANES = 3
+VALUE_FORMS = {
+    VALUES_RAW: "raw",
+    VALUES_ZLIB_PLANES: "zlib-planes",
+    VALUES_XOR_ZLIB_PLANES: "xor-zlib-planes",
+}
+
+
+def _byte_planes(words: np.ndarray, itemsize: int) -> bytes:
+    # Byte j of every value together: the sign/exponent bytes of similar values repeat.
+    return np.ascontiguousarray(words.view(np.uint8).reshape(-1, itemsize).T).tobytes()
+
+
+def encode_known_values(
+    values: np.ndarray, reference: np.ndarray | None = None, compress: bool = True
+) -> np.ndarray:
+    """Values at positions the receiver already knows, in their smallest lossless form.
+
+    No position set travels: the receiver holds the mask (or layout) that says where the
+    values go, and :func:`decode_known_values` checks the count against it.
+
+    Parameters
+    ----------
+    values : np.ndarray
+        1-D float array (float16/32/64), the values in the order both sides agree on.
+    reference : np.ndarray | None (default: None)
+        Values the receiver holds bit for bit at the same positions (e.g. the global
+        values a client received before training). When given, the XOR of the two bit
+        patterns is also tried: close values share their sign, exponent and leading
+        mantissa bits, so the XOR is mostly zero bytes.
+    compress : bool (default: True)
+        Try the zlib forms (byte planes: byte ``j`` of every value together).
+
+    Returns
+    -------
+    np.ndarray
+        A 1-D uint8 blob: the form code (:data:`VALUE_FORMS`) then the payload; exact
+        (bit for bit) after decoding.
+    """
+    values = np.ascontiguousarray(values).reshape(-1)
+    if values.dtype not in _DTYPE_CODES:
+        raise TypeError(f"known-mask values must be float, got {values.dtype}")
+    itemsize = values.dtype.itemsize
+    words = values.astype(values.dtype.newbyteorder("<")).view(f"<u{itemsize}")
+    forms = {VALUES_RAW: words.view(np.uint8).tobytes()}
+    if compress and values.size * itemsize > 16:
+        forms[VALUES_ZLIB_PLANES] = zlib.compress(_byte_planes(words, itemsize), 6)
+        if reference is not None:
+            ref = np.ascontiguousarray(reference, dtype=values.dtype).reshape(-1)
+            if ref.shape != values.shape:
+                raise ValueError(f"reference has {ref.size} values for {values.size}")
+            ref_words = ref.astype(values.dtype.newbyteorder("<")).view(f"<u{itemsize}")
+            forms[VALUES_XOR_ZLIB_PLANES] = zlib.compress(_byte_planes(words ^ ref_words, itemsize), 6)
+    best = min(forms, key=lambda f: (len(forms[f]), f))
+    return np.frombuffer(bytes([best]) + forms[best], dtype=np.uint8)
+
+
+def decode_known_values(
+    blob: np.ndarray, count: int, dtype: np.dtype | type = np.float32, reference: np.ndarray | None = None
+) -> np.ndarray:
+    """Inverse of :func:`encode_known_values`: exactly ``count`` values of ``dtype``.
+
+    ``count`` comes from what the receiver knows (the nonzeros of the mask it holds),
+    never from the blob; nothing larger than ``count`` values is allocated or inflated.
+
+    Raises
+    ------
+    CodecError
+        If the blob is malformed, holds another number of values, or is XOR-coded and
+        no ``reference`` of ``count`` values is given.
+    """
+    dtype = np.dtype(dtype)
+    if dtype not in _DTYPE_CODES:
+        raise CodecError(f"known-mask values must be float, got {dtype}")
+    blob = np.ascontiguousarray(blob, dtype=np.uint8).reshape(-1)
+    if blob.size < 1:
+        raise CodecError("empty known-mask value blob")
+    form, body, itemsize, count = int(blob[0]), blob[1:], dtype.itemsize, int(count)
+    expected = count * itemsize
+    if form == VALUES_RAW:
+        if body.size != expected:
+            raise CodecError(f"known-mask blob holds {body.size} bytes, {count} values need {expected}")
+        data = body.tobytes()
+    elif form in (VALUES_ZLIB_PLANES, VALUES_XOR_ZLIB_PLANES):
+        planes, rest = _inflate(body, expected, "known-mask values")
+        if len(planes) != expected or rest.size:
+            raise CodecError(
+                f"known-mask blob inflates to {len(planes)} bytes, {count} values need {expected}"
+            )
+        data = np.ascontiguousarray(np.frombuffer(planes, np.uint8).reshape(itemsize, count).T).tobytes()
+    else:
+        raise CodecError(f"unknown known-mask value form {form}")
+    words = np.frombuffer(data, dtype=f"<u{itemsize}").copy()
+    if form == VALUES_XOR_ZLIB_PLANES:
+        if reference is None or np.size(reference) != count:
+            raise CodecError("XOR-coded known-mask values need the reference the sender used")
+        ref = np.ascontiguousarray(reference, dtype=dtype).reshape(-1)
+        words ^= ref.astype(dtype.newbyteorder("<")).view(f"<u{itemsize}")
+    return words.view(dtype.newbyteorder("<")).astype(dtype)

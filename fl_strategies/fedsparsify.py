@@ -6,13 +6,19 @@ round's target sparsity ``s_t`` (:func:`fl_strategies.pruning.sparsity_at`) by
 global unstructured magnitude pruning, and sends the pruned model on. Clients
 train with the global mask enforced, so pruned weights stay exactly zero.
 
-**The mask is free on the wire.** The server sends no mask: a client reads the mask
-off the zeros of the prunable tensors it receives (``mask-from-zeros`` tells it the
-model is masked), and the codec sends those zeros as one bit each inside the
-sparse blob it uses for the values anyway. An unpruned weight that happens to be
-exactly zero would be read as pruned; for the default scope (Conv/Linear weights,
-randomly initialised, then averaged) this does not happen in practice, and the
-server re-applies its own mask after every aggregation regardless.
+**Known-mask encoding.** Server and client both hold the keep mask, so training
+messages carry values only at the kept positions, no per-message position set
+(:func:`fl_strategies.codec.encode_known_values`, key ``known-values``). Each mask the
+server makes gets an id (``mask-id``; 0 is the all-keep mask every node knows). A
+training message says which mask its values follow and which mask its change is
+against (``mask-base``); the change travels (``prune-mask@flips``, a position set over
+the prunable positions) only when the node's mask differs from the current one. The
+server sends a change against a mask only if the node confirmed holding it with a
+valid reply made with it; otherwise (new node, a dropped reply, a server or client
+restart) against mask 0, i.e. the whole mask. A client that does not hold the base
+mask fails the round with a one-line error, and gets the whole mask next time.
+Replies carry the values at the same positions, XOR-coded against the values the
+client received when that is smaller, and echo ``mask-id``.
 
 This module also holds the base that the other server-side pruning methods
 (:mod:`.fedsparsify_local`, :mod:`.oneshot`, :mod:`.random_prune`,
@@ -28,40 +34,70 @@ from logging import INFO
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, RecordDict
 from flwr.serverapp import Grid
 
-from .base import FedleanStrategy, ParsedReply
-from .codec import encode_arrays
+from .base import FedleanStrategy, ParsedReply, ReplyError, check_reply_array
+from .codec import (
+    CodecError,
+    decode_arrays,
+    decode_known_values,
+    encode_arrays,
+    encode_known_values,
+    encode_positions,
+)
 from .flwr_compat import log, nested_objects, no_object_id_recompute
 from .pruning import (
     PRUNE_SCOPES,
     Mask,
     apply_mask,
+    flat_mask,
     full_mask,
+    gather_known,
+    known_count,
+    known_names,
     magnitude_prune,
     mask_counts,
     prunable_names,
+    scatter_known,
     sparsity_at,
     target_count,
 )
+from .wire import ARRAYS_KEY, CONFIG_KEY, METRICS_KEY
 
 # ConfigRecord entries (server -> client).
 PRUNE_SCOPE_KEY = "prune-scope"  # str: which tensors are prunable (weights | all)
-MASKED_KEY = "mask-from-zeros"  # bool: the zeros of the prunable tensors are the mask
+MASKED_KEY = "mask-from-zeros"  # bool: anything is pruned (evaluation messages: the zeros are the mask)
 LOCAL_SPARSITY_KEY = "local-sparsity"  # float: FedSparsify-Local's per-round target
 SCORE_KEY = "prune-score"  # str: round-0 request for SNIP/GraSP scores
 SCORE_BATCHES_KEY = "score-batches"  # int: batches to score on (0 = all local data)
 GRASP_TEMPERATURE_KEY = "grasp-temperature"  # float: softmax temperature of GraSP
+MASK_ID_KEY = "mask-id"  # int: the mask the message's known values follow (also echoed up)
+MASK_BASE_KEY = "mask-base"  # int: the mask the message's mask change applies to (0 = all-keep)
+# ArrayRecord entries (both directions).
+KNOWN_VALUES_KEY = "known-values"  # uint8: float32 values at the known positions
+MASK_FLIPS_KEY = "prune-mask@flips"  # uint8 position set: mask change over the prunable positions
+LOCAL_MASK_KEY = "local-mask@positions"  # uint8 position set: Local's mask within the global one
 # RecordDict entries (client -> server) besides the model.
-MASK_KEY = "mask"  # ArrayRecord of boolean keep masks (1 bit per parameter)
 SCORES_KEY = "scores"  # ArrayRecord of importance scores (round 0 of SNIP/GraSP)
+#: The mask every node holds without being told: nothing pruned.
+FULL_MASK_ID = 0
 
 MB = 1e6
 
 #: ``final arrays -> summary fields``; supplied by ``simulations`` (e.g. CPU
 #: inference throughput, which needs the model class that ``fl_strategies`` lacks).
 FinalModelFn = Callable[[Mapping[str, np.ndarray]], Mapping[str, Any]]
+
+
+def scatter_known_checked(
+    values: np.ndarray, shapes: Mapping[str, tuple[int, ...]], keep: Mask
+) -> dict[str, np.ndarray]:
+    """:func:`fl_strategies.pruning.scatter_known`, a count mismatch as :class:`ReplyError`."""
+    try:
+        return scatter_known(values, shapes, keep)
+    except ValueError as exc:
+        raise ReplyError(str(exc)) from exc
 
 
 def record_bytes(record: ArrayRecord) -> int:
@@ -136,6 +172,18 @@ class FedSparsifyGlobal(FedleanStrategy):
         self.keep: Mask = {}
         self.mask_bytes: dict[int, int] = defaultdict(int)
         self.targets: dict[int, float] = {}
+        # Known-mask protocol state (plain values, checkpointable): the id of ``keep``,
+        # the previous mask and its id, the mask id each node confirmed holding, and
+        # the id sent to each node this round.
+        self.mask_id = FULL_MASK_ID
+        self.identified_keep: Mask = {}
+        self.previous_keep: Mask = {}
+        self.previous_mask_id = FULL_MASK_ID
+        self.node_mask_ids: dict[int, int] = {}
+        self.sent_mask_ids: dict[int, int] = {}
+        # The paper's accounting (nonzeros x 32 bits + 1 bit per parameter per mask sent).
+        self.paper_bytes: dict[int, int] = defaultdict(int)
+        self._round_payloads: dict[int, RecordDict] = {}
 
     # ------------------------------------------------------------ the method
     def target_sparsity(self, server_round: int) -> float:
@@ -161,9 +209,161 @@ class FedSparsifyGlobal(FedleanStrategy):
 
     # ------------------------------------------------------------------ hooks
     def add_train_config(self, server_round: int, config: ConfigRecord) -> None:
-        """Tell clients the prunable scope and whether the model's zeros are a mask."""
+        """Tell clients the prunable scope and whether anything is pruned; name the mask."""
         config[PRUNE_SCOPE_KEY] = self.prune_scope
         config[MASKED_KEY] = self.is_masked
+        self._identify_mask()
+        self._round_payloads = {}
+
+    # -------------------------------------------------------- known-mask wire
+    def _identify_mask(self) -> None:
+        """Give ``keep`` a new id if it changed since it was last identified."""
+        if not self.identified_keep and all(m.all() for m in self.keep.values()):
+            # Nothing pruned yet: still mask 0, which every node holds untold.
+            self.identified_keep = {n: m.copy() for n, m in self.keep.items()}
+            return
+        same = set(self.keep) == set(self.identified_keep) and all(
+            np.array_equal(self.keep[n], self.identified_keep[n]) for n in self.keep
+        )
+        if not same:
+            if self.identified_keep:
+                self.previous_keep, self.previous_mask_id = self.identified_keep, self.mask_id
+            self.mask_id += 1
+            self.identified_keep = {n: m.copy() for n, m in self.keep.items()}
+
+    def _mask_with_id(self, mask_id: int) -> Mask | None:
+        """The mask of an id the server still holds (None if it holds it no more)."""
+        if mask_id == FULL_MASK_ID:
+            return {n: np.ones_like(m, dtype=bool) for n, m in self.keep.items()}
+        if mask_id == self.mask_id:
+            return self.keep
+        if mask_id == self.previous_mask_id and self.previous_keep:
+            return self.previous_keep
+        return None
+
+    def _known_shapes(self) -> dict[str, tuple[int, ...]]:
+        return {n: self.global_arrays[n].shape for n in known_names(self.global_arrays)}
+
+    def encode_global(self, server_round: int, arrays: dict[str, np.ndarray]) -> ArrayRecord:
+        """Nothing shared: every training message is made per node (:meth:`node_payload`)."""
+        return ArrayRecord()
+
+    def node_payload(
+        self,
+        server_round: int,
+        node_id: int,
+        message_type: str,
+        arrays: ArrayRecord,
+        config: ConfigRecord,
+    ) -> RecordDict | None:
+        """Known values, plus the mask change against the mask the node confirmed holding."""
+        if message_type != MessageType.TRAIN:
+            return None
+        # Popped: the node holds the mask sent now only once a valid reply confirms it
+        # (a failed or lost reply leaves it unknown, and the next message sends it whole).
+        held = self.node_mask_ids.pop(node_id, FULL_MASK_ID)
+        if held != self.mask_id and self._mask_with_id(held) is None:
+            held = FULL_MASK_ID
+        self.sent_mask_ids[node_id] = self.mask_id
+        if held not in self._round_payloads:
+            self._round_payloads[held] = self._known_payload(held, config)
+        content = self._round_payloads[held]
+        self.paper_bytes[server_round] += self._paper_message_bytes(self.global_arrays, self.is_masked)
+        if MASK_FLIPS_KEY in content.array_records[ARRAYS_KEY]:
+            self.mask_bytes[server_round] += record_bytes(
+                ArrayRecord({MASK_FLIPS_KEY: content.array_records[ARRAYS_KEY][MASK_FLIPS_KEY]})
+            )
+        return content
+
+    def _known_payload(self, base: int, config: ConfigRecord) -> RecordDict:
+        """One training message for every node holding mask ``base`` (serialised once)."""
+        names = known_names(self.global_arrays)
+        record = encode_arrays(
+            {k: v for k, v in self.global_arrays.items() if k not in names}, encoding=self.encoding
+        )
+        values = gather_known(self.global_arrays, self.keep, names)
+        record[KNOWN_VALUES_KEY] = Array(encode_known_values(values))
+        if base != self.mask_id:
+            base_mask = self._mask_with_id(base)
+            assert base_mask is not None
+            flips = flat_mask(base_mask) != flat_mask(self.keep)
+            record[MASK_FLIPS_KEY] = Array(encode_positions(flips))
+        message_config = ConfigRecord(dict(config))
+        message_config[MASK_ID_KEY] = self.mask_id
+        message_config[MASK_BASE_KEY] = base
+        return RecordDict({ARRAYS_KEY: record, CONFIG_KEY: message_config})
+
+    def _paper_message_bytes(self, arrays: Mapping[str, np.ndarray], with_mask: bool) -> int:
+        """One message in the paper's accounting: 4 bytes per nonzero, 1 bit per parameter per mask."""
+        floats = [v for v in arrays.values() if np.issubdtype(v.dtype, np.floating)]
+        nonzeros = sum(int(np.count_nonzero(v)) for v in floats)
+        params = sum(int(v.size) for v in floats)
+        return 4 * nonzeros + ((params + 7) // 8 if with_mask else 0)
+
+    def reply_mask(self, server_round: int, message: Message) -> tuple[int, Mask]:
+        """The mask a training reply's values follow: the one sent to its node this round."""
+        node = message.metadata.src_node_id
+        sent = self.sent_mask_ids.get(node)
+        if sent is None:
+            raise ReplyError("no training message was sent to this node")
+        reply_config = message.content.config_records.get(CONFIG_KEY)
+        claimed = reply_config.get(MASK_ID_KEY) if reply_config is not None else None
+        if claimed != sent:
+            raise ReplyError(f"reply follows mask {claimed!r}, the node was sent mask {sent}")
+        mask = self._mask_with_id(sent)
+        if mask is None:
+            raise ReplyError(f"mask {sent} is no longer held")
+        return sent, mask
+
+    def decode_known_reply(
+        self, message: Message, keep: Mask, extra_keys: tuple[str, ...] = ()
+    ) -> dict[str, np.ndarray]:
+        """A reply's model: known values at ``keep`` (count checked first), the rest by codec."""
+        content = message.content
+        if ARRAYS_KEY not in content.array_records:
+            raise ReplyError(f"no ArrayRecord '{ARRAYS_KEY}'")
+        record = content.array_records[ARRAYS_KEY]
+        shapes = self._known_shapes()
+        others = {k: v.shape for k, v in self.global_arrays.items() if k not in shapes}
+        extra = set(extra_keys)
+        if KNOWN_VALUES_KEY not in record:
+            raise ReplyError(f"array '{KNOWN_VALUES_KEY}' missing")
+        try:
+            rest = decode_arrays(
+                ArrayRecord({k: v for k, v in record.items() if k not in {KNOWN_VALUES_KEY, *extra}}),
+                others,
+            )
+        except (CodecError, ValueError, TypeError) as exc:
+            raise ReplyError(f"undecodable payload: {exc}") from exc
+        if set(rest) != set(others):
+            raise ReplyError(f"array keys differ from the model's: {sorted(set(rest) ^ set(others))[:3]}")
+        names = list(shapes)
+        count = known_count(shapes, keep)
+        reference = gather_known(self.global_arrays, keep, names)
+        blob = record[KNOWN_VALUES_KEY].numpy()
+        try:
+            values = decode_known_values(blob, count, np.float32, reference)
+        except CodecError as exc:
+            raise ReplyError(f"'{KNOWN_VALUES_KEY}': {exc}") from exc
+        arrays = {**rest, **scatter_known_checked(values, shapes, keep)}
+        for name, reference_value in self.global_arrays.items():
+            check_reply_array(name, arrays[name], reference_value.shape, reference_value.dtype.kind)
+        return {name: arrays[name] for name in self.global_arrays}
+
+    def parse_train_reply(self, server_round: int, message: Message) -> ParsedReply:
+        """Validate a reply: the mask it follows, then its known values and other arrays."""
+        num_examples = self._num_examples(message.content)
+        mask_id, keep = self.reply_mask(server_round, message)
+        arrays = self.decode_known_reply(message, keep)
+        self.node_mask_ids[message.metadata.src_node_id] = mask_id
+        self.paper_bytes[server_round] += self._paper_message_bytes(arrays, False)
+        return ParsedReply(
+            node_id=message.metadata.src_node_id,
+            num_examples=num_examples,
+            arrays=arrays,
+            metrics=message.content.metric_records[METRICS_KEY],
+            content=message.content,
+        )
 
     def aggregate_replies(self, server_round: int, replies: list[ParsedReply]) -> dict[str, np.ndarray]:
         """FedAvg, then prune the average to this round's target sparsity."""
@@ -187,6 +387,7 @@ class FedSparsifyGlobal(FedleanStrategy):
             "target_sparsity": self.targets.get(server_round, self.target_sparsity(server_round)),
             "nonzero_params": self._nonzero_params(),
             "mask_bytes": int(self.mask_bytes.get(server_round, 0)),
+            "paper_formula_bytes": int(self.paper_bytes.get(server_round, 0)),
         }
 
     def summary_fields(self) -> dict[str, Any]:
@@ -202,6 +403,7 @@ class FedSparsifyGlobal(FedleanStrategy):
             "final_model_dense_mb": record_bytes(encode_arrays(arrays, encoding="dense")) / MB,
             "final_model_sparse_mb": record_bytes(encode_arrays(arrays, encoding="auto")) / MB,
             "total_mask_mb": sum(self.mask_bytes.values()) / MB,
+            "paper_formula_bytes": int(sum(self.paper_bytes.values())),
         }
         if self.final_model_fn is not None:
             fields.update(self.final_model_fn(arrays))

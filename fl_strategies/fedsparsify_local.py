@@ -3,8 +3,10 @@
 Each round the server sends the (masked) global model and the round's target
 sparsity ``s_t`` (``local-sparsity``). A client trains with the global mask
 enforced, prunes its own model to ``s_t`` by global magnitude pruning, and sends
-its values (codec, sparse) plus its keep mask (``mask`` ArrayRecord, packed bits:
-one bit per prunable parameter, as in the paper's accounting). The server keeps a
+one mask, its keep mask as a position set within the global mask's kept positions
+(``local-mask@positions``; at most one bit per kept position, less where the position
+encoder's zlib forms win), then its values at those positions only (``known-values``).
+The paper's accounting counts one bit per parameter for that mask. The server keeps a
 position iff at least half of the replies keep it (``2 * votes >= N``) and
 averages the kept positions (``mv_average``: ``all`` or ``nnz``, see
 :func:`fl_strategies.pruning.majority_vote`).
@@ -20,16 +22,18 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from flwr.app import ConfigRecord, Message
+from flwr.app import ArrayRecord, ConfigRecord, Message
 
 from .base import ParsedReply, ReplyError
+from .codec import CodecError, decode_positions
 from .fedsparsify import (
+    LOCAL_MASK_KEY,
     LOCAL_SPARSITY_KEY,
-    MASK_KEY,
     FedSparsifyGlobal,
     record_bytes,
 )
-from .pruning import MV_AVERAGES, Mask, apply_mask, majority_vote
+from .pruning import MV_AVERAGES, Mask, apply_mask, flat_mask, majority_vote, unflat_mask
+from .wire import ARRAYS_KEY, METRICS_KEY
 
 
 @dataclass
@@ -68,24 +72,31 @@ class FedSparsifyLocal(FedSparsifyGlobal):
         config[LOCAL_SPARSITY_KEY] = self.target_sparsity(server_round)
 
     def parse_train_reply(self, server_round: int, message: Message) -> MaskedReply:
-        """Validate the values as usual, then the keep mask (bits, prunable names)."""
-        reply = super().parse_train_reply(server_round, message)
-        shapes = {name: keep.shape for name, keep in self.keep.items()}
-        mask = self.decode_reply(server_round, message.content, MASK_KEY, shapes)
-        self.mask_bytes[server_round] += record_bytes(message.content.array_records[MASK_KEY])
-        for name, value in mask.items():
-            if value.dtype != bool or value.shape != self.keep[name].shape:
-                raise ReplyError(
-                    f"mask '{name}' is {value.dtype}{value.shape}, expected bool{self.keep[name].shape}"
-                )
-            # A client cannot revive what the server pruned.
-            mask[name] = value & self.keep[name]
+        """Validate the local mask (within the global one), then the values at its positions."""
+        num_examples = self._num_examples(message.content)
+        mask_id, keep = self.reply_mask(server_round, message)
+        record = message.content.array_records.get(ARRAYS_KEY)
+        if record is None or LOCAL_MASK_KEY not in record:
+            raise ReplyError(f"array '{LOCAL_MASK_KEY}' missing")
+        alive = np.flatnonzero(flat_mask(keep))
+        try:
+            # Positions within the kept ones: a client cannot revive what the server pruned.
+            within = decode_positions(record[LOCAL_MASK_KEY].numpy(), alive.size)
+        except CodecError as exc:
+            raise ReplyError(f"'{LOCAL_MASK_KEY}': {exc}") from exc
+        local_flat = np.zeros(flat_mask(keep).size, dtype=bool)
+        local_flat[alive[within]] = True
+        mask = unflat_mask(local_flat, keep)
+        self.mask_bytes[server_round] += record_bytes(ArrayRecord({LOCAL_MASK_KEY: record[LOCAL_MASK_KEY]}))
+        arrays = self.decode_known_reply(message, mask, extra_keys=(LOCAL_MASK_KEY,))
+        self.node_mask_ids[message.metadata.src_node_id] = mask_id
+        self.paper_bytes[server_round] += self._paper_message_bytes(arrays, True)
         return MaskedReply(
-            reply.node_id,
-            reply.num_examples,
-            apply_mask(reply.arrays, mask),
-            reply.metrics,
-            reply.content,
+            message.metadata.src_node_id,
+            num_examples,
+            apply_mask(arrays, mask),
+            message.content.metric_records[METRICS_KEY],
+            message.content,
             mask=mask,
         )
 

@@ -23,44 +23,29 @@ the number of kept parameters and with the mask size fixed at the configured den
 squared gradients; the paper's search over the mask size with measured per-layer
 times is not implemented. Pruned positions may regrow: they re-enter at 0.
 
-**The mask travels explicitly.** A regrown weight is exactly 0 when it re-enters,
-so the zeros of the model cannot carry the mask (as they do for FedSparsify): the
-keep mask is sent next to the values inside the training ArrayRecord, one bit per
-prunable parameter (entries ``prunefl-keep:<name>``; counted in ``bytes_down``).
+**The mask travels as FedSparsify's does** (:mod:`fl_strategies.fedsparsify`): both
+sides hold it, values travel at its kept positions only, and its change (the
+readjustment's pruned and regrown positions) goes down once to each node. A regrown
+weight re-enters at exactly 0, which the mask, not the zeros, says is alive.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from flwr.app import ArrayRecord, ConfigRecord, Message
+from flwr.app import ConfigRecord, Message
 
 from .base import ParsedReply, ReplyError, decode_reply_arrays
-from .codec import encode_arrays
 from .fedsparsify import record_bytes
 from .prune_at_init import PruneAtInit
-from .pruning import Mask, apply_mask, prune_by_score
+from .pruning import apply_mask, prune_by_score
 
 # ConfigRecord entries (server -> client).
 SQGRAD_REQUEST_KEY = "send-sqgrad"  # bool: return the summed squared dense gradients
-# Entries of the training ArrayRecord (server -> client) holding the keep mask.
-KEEP_PREFIX = "prunefl-keep:"
 # RecordDict entry (client -> server) besides the model.
 SQGRAD_KEY = "sqgrad"  # ArrayRecord: sum over local steps of g**2 per prunable position
-
-
-def split_keep(arrays: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], Mask]:
-    """Separate the model's values from the ``prunefl-keep:`` mask entries."""
-    values = {k: v for k, v in arrays.items() if not k.startswith(KEEP_PREFIX)}
-    keep = {
-        k[len(KEEP_PREFIX) :]: np.asarray(v, dtype=bool)
-        for k, v in arrays.items()
-        if k.startswith(KEEP_PREFIX)
-    }
-    return values, keep
 
 
 @dataclass
@@ -95,11 +80,6 @@ class PruneFL(PruneAtInit):
         self.readjusted: list[int] = []
         self.regrown: dict[int, int] = {}
         self.sqgrad_bytes: dict[int, int] = {}
-
-    def encode_global(self, server_round: int, arrays: dict[str, np.ndarray]) -> ArrayRecord:
-        """The model plus its keep mask (regrown weights are 0, so zeros are no mask)."""
-        keep = {f"{KEEP_PREFIX}{n}": m for n, m in self.keep.items()}
-        return encode_arrays({**arrays, **keep}, encoding=self.encoding)
 
     def add_train_config(self, server_round: int, config: ConfigRecord) -> None:
         """Also ask for the squared gradients."""

@@ -253,3 +253,81 @@ def majority_vote(
             mean = np.divide(numerator, denominator, out=np.zeros_like(numerator), where=denominator > 0)
         merged[name] = np.where(keep[name], mean, 0.0).astype(values[0][name].dtype)
     return {name: merged[name] for name in values[0]}, keep
+
+
+# ------------------------------------------------------------ known-mask layout
+def known_names(arrays: Mapping[str, np.ndarray]) -> list[str]:
+    """Names of the arrays that travel as known-mask values: the float32 ones, sorted.
+
+    Both sides derive it from the model alone, so no order or name list is exchanged.
+    Other arrays (integer buffers, other float widths) go through the codec by name.
+    """
+    return sorted(name for name, value in arrays.items() if np.asarray(value).dtype == np.float32)
+
+
+def known_count(shapes: Mapping[str, tuple[int, ...]], keep: Mapping[str, np.ndarray]) -> int:
+    """Number of known-mask values: kept positions of masked tensors, every entry of the rest."""
+    return sum(
+        int(np.count_nonzero(keep[name])) if name in keep else int(np.prod(shape, dtype=np.int64))
+        for name, shape in shapes.items()
+    )
+
+
+def gather_known(
+    arrays: Mapping[str, np.ndarray], keep: Mapping[str, np.ndarray], names: Sequence[str]
+) -> np.ndarray:
+    """The values at the known positions, in the agreed order (flat float32).
+
+    For each name of ``names`` in order: the entries at the kept positions of its mask
+    (C order) if it has one in ``keep``, else all its entries.
+    """
+    parts = [
+        np.asarray(arrays[n]).reshape(-1)[np.asarray(keep[n]).reshape(-1)]
+        if n in keep
+        else np.asarray(arrays[n]).reshape(-1)
+        for n in names
+    ]
+    return np.concatenate(parts).astype(np.float32, copy=False) if parts else np.zeros(0, np.float32)
+
+
+def scatter_known(
+    values: np.ndarray, shapes: Mapping[str, tuple[int, ...]], keep: Mapping[str, np.ndarray]
+) -> dict[str, np.ndarray]:
+    """Inverse of :func:`gather_known` over ``shapes`` (in its order): pruned positions are 0."""
+    if values.shape != (known_count(shapes, keep),):
+        raise ValueError(f"{values.size} known-mask values for {known_count(shapes, keep)} positions")
+    out: dict[str, np.ndarray] = {}
+    offset = 0
+    for name, shape in shapes.items():
+        if name in keep:
+            flat_keep = np.asarray(keep[name]).reshape(-1)
+            count = int(np.count_nonzero(flat_keep))
+            flat = np.zeros(flat_keep.size, dtype=np.float32)
+            flat[flat_keep] = values[offset : offset + count]
+        else:
+            count = int(np.prod(shape, dtype=np.int64))
+            flat = values[offset : offset + count].astype(np.float32, copy=True)
+        out[name] = flat.reshape(shape)
+        offset += count
+    return out
+
+
+def flat_mask(keep: Mapping[str, np.ndarray]) -> np.ndarray:
+    """A keep mask as one flat boolean vector over its tensors in sorted name order."""
+    names = sorted(keep)
+    if not names:
+        return np.zeros(0, dtype=bool)
+    return np.concatenate([np.asarray(keep[n], dtype=bool).reshape(-1) for n in names])
+
+
+def unflat_mask(flat: np.ndarray, like: Mapping[str, np.ndarray]) -> Mask:
+    """Inverse of :func:`flat_mask`, with the shapes of ``like``."""
+    out: Mask = {}
+    offset = 0
+    for name in sorted(like):
+        size = int(np.asarray(like[name]).size)
+        out[name] = flat[offset : offset + size].reshape(np.shape(like[name])).copy()
+        offset += size
+    if offset != flat.size:
+        raise ValueError(f"flat mask of {flat.size} entries for {offset} positions")
+    return {name: out[name] for name in like}

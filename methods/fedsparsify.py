@@ -201,70 +201,50 @@ def _at_init(cls: type[Snip] | type[Grasp]) -> Any:
     return build
 
 
-register(
-    MethodEntry(
-        name="fedsparsify_global",
-        config=FedSparsifyGlobalConfig,
-        client=FedSparsifyClient,
-        summary="progressive magnitude pruning of the global model",
-        build=lambda cfg, ctx: FedSparsifyGlobal(**cfg.schedule_kwargs(), **cfg.strategy_kwargs(ctx)),
-    )
-)
-register(
-    MethodEntry(
-        name="fedsparsify_local",
-        config=FedSparsifyLocalConfig,
-        client=FedSparsifyClient,
-        summary="client-side pruning, majority-vote masks",
-        build=lambda cfg, ctx: FedSparsifyLocal(
+#: ``(name, config, client, summary, build)`` of every pruning method, registered below.
+_METHODS: tuple[tuple[str, type[PruningConfig], type[FedSparsifyClient], str, Any], ...] = (
+    (
+        "fedsparsify_global",
+        FedSparsifyGlobalConfig,
+        FedSparsifyClient,
+        "progressive magnitude pruning of the global model",
+        lambda cfg, ctx: FedSparsifyGlobal(**cfg.schedule_kwargs(), **cfg.strategy_kwargs(ctx)),
+    ),
+    (
+        "fedsparsify_local",
+        FedSparsifyLocalConfig,
+        FedSparsifyClient,
+        "client-side pruning, majority-vote masks",
+        lambda cfg, ctx: FedSparsifyLocal(
             mv_average=cfg.mv_average, **cfg.schedule_kwargs(), **cfg.strategy_kwargs(ctx)
         ),
-    )
-)
-register(
-    MethodEntry(
-        name="random_prune",
-        config=RandomPruneConfig,
-        client=FedSparsifyClient,
-        summary="random pruning on FedSparsify's schedule",
-        build=lambda cfg, ctx: RandomPrune(**cfg.schedule_kwargs(), **cfg.strategy_kwargs(ctx)),
-    )
-)
-register(
-    MethodEntry(
-        name="oneshot",
-        config=OneShotConfig,
-        client=FedSparsifyClient,
-        summary="one-shot magnitude pruning (+ fine-tuning)",
-        build=lambda cfg, ctx: OneShot(ft_rounds=cfg.ft_rounds, **cfg.strategy_kwargs(ctx)),
-    )
-)
-register(
-    MethodEntry(
-        name="snip",
-        config=SnipConfig,
-        client=FedSparsifyClient,
-        summary="SNIP pruning at initialisation",
-        build=_at_init(Snip),
-    )
-)
-register(
-    MethodEntry(
-        name="grasp",
-        config=GraspConfig,
-        client=FedSparsifyClient,
-        summary="GraSP pruning at initialisation",
-        build=_at_init(Grasp),
-    )
-)
-register(
-    MethodEntry(
-        name="prunefl",
-        config=PruneFLConfig,
-        client=PruneFLClient,
-        summary="one client's initial mask, readjusted from aggregated squared gradients",
-        build=lambda cfg, ctx: PruneFL(
+    ),
+    (
+        "random_prune",
+        RandomPruneConfig,
+        FedSparsifyClient,
+        "random pruning on FedSparsify's schedule",
+        lambda cfg, ctx: RandomPrune(**cfg.schedule_kwargs(), **cfg.strategy_kwargs(ctx)),
+    ),
+    (
+        "oneshot",
+        OneShotConfig,
+        FedSparsifyClient,
+        "one-shot magnitude pruning (+ fine-tuning)",
+        lambda cfg, ctx: OneShot(ft_rounds=cfg.ft_rounds, **cfg.strategy_kwargs(ctx)),
+    ),
+    ("snip", SnipConfig, FedSparsifyClient, "SNIP pruning at initialisation", _at_init(Snip)),
+    ("grasp", GraspConfig, FedSparsifyClient, "GraSP pruning at initialisation", _at_init(Grasp)),
+    (
+        "prunefl",
+        PruneFLConfig,
+        PruneFLClient,
+        "one client's initial mask, readjusted from aggregated squared gradients",
+        lambda cfg, ctx: PruneFL(
             readjust_every=cfg.readjust_every, score_batches=cfg.score_batches, **cfg.strategy_kwargs(ctx)
         ),
-    )
+    ),
 )
+
+for _name, _config, _client, _summary, _build in _METHODS:
+    register(MethodEntry(name=_name, config=_config, client=_client, summary=_summary, build=_build))

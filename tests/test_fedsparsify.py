@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from flwr.app import Message, MetricRecord, RecordDict
+from flwr.app import Array, Message, MetricRecord, RecordDict
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
@@ -32,6 +31,8 @@ from fl_strategies.random_prune import RandomPrune
 from simulations import CONF_DIR
 from simulations.runtimes.inline import InlineGrid
 
+from .pruning_helpers import digits_run, known_receive, known_reply
+
 
 @pytest.fixture(autouse=True)
 def _one_torch_thread():
@@ -50,15 +51,18 @@ GLOBAL = {
     "l2.bias": np.zeros(10, np.float32),
 }
 PRUNABLE = 40 * 30 + 10 * 40
+PRUNABLE_NAMES = ("l1.weight", "l2.weight")
+SHAPES = {k: v.shape for k, v in GLOBAL.items()}
 
 
-def _reply(arrays, index, extra=None):
-    content = RecordDict(
-        {"arrays": encode_arrays(arrays), "metrics": MetricRecord({"num-examples": 10 * (index + 1)})}
-    )
-    for key, record in (extra or {}).items():
-        content[key] = record
-    return content
+def _receive(message, context):
+    return known_receive(message, context, PRUNABLE_NAMES, SHAPES)
+
+
+def _echo(message, context):
+    """A client that sends back what it received, at the mask's positions."""
+    arrays, keep = _receive(message, context)
+    return known_reply(message, arrays, keep, 10)
 
 
 def _run(strategy, client_app, num_nodes, rounds):
@@ -79,12 +83,11 @@ def test_global_follows_schedule_and_pruned_weights_never_regrow():
     def client_app(message, context):
         config = message.content.config_records["config"]
         seen_flags.append(bool(config["mask-from-zeros"]))
-        arrays = decode_arrays(message.content.array_records["arrays"])
+        arrays, keep = _receive(message, context)
         index = context.node_config["partition-id"]
-        # Node 0 misbehaves: nonzero everywhere, pruned positions included.
-        shift = 0.5 if index == 0 else 0.0
-        arrays = {k: np.where(v != 0, v + 0.1, shift).astype(v.dtype) for k, v in arrays.items()}
-        return Message(_reply(arrays, index), reply_to=message)
+        # Nonzero everywhere, pruned positions included: the wire carries the kept ones only.
+        arrays = {k: (v + 0.1).astype(v.dtype) for k, v in arrays.items()}
+        return known_reply(message, arrays, keep, 10 * (index + 1))
 
     strategy = FedSparsifyGlobal(
         num_rounds=5, s_f=0.8, min_available_nodes=3, min_train_nodes=3, fraction_evaluate=0.0
@@ -111,9 +114,10 @@ def test_global_follows_schedule_and_pruned_weights_never_regrow():
     final = {k: v.numpy() for k, v in result.arrays.items()}
     assert np.count_nonzero(final["l1.bias"]) == 40  # biases are not pruned
     assert records[5]["nonzero_params"] == PRUNABLE - round(0.8 * PRUNABLE) + 50
-    # Measured bytes fall as the model sparsifies, both ways (node 0 still sends dense).
+    # Measured bytes fall as the model sparsifies, both ways: 20% density plus biases and
+    # Flower's overhead (most of a message this small), no position set at all.
     assert records[5]["bytes_down"] < 0.5 * records[1]["bytes_down"]
-    assert records[5]["bytes_up"] < 0.7 * records[1]["bytes_up"]
+    assert records[5]["bytes_up"] < 0.5 * records[1]["bytes_up"]
     summary = strategy.summary_fields()
     assert summary["final_sparsity"] == pytest.approx(0.8, abs=1 / PRUNABLE)
     # 20% density: bitmask + values ~ 0.23 of dense, plus ~450 B overhead per array.
@@ -121,10 +125,7 @@ def test_global_follows_schedule_and_pruned_weights_never_regrow():
 
 
 def test_oneshot_prunes_once_at_t_minus_ft_rounds():
-    def client_app(message, context):
-        arrays = decode_arrays(message.content.array_records["arrays"])
-        return Message(_reply(arrays, 0), reply_to=message)
-
+    client_app = _echo
     strategy = OneShot(
         num_rounds=6, ft_rounds=2, s_f=0.9, min_available_nodes=2, min_train_nodes=2, fraction_evaluate=0.0
     )
@@ -136,10 +137,7 @@ def test_oneshot_prunes_once_at_t_minus_ft_rounds():
 
 
 def test_random_prune_is_not_magnitude_and_hits_the_count():
-    def client_app(message, context):
-        arrays = decode_arrays(message.content.array_records["arrays"])
-        return Message(_reply(arrays, 0), reply_to=message)
-
+    client_app = _echo
     strategy = RandomPrune(
         num_rounds=2, s_f=0.5, seed=3, min_available_nodes=1, min_train_nodes=1, fraction_evaluate=0.0
     )
@@ -150,23 +148,19 @@ def test_random_prune_is_not_magnitude_and_hits_the_count():
 
 
 # ------------------------------------------------------------------- Local
-def test_local_majority_vote_with_mask_bits_and_no_revival():
+def test_local_majority_vote_with_one_mask_per_reply():
     n_clients = 3
 
     def client_app(message, context):
         index = context.node_config["partition-id"]
         config = message.content.config_records["config"]
         target = config["local-sparsity"]
-        arrays = decode_arrays(message.content.array_records["arrays"])
+        arrays, global_keep = _receive(message, context)
         arrays = {k: (v + 0.01 * (index + 1)).astype(v.dtype) if v.any() else v for k, v in arrays.items()}
-        keep = mask_from_zeros(arrays, ["l1.weight", "l2.weight"])
         rng = np.random.default_rng(index)
-        noisy = {k: arrays[k] * rng.uniform(0.5, 1.5, arrays[k].shape) for k in keep}
-        keep = magnitude_prune(noisy, keep, target)
-        if index == 0 and config["mask-from-zeros"]:
-            keep = {k: np.ones_like(m) for k, m in keep.items()}  # claims to revive all
-        values = {k: np.where(keep.get(k, True), v, 0).astype(v.dtype) for k, v in arrays.items()}
-        return Message(_reply(values, index, {"mask": encode_arrays(keep)}), reply_to=message)
+        noisy = {k: arrays[k] * rng.uniform(0.5, 1.5, arrays[k].shape) for k in global_keep}
+        keep = magnitude_prune(noisy, global_keep, target)
+        return known_reply(message, arrays, global_keep, 10 * (index + 1), local_keep=keep)
 
     strategy = FedSparsifyLocal(
         num_rounds=4,
@@ -191,34 +185,47 @@ def test_local_majority_vote_with_mask_bits_and_no_revival():
     strategy.start(grid, numpy_to_arrayrecord(GLOBAL), num_rounds=4, on_round_end=records.append)
     for t in (2, 3, 4):
         replies, old_keep, new_keep, out = captured[t]
+        assert len(replies) == n_clients
         masks = [r.mask for r in replies]
         merged, keep = majority_vote(
             [r.arrays for r in replies], masks, [r.num_examples for r in replies], "nnz"
         )
-        # Reply order is not partition order: find the reviving client by its node.
-        partition = {r.node_id: grid.contexts[r.node_id].node_config["partition-id"] for r in replies}
-        reviver = next(r for r in replies if partition[r.node_id] == 0)
-        assert sorted(partition.values()) == list(range(n_clients))
-        for name in ("l1.weight", "l2.weight"):
-            # The reviving client's mask was cut to the global mask before voting.
-            assert not (reviver.mask[name] & ~old_keep[name]).any()
+        for reply in replies:
+            # Identify the client by its node, not by reply order: its own local mask.
+            index = grid.contexts[reply.node_id].node_config["partition-id"]
+            assert reply.num_examples == 10 * (index + 1)
+            for name in PRUNABLE_NAMES:
+                assert not (reply.mask[name] & ~old_keep[name]).any()  # within the global mask
+                assert not reply.arrays[name][~reply.mask[name]].any()
+        for name in PRUNABLE_NAMES:
             np.testing.assert_array_equal(new_keep[name], keep[name] & old_keep[name])
             np.testing.assert_allclose(out[name], merged[name] * new_keep[name])
-    # One bit per prunable parameter per reply, plus Flower's per-record overhead.
-    assert n_clients * PRUNABLE / 8 < records[2]["mask_bytes"] < n_clients * (PRUNABLE / 8 + 1500)
+    # One mask per reply, within the global mask's kept positions: under one bit each,
+    # plus Flower's per-array overhead.
+    assert 0 < records[2]["mask_bytes"] < n_clients * (PRUNABLE / 8 + 600)
     assert records[4]["sparsity"] > 0.6
 
 
-def test_local_reply_without_mask_is_dropped():
+def test_local_reply_without_or_outside_its_mask_is_dropped():
     def client_app(message, context):
-        arrays = decode_arrays(message.content.array_records["arrays"])
+        arrays, keep = _receive(message, context)
         index = context.node_config["partition-id"]
-        extra = {} if index == 0 else {"mask": encode_arrays(full_mask(arrays, ["l1.weight", "l2.weight"]))}
-        return Message(_reply(arrays, index, extra), reply_to=message)
+        if index == 0:
+            return known_reply(message, arrays, keep, 10)  # no local mask
+        reply = known_reply(message, arrays, keep, 10, local_keep=keep)
+        if index == 1:
+            # A position set claiming more positions than the global mask keeps.
+            big = np.ones(PRUNABLE + 64, dtype=bool)
+            from fl_strategies.codec import encode_positions
 
-    strategy = FedSparsifyLocal(num_rounds=1, min_available_nodes=2, min_train_nodes=2, fraction_evaluate=0.0)
-    _, records = _run(strategy, client_app, 2, 1)
-    assert records[1]["dropped"] == 1 and "no ArrayRecord 'mask'" in strategy.dropped[1][0]
+            reply.content["arrays"]["local-mask@positions"] = Array(encode_positions(big))
+        return reply
+
+    strategy = FedSparsifyLocal(num_rounds=1, min_available_nodes=3, min_train_nodes=3, fraction_evaluate=0.0)
+    _, records = _run(strategy, client_app, 3, 1)
+    assert records[1]["dropped"] == 2
+    reasons = " ".join(strategy.dropped[1])
+    assert "'local-mask@positions' missing" in reasons and "'local-mask@positions':" in reasons
 
 
 # ----------------------------------------------------------------- SNIP
@@ -239,7 +246,7 @@ def test_snip_round_zero_asks_one_client_and_fixes_the_mask():
                 reply_to=message,
             )
         assert config["mask-from-zeros"]
-        return Message(_reply(arrays, 0), reply_to=message)
+        return _echo(message, context)
 
     strategy = Snip(
         num_rounds=3, s_f=0.5, seed=1, min_available_nodes=3, min_train_nodes=3, fraction_evaluate=0.0
@@ -328,42 +335,105 @@ def test_masked_training_keeps_zeros_zero_with_momentum_and_weight_decay():
     assert torch.count_nonzero(model2.state_dict()["1.weight"][torch.from_numpy(~keep["1.weight"])]) > 0
 
 
+# --------------------------------------------------------- known-mask wire
+def test_mask_travels_once_per_change_and_a_node_that_lost_it_gets_it_whole():
+    """OneShot prunes after round 3: only round 4 carries the mask (its change against
+    mask 0); a node whose state is wiped before round 5 fails that round and is sent
+    the whole mask in round 6; a reply following another mask is dropped, and its node
+    is sent the whole mask next."""
+    down = {}  # (round, partition) -> (mask-base, mask-id, flips sent, message bytes)
+
+    def client_app(message, context):
+        config = message.content.config_records["config"]
+        index, rnd = context.node_config["partition-id"], int(config["server-round"])
+        record = message.content.array_records["arrays"]
+        down[(rnd, index)] = (int(config["mask-base"]), int(config["mask-id"]), "prune-mask@flips" in record)
+        if rnd == 5 and index == 1:
+            context.state = RecordDict()  # a restarted node: the mask it held is gone
+        arrays, keep = _receive(message, context)
+        if rnd == 6 and index == 2:
+            return known_reply(message, arrays, keep, 10, mask_id=0)  # follows a stale mask
+        assert all(np.count_nonzero(arrays[n][~keep[n]]) == 0 for n in keep)
+        return known_reply(message, arrays, keep, 10)
+
+    strategy = OneShot(
+        num_rounds=7, ft_rounds=4, s_f=0.9, min_available_nodes=3, min_train_nodes=3, fraction_evaluate=0.0
+    )
+    _, records = _run(strategy, client_app, 3, 7)
+    for i in range(3):
+        assert [down[(t, i)][2] for t in (1, 2, 3)] == [False] * 3  # nothing pruned: mask 0, untold
+        assert down[(4, i)] == (0, 1, True)  # the change, once
+    assert down[(5, 0)] == (1, 1, False) and down[(5, 1)] == (1, 1, False)
+    assert records[5]["dropped"] == 1 and "holds mask" in strategy.dropped[5][0]
+    assert down[(6, 1)] == (0, 1, True)  # the whole mask again, as a change of mask 0
+    assert down[(6, 0)] == (1, 1, False)
+    assert records[6]["dropped"] == 1 and "follows mask 0" in strategy.dropped[6][0]
+    # Node 1's round-6 reply confirmed mask 1; node 2's dropped one confirmed nothing.
+    assert down[(7, 0)] == down[(7, 1)] == (1, 1, False) and down[(7, 2)] == (0, 1, True)
+    with_mask = [records[t]["mask_bytes"] > 0 for t in range(1, 8)]
+    assert with_mask == [False, False, False, True, False, True, True]
+    # Round 4 carries the 90%-sparse model's values only: no position set per message.
+    nonzero = records[4]["nonzero_params"]
+    assert records[5]["bytes_down"] < 3 * (4 * nonzero + 6000)
+    assert records[5]["bytes_up"] < 2 * (4 * nonzero + 6000)  # two valid replies
+
+
+def test_reply_with_wrong_value_count_is_dropped_before_decoding():
+    def client_app(message, context):
+        arrays, keep = _receive(message, context)
+        reply = known_reply(message, arrays, keep, 10)
+        if context.node_config["partition-id"] == 0:
+            blob = reply.content["arrays"]["known-values"].numpy()
+            reply.content["arrays"]["known-values"] = Array(np.concatenate([blob, blob[1:9]]))
+        return reply
+
+    strategy = FedSparsifyGlobal(
+        num_rounds=2, min_available_nodes=2, min_train_nodes=2, fraction_evaluate=0.0
+    )
+    _, records = _run(strategy, client_app, 2, 2)
+    assert records[1]["dropped"] == 1 and "'known-values'" in strategy.dropped[1][0]
+
+
+def test_paper_formula_counts_nonzeros_and_one_bit_per_parameter_per_mask():
+    strategy = FedSparsifyGlobal(
+        num_rounds=3, s_f=0.5, min_available_nodes=2, min_train_nodes=2, fraction_evaluate=0.0
+    )
+    models = []
+    strategy.aggregate_replies = (lambda original: lambda t, r: models.append(original(t, r)) or models[-1])(
+        strategy.aggregate_replies
+    )
+    _, records = _run(strategy, _echo, 2, 3)
+    params = sum(v.size for v in GLOBAL.values())
+    sent = [GLOBAL, *models]  # the model sent in round t is the one made in round t - 1
+    for t in (1, 2, 3):
+        nonzeros = sum(int(np.count_nonzero(v)) for v in sent[t - 1].values())
+        masked = any((v == 0).any() for k, v in sent[t - 1].items() if k in PRUNABLE_NAMES)
+        # Two messages down, two echoed replies up (same nonzeros), a mask with each message down.
+        expected = 2 * 4 * nonzeros + 2 * (params + 7) // 8 * masked + 2 * 4 * nonzeros
+        assert records[t]["paper_formula_bytes"] == expected
+    assert strategy.summary_fields()["paper_formula_bytes"] == sum(
+        records[t]["paper_formula_bytes"] for t in (1, 2, 3)
+    )
+
+
 # --------------------------------------------- one real run (ClientApp, digits)
 @pytest.mark.parametrize("method", ["fedsparsify_local", "grasp"])
 def test_real_run_on_digits(tmp_path: Path, method: str):
-    from hydra import compose, initialize_config_dir
-
-    from simulations.app.compose import compose_run
-    from simulations.runtimes.simulation import run_inline
-
-    conf = str(CONF_DIR)
-    with initialize_config_dir(config_dir=conf, version_base=None):
-        cfg = compose(
-            "config",
-            overrides=[
-                f"method={method}",
-                "num_clients=3",
-                "num_rounds=3",
-                "local_epochs=1",
-                "fraction_evaluate=0",
-                "method.s_f=0.6",
-                "method.benchmark_seconds=0.02",
-            ],
-        )
-    summary = run_inline(compose_run(cfg, tmp_path), quiet=True)
-    records = [json.loads(line) for line in (tmp_path / "rounds.jsonl").read_text().splitlines()]
-    final = np.load(tmp_path / "final_model.npz")
+    summary, records, final = digits_run(
+        tmp_path, method, ["num_rounds=3", "method.s_f=0.6", "method.benchmark_seconds=0.02"]
+    )
     weights = [k for k in final.files if k.endswith("weight")]
     zeros = sum(int((final[k] == 0).sum()) for k in weights)
     total = sum(final[k].size for k in weights)
-    assert summary["final_sparsity"] == pytest.approx(records[-1]["sparsity"])
+    assert summary["final_sparsity"] == pytest.approx(records[3]["sparsity"])
     assert zeros / total >= summary["final_sparsity"] - 1e-9
     if method == "grasp":
         assert summary["final_sparsity"] == pytest.approx(0.6, abs=1e-4)
         assert records[0]["bytes_up"] > 0  # the scoring reply is counted
     else:
-        assert records[-1]["mask_bytes"] > 0
-        assert records[-1]["bytes_up"] < records[1]["bytes_up"]
+        assert records[3]["mask_bytes"] > 0
+        assert records[3]["bytes_up"] < records[1]["bytes_up"]
+    assert summary["total_bytes"] < summary["paper_formula_bytes"]
     assert summary["final_model_sparse_mb"] < summary["final_model_dense_mb"]
     assert summary["inference_csr_max_abs_diff"] < 1e-4
     assert summary["inference_csr_b64_items_s"] > 0
@@ -382,18 +452,18 @@ SPARSE_REPLY_METHODS = {
 
 
 @pytest.mark.parametrize("method", sorted(SPARSE_REPLY_METHODS))
-def test_real_clients_reply_exactly_as_sparse_as_the_mask_sent(tmp_path: Path, method: str):
-    """Real ``FedSparsifyClient`` s on digits: reply zeros contain the global mask's zeros.
+def test_real_clients_reply_exactly_as_sparse_as_the_mask_sent(tmp_path: Path, method: str, monkeypatch):
+    """Real ``FedSparsifyClient`` s on digits: the trained model is exactly as sparse as the mask.
 
-    Every message is recorded at the client seam of the in-process grid, with the
-    server's mask at the moment the message was sent (the grid calls the client
-    synchronously), so the check covers every reply of every round once the mask
-    exists, per tensor.
+    The wire carries values at the mask's kept positions only, so the check is made
+    where a client could go wrong: the model it trained, at the moment it replies
+    (client seam), against the server's mask when the message was sent, per tensor;
+    and the mask the client holds is the server's, exactly.
     """
     from hydra import compose, initialize_config_dir
 
-    from fl_strategies.prunefl import split_keep
-    from fl_strategies.pruning import prunable_names
+    from clients.methods.base import model_arrays
+    from clients.methods.fedsparsify import FedSparsifyClient
     from simulations.app.client_app import app as client_app
     from simulations.app.compose import compose_run, execute_plan
 
@@ -413,41 +483,40 @@ def test_real_clients_reply_exactly_as_sparse_as_the_mask_sent(tmp_path: Path, m
             ],
         )
     plan = compose_run(cfg, tmp_path)
-    exchanges = []
+    trained = []  # (round, node, held mask, trained model) at reply time
+    original = FedSparsifyClient.reply_arrays
+
+    def spy(self, job, stats):
+        trained.append((job.server_round, job.context.node_id, dict(self.keep), model_arrays(job.model)))
+        return original(self, job, stats)
+
+    monkeypatch.setattr(FedSparsifyClient, "reply_arrays", spy)
+    sent = {}
 
     def recording_client(message, context):
-        sent_keep = {k: v.copy() for k, v in getattr(plan.strategy, "keep", {}).items()}
+        config = message.content.config_records["config"]
+        if "prune-score" not in config:
+            keep = {k: v.copy() for k, v in plan.strategy.keep.items()}
+            sent[(int(config["server-round"]), context.node_id)] = keep
         reply = client_app(message, context)
-        exchanges.append((message, reply, sent_keep))
+        assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
         return reply
 
     execute_plan(plan, InlineGrid(recording_client, 3), quiet=True)
     checked = set()
-    for message, reply, sent_keep in exchanges:
-        config = message.content.config_records["config"]
-        if "prune-score" in config or not config.get("mask-from-zeros", False):
+    for rnd, node, held, model in trained:
+        sent_keep = sent[(rnd, node)]
+        assert set(held) == set(sent_keep) and held
+        if all(m.all() for m in sent_keep.values()):
             continue
-        assert not reply.has_error(), reply.error.reason if reply.has_error() else ""
-        # PruneFL sends its mask explicitly (regrown weights re-enter at 0); the others
-        # send it as the zeros of the model.
-        down, explicit = split_keep(decode_arrays(message.content.array_records["arrays"]))
-        up = decode_arrays(reply.content.array_records["arrays"])
-        names = prunable_names(down, config["prune-scope"])
-        assert names and set(names) == set(sent_keep)
-        assert not explicit or set(explicit) == set(names)
-        for name in names:
-            pruned = ~explicit[name] if explicit else down[name] == 0
-            # The mask the client reads is the server's mask, exactly.
-            np.testing.assert_array_equal(pruned, ~sent_keep[name])
-            assert pruned.any() and not down[name][pruned].any()
-            revived = pruned & (up[name] != 0)
+        for name, keep in sent_keep.items():
+            np.testing.assert_array_equal(held[name], keep)  # the client holds the server's mask
+            revived = ~keep & (model[name] != 0)
             assert not revived.any(), (
-                f"round {config['server-round']} node "
-                f"{message.metadata.dst_node_id} {name}: "
-                f"{int(revived.sum())} pruned weights came back nonzero"
+                f"round {rnd} node {node} {name}: {int(revived.sum())} pruned weights trained nonzero"
             )
-            assert (up[name][~pruned] != 0).any()  # it trained and sent real values
-        checked.add(int(config["server-round"]))
+            assert (model[name][keep] != 0).any()  # it trained real values
+        checked.add(rnd)
     # Not vacuous: the masked rounds of each method were checked (3 replies each).
     expected_rounds = {
         "fedsparsify_global": {3},
@@ -458,6 +527,7 @@ def test_real_clients_reply_exactly_as_sparse_as_the_mask_sent(tmp_path: Path, m
         "prunefl": {1, 2, 3},
     }[method]
     assert expected_rounds <= checked
+    assert sum(1 for r, *_ in trained if r in expected_rounds) == 3 * len(expected_rounds)
 
 
 # --------------------------------------------------- the paper's setups compose
@@ -502,3 +572,39 @@ def test_paper_setups_compose_validate_and_build(experiment, monkeypatch):
         ctx = BuildContext(run=typed.cfg, common=common, dims=model_dims(typed.cfg))
         strategy = get_method(method).build(typed.method, ctx)
         assert strategy.method_name == method
+
+
+# ---------------------------------------------------- report: paper-formula column
+def test_report_shows_the_paper_formula_column_for_pruning_rows(tmp_path: Path):
+    import csv
+
+    from simulations.tools import report as rep
+
+    from .test_report import column, fake_run, fake_suite, row_of
+
+    suite = fake_suite(tmp_path / "s", "s")
+    for seed, paper in ((0, 40e6), (1, 60e6)):
+        fake_run(suite / "fedavg" / f"seed{seed}", "fedavg", seed, [0.1, 0.9], 50, 50, label="fedavg")
+        fake_run(
+            suite / "g" / f"seed{seed}",
+            "fedsparsify_global",
+            seed,
+            [0.1, 0.9],
+            10,
+            20 + 10 * seed,
+            label="g",
+            paper_formula_bytes=int(paper),
+        )
+    text = rep.report([suite])
+    mb, ratio = column(text, "paper-formula MB"), column(text, "× paper")
+    cells = row_of(text, "g")
+    assert (cells[mb], cells[ratio]) == ("50.00 ± 14.14", "0.700")  # 35 MB measured over 50 MB
+    assert (row_of(text, "fedavg")[mb], row_of(text, "fedavg")[ratio]) == ("-", "-")
+    with (suite / "report.csv").open() as fh:
+        rows = {r["method"]: r for r in csv.DictReader(fh)}
+    assert float(rows["g"]["paper_formula_mb_mean"]) == pytest.approx(50.0)
+    assert float(rows["g"]["ratio_total_mb_vs_paper"]) == pytest.approx(0.7)
+    # A table without any pruning method has no such column.
+    plain = fake_suite(tmp_path / "p", "p")
+    fake_run(plain / "fedavg" / "seed0", "fedavg", 0, [0.1, 0.9], 50, 50, label="fedavg")
+    assert "paper-formula" not in rep.report([plain])

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
@@ -12,10 +11,11 @@ from flwr.app import Message, MetricRecord, RecordDict
 
 from fl_strategies.base import numpy_to_arrayrecord
 from fl_strategies.codec import decode_arrays, encode_arrays
-from fl_strategies.prunefl import PruneFL, split_keep
+from fl_strategies.prunefl import PruneFL
 from fl_strategies.pruning import full_mask, prune_by_score, target_count
-from simulations import CONF_DIR
 from simulations.runtimes.inline import InlineGrid
+
+from .pruning_helpers import digits_run, known_receive, known_reply
 
 
 @pytest.fixture(autouse=True)
@@ -34,6 +34,7 @@ GLOBAL = {
 }
 PRUNABLE = ("l1.weight", "l2.weight")
 TOTAL = 20 * 15 + 5 * 20
+SHAPES = {k: v.shape for k, v in GLOBAL.items()}
 
 
 def test_mask_is_readjusted_exactly_every_k_rounds_from_summed_squared_gradients():
@@ -43,31 +44,22 @@ def test_mask_is_readjusted_exactly_every_k_rounds_from_summed_squared_gradients
 
     def client_app(message, context):
         config = message.content.config_records["config"]
-        arrays = decode_arrays(message.content.array_records["arrays"])
         index = context.node_config["partition-id"]
         rng = np.random.default_rng(1000 * int(config["server-round"]) + index)
         if "prune-score" in config:
+            arrays = decode_arrays(message.content.array_records["arrays"])
             scores = {k: rng.uniform(size=arrays[k].shape).astype(np.float32) for k in PRUNABLE}
             return Message(
                 RecordDict({"scores": encode_arrays(scores), "metrics": MetricRecord({"num-examples": 5})}),
                 reply_to=message,
             )
-        values, keep = split_keep(arrays)
+        values, keep = known_receive(message, context, PRUNABLE, SHAPES)
         seen_masks.setdefault(int(config["server-round"]), []).append(keep)
         sqgrad = {k: rng.exponential(size=values[k].shape).astype(np.float32) for k in PRUNABLE}
         sent[(int(config["server-round"]), index)] = sqgrad
-        trained = {
-            k: np.where(keep[k], v + 0.1, 0.0).astype(v.dtype) if k in keep else v for k, v in values.items()
-        }
-        return Message(
-            RecordDict(
-                {
-                    "arrays": encode_arrays(trained),
-                    "sqgrad": encode_arrays(sqgrad, encoding="dense"),
-                    "metrics": MetricRecord({"num-examples": 10}),
-                }
-            ),
-            reply_to=message,
+        trained = {k: (v + 0.1).astype(v.dtype) for k, v in values.items()}
+        return known_reply(
+            message, trained, keep, 10, extra={"sqgrad": encode_arrays(sqgrad, encoding="dense")}
         )
 
     strategy = PruneFL(
@@ -96,7 +88,7 @@ def test_mask_is_readjusted_exactly_every_k_rounds_from_summed_squared_gradients
         changed = any((masks[t][k] != masks[t - 1][k]).any() for k in PRUNABLE)
         assert changed == (t % every == 0), t
         assert records[t]["readjusted"] == int(t % every == 0)
-        # Every client read the server's current mask, explicitly.
+        # Every client holds the server's current mask (regrown positions included).
         for keep in seen_masks[t]:
             for k in PRUNABLE:
                 np.testing.assert_array_equal(keep[k], masks[t - 1][k])
@@ -116,18 +108,15 @@ def test_mask_is_readjusted_exactly_every_k_rounds_from_summed_squared_gradients
 def test_reply_without_squared_gradients_is_dropped():
     def client_app(message, context):
         config = message.content.config_records["config"]
-        arrays = decode_arrays(message.content.array_records["arrays"])
         if "prune-score" in config:
+            arrays = decode_arrays(message.content.array_records["arrays"])
             scores = {k: np.abs(arrays[k]) for k in PRUNABLE}
             return Message(
                 RecordDict({"scores": encode_arrays(scores), "metrics": MetricRecord({"num-examples": 5})}),
                 reply_to=message,
             )
-        values, _ = split_keep(arrays)
-        return Message(
-            RecordDict({"arrays": encode_arrays(values), "metrics": MetricRecord({"num-examples": 10})}),
-            reply_to=message,
-        )
+        values, keep = known_receive(message, context, PRUNABLE, SHAPES)
+        return known_reply(message, values, keep, 10)
 
     strategy = PruneFL(
         num_rounds=1,
@@ -145,28 +134,11 @@ def test_reply_without_squared_gradients_is_dropped():
 
 
 def test_five_round_digits_run_end_to_end(tmp_path: Path):
-    from hydra import compose, initialize_config_dir
-
-    from simulations.runtimes.simulation import run_from_config
-
-    with initialize_config_dir(config_dir=str(CONF_DIR), version_base=None):
-        cfg = compose(
-            "config",
-            overrides=[
-                "method=prunefl",
-                "num_clients=3",
-                "num_rounds=5",
-                "local_epochs=1",
-                "fraction_evaluate=0",
-                "method.readjust_every=2",
-                "method.s_f=0.5",
-                "method.score_batches=2",
-                "method.benchmark_seconds=0",
-            ],
-        )
-    summary = run_from_config(cfg, tmp_path, quiet=True)
-    records = [json.loads(line) for line in (tmp_path / "rounds.jsonl").read_text().splitlines()]
-    rounds = {r["round"]: r for r in records}
+    summary, rounds, final = digits_run(
+        tmp_path,
+        "prunefl",
+        ["num_rounds=5", "method.readjust_every=2", "method.s_f=0.5", "method.score_batches=2"],
+    )
     assert summary["method"] == "prunefl" and summary["readjusted_rounds"] == [2, 4]
     assert [rounds[t]["readjusted"] for t in range(1, 6)] == [0, 1, 0, 1, 0]
     assert all(rounds[t]["sparsity"] == pytest.approx(0.5, abs=1e-4) for t in range(1, 6))
@@ -174,7 +146,8 @@ def test_five_round_digits_run_end_to_end(tmp_path: Path):
     # Real clients' dense squared gradients give pruned positions an importance: some regrow.
     assert rounds[2]["regrown"] > 0 and rounds[1]["sqgrad_bytes"] > 0
     assert rounds[5]["central_accuracy"] > 0.5  # digits MLP at half density still learns
-    final = np.load(tmp_path / "final_model.npz")
+    # The readjusted mask goes down once (rounds 3 and 5), not with every message.
+    assert [rounds[t]["mask_bytes"] > 0 for t in range(1, 6)] == [True, False, True, False, True]
     weights = [k for k in final.files if k.endswith("weight")]
     assert sum(int((final[k] == 0).sum()) for k in weights) >= 0.5 * sum(final[k].size for k in weights) - 1
 

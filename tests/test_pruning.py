@@ -5,10 +5,22 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from fl_strategies.codec import (
+    VALUES_RAW,
+    VALUES_XOR_ZLIB_PLANES,
+    VALUES_ZLIB_PLANES,
+    CodecError,
+    decode_known_values,
+    encode_known_values,
+)
 from fl_strategies.pruning import (
     apply_mask,
+    flat_mask,
     full_mask,
+    gather_known,
     is_prunable,
+    known_count,
+    known_names,
     magnitude_prune,
     majority_vote,
     mask_counts,
@@ -16,8 +28,10 @@ from fl_strategies.pruning import (
     prunable_names,
     prune_by_score,
     random_prune,
+    scatter_known,
     sparsity_at,
     target_count,
+    unflat_mask,
 )
 
 
@@ -219,3 +233,71 @@ def test_majority_vote_reference_defect_is_not_reproduced():
     assert not keep["w"][0]
     with pytest.raises(ValueError, match="average"):
         majority_vote(values, masks, [1, 1, 1], "mean")
+
+
+# ------------------------------------------------------- known-mask values
+def _weights(n: int, seed: int = 0) -> np.ndarray:
+    return (np.random.default_rng(seed).standard_normal(n) * 0.05).astype(np.float32)
+
+
+def test_known_values_roundtrip_bit_for_bit_in_every_form():
+    values = _weights(5000)
+    trained = values + _weights(5000, 1) * 0.05
+    raw = encode_known_values(values, compress=False)
+    planes = encode_known_values(values)
+    xor = encode_known_values(trained, reference=values)
+    assert (raw[0], planes[0], xor[0]) == (VALUES_RAW, VALUES_ZLIB_PLANES, VALUES_XOR_ZLIB_PLANES)
+    assert raw.size == 1 + 4 * 5000
+    # Sign/exponent bytes of similar values repeat; close values share their leading bits.
+    assert planes.size < 0.95 * raw.size and xor.size < planes.size
+    for blob, expected, ref in ((raw, values, None), (planes, values, None), (xor, trained, values)):
+        out = decode_known_values(blob, 5000, np.float32, ref)
+        assert out.dtype == np.float32
+        np.testing.assert_array_equal(out.view(np.uint32), expected.view(np.uint32))
+    # Incompressible tiny payloads stay raw; -0.0 and NaN bit patterns survive.
+    odd = np.array([-0.0, np.nan, 1e-40], dtype=np.float32)
+    assert encode_known_values(odd)[0] == VALUES_RAW
+    np.testing.assert_array_equal(
+        decode_known_values(encode_known_values(odd), 3).view(np.uint32), odd.view(np.uint32)
+    )
+
+
+def test_known_values_decoder_checks_the_count_it_knows_before_allocating():
+    values = _weights(1000)
+    with pytest.raises(CodecError, match="1000 values need 4000"):
+        decode_known_values(encode_known_values(values[:-1], compress=False), 1000)
+    planes = encode_known_values(values)
+    with pytest.raises(CodecError, match="longer than the 3996 bytes"):
+        decode_known_values(planes, 999)  # inflating stops at what 999 values may hold
+    with pytest.raises(CodecError, match="inflates to 4000 bytes"):
+        decode_known_values(planes, 1001)
+    with pytest.raises(CodecError, match="need the reference"):
+        decode_known_values(encode_known_values(values, reference=values * 1.001), 1000)
+    with pytest.raises(CodecError, match="corrupt zlib"):
+        decode_known_values(np.concatenate([planes[:1], planes[1:][::-1]]), 1000)
+    with pytest.raises(CodecError, match="unknown known-mask value form 9"):
+        decode_known_values(np.array([9, 0, 0, 0, 0], np.uint8), 1)
+
+
+def test_known_layout_gathers_and_scatters_in_sorted_name_order():
+    arrays = {
+        "b.weight": np.arange(6, dtype=np.float32).reshape(2, 3) + 1,
+        "a.bias": np.array([7.0, 8.0], np.float32),
+        "steps": np.array(3, dtype=np.int64),
+    }
+    keep = {"b.weight": np.array([[True, False, True], [False, False, True]])}
+    names = known_names(arrays)
+    assert names == ["a.bias", "b.weight"]  # float32 only, sorted
+    shapes = {n: arrays[n].shape for n in names}
+    assert known_count(shapes, keep) == 2 + 3
+    flat = gather_known(arrays, keep, names)
+    np.testing.assert_array_equal(flat, [7, 8, 1, 3, 6])
+    back = scatter_known(flat, shapes, keep)
+    np.testing.assert_array_equal(back["b.weight"], [[1, 0, 3], [0, 0, 6]])
+    np.testing.assert_array_equal(back["a.bias"], [7, 8])
+    with pytest.raises(ValueError, match="4 known-mask values for 5 positions"):
+        scatter_known(flat[:4], shapes, keep)
+    two = {"x": np.ones((2, 2), bool), "w": np.zeros(3, bool)}
+    np.testing.assert_array_equal(flat_mask(two), [0, 0, 0, 1, 1, 1, 1])  # w before x
+    roundtrip = unflat_mask(flat_mask(two), two)
+    assert list(roundtrip) == ["x", "w"] and all((roundtrip[k] == two[k]).all() for k in two)

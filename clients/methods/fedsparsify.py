@@ -2,12 +2,16 @@
 
 One client serves them all; the server's ConfigRecord says what to do:
 
-* ``mask-from-zeros``: the zeros of the received prunable tensors are the global
-  mask; train with it enforced (:attr:`clients.train.TrainHooks.grad_masks`), so
-  pruned weights stay exactly zero (no mask travels down);
+* ``mask-id`` / ``mask-base`` (every training message): the values of the float32
+  arrays arrive at the positions of the global keep mask only (``known-values``). The
+  node holds the mask it last received in ``context.state``; the message changes mask
+  ``mask-base`` (0: the all-keep mask) into mask ``mask-id`` (``prune-mask@flips``).
+  It trains with that mask enforced (:attr:`clients.train.TrainHooks.grad_masks`), so
+  pruned weights stay exactly zero, and replies with the values at the same positions
+  (XOR-coded against the received ones where smaller), echoing ``mask-id``;
 * ``local-sparsity`` (FedSparsify-Local): after training, prune the local model to
-  this sparsity by global magnitude pruning and send the keep mask as packed bits
-  (``mask`` ArrayRecord) next to the values;
+  this sparsity by global magnitude pruning; the reply's values follow that local
+  mask, sent once as a position set within the global mask (``local-mask@positions``);
 * ``prune-score`` (round 0 of SNIP/GraSP/PruneFL): do not train; return the importance
   of every prunable weight of the received model on the local data (``scores``).
 
@@ -20,16 +24,30 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from typing import Any
 
+import numpy as np
 import torch
-from flwr.app import ArrayRecord, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, MetricRecord, RecordDict
 from torch import Tensor, nn
 from torch.nn import functional as F  # noqa: N812
 
-from fl_strategies.codec import decode_arrays, encode_arrays
+from fl_strategies.codec import (
+    CodecError,
+    decode_arrays,
+    decode_known_values,
+    decode_positions,
+    encode_arrays,
+    encode_known_values,
+    encode_positions,
+)
 from fl_strategies.fedsparsify import (
+    FULL_MASK_ID,
     GRASP_TEMPERATURE_KEY,
+    KNOWN_VALUES_KEY,
+    LOCAL_MASK_KEY,
     LOCAL_SPARSITY_KEY,
-    MASK_KEY,
+    MASK_BASE_KEY,
+    MASK_FLIPS_KEY,
+    MASK_ID_KEY,
     MASKED_KEY,
     PRUNE_SCOPE_KEY,
     SCORE_BATCHES_KEY,
@@ -38,16 +56,25 @@ from fl_strategies.fedsparsify import (
 )
 from fl_strategies.pruning import (
     Mask,
-    apply_mask,
+    flat_mask,
     full_mask,
+    gather_known,
+    known_count,
+    known_names,
     magnitude_prune,
     mask_from_zeros,
     prunable_names,
+    scatter_known,
+    unflat_mask,
 )
-from fl_strategies.wire import ARRAYS_KEY, METRICS_KEY, NUM_EXAMPLES_KEY
+from fl_strategies.wire import ARRAYS_KEY, CONFIG_KEY, METRICS_KEY, NUM_EXAMPLES_KEY
 
 from ..train import LoopStats, TrainHooks, logits_of
 from .base import ClientJob, ClientMethod, load_arrays, model_arrays
+
+#: Keys of the node's persistent state (``context.state``): the mask it holds and its id.
+MASK_STATE_KEY = "fedsparsify-mask"
+MASK_STATE_ID_KEY = "fedsparsify-mask-id"
 
 #: Method names whose client side is :class:`FedSparsifyClient`.
 PRUNING_METHODS = ("fedsparsify_global", "fedsparsify_local", "oneshot", "random_prune", "snip", "grasp")
@@ -140,18 +167,66 @@ class FedSparsifyClient(ClientMethod):
         super().__init__(settings)
         self.names: list[str] = []
         self.keep: Mask = {}
+        self.mask_id: int | None = None
+        self.known_shapes: dict[str, tuple[int, ...]] = {}
+        self.received: dict[str, np.ndarray] = {}
 
     def receive(self, job: ClientJob) -> None:
-        """Load the model; read the global mask off its zeros when the server says so."""
-        arrays = decode_arrays(job.content.array_records[ARRAYS_KEY])
-        load_arrays(job.model, arrays)
-        self.names = prunable_names(arrays, str(job.config.get(PRUNE_SCOPE_KEY, "weights")))
-        masked = bool(job.config.get(MASKED_KEY, False))
-        self.keep = mask_from_zeros(arrays, self.names) if masked else full_mask(arrays, self.names)
+        """Load the model: known values at the held mask after its change, or (evaluation) by codec."""
+        config = job.config
+        if MASK_ID_KEY not in config:
+            arrays = decode_arrays(job.content.array_records[ARRAYS_KEY])
+            load_arrays(job.model, arrays)
+            self.names = prunable_names(arrays, str(config.get(PRUNE_SCOPE_KEY, "weights")))
+            masked = bool(config.get(MASKED_KEY, False))
+            self.keep = mask_from_zeros(arrays, self.names) if masked else full_mask(arrays, self.names)
+            self.mask_id = None
+            return
+        model = model_arrays(job.model)
+        self.names = prunable_names(model, str(config.get(PRUNE_SCOPE_KEY, "weights")))
+        record = job.content.array_records[ARRAYS_KEY]
+        keep = self._held_mask(job, int(config[MASK_BASE_KEY]), model)
+        mask_id = int(config[MASK_ID_KEY])
+        if MASK_FLIPS_KEY in record:
+            flat = flat_mask(keep)
+            flat[decode_positions(record[MASK_FLIPS_KEY].numpy(), flat.size)] ^= True
+            keep = unflat_mask(flat, keep)
+        elif int(config[MASK_BASE_KEY]) != mask_id:
+            raise CodecError(f"mask {mask_id} differs from mask {config[MASK_BASE_KEY]} but no change came")
+        self.known_shapes = {n: model[n].shape for n in known_names(model)}
+        count = known_count(self.known_shapes, keep)
+        values = decode_known_values(record[KNOWN_VALUES_KEY].numpy(), count, np.float32)
+        others = {k: v.shape for k, v in model.items() if k not in self.known_shapes}
+        rest = decode_arrays(
+            ArrayRecord({k: v for k, v in record.items() if k not in (KNOWN_VALUES_KEY, MASK_FLIPS_KEY)}),
+            others,
+        )
+        self.received = scatter_known(values, self.known_shapes, keep)
+        load_arrays(job.model, {**rest, **self.received})
+        self.keep, self.mask_id = keep, mask_id
+        job.context.state[MASK_STATE_KEY] = ArrayRecord(
+            {n: Array(np.require(m, requirements="C")) for n, m in keep.items()}
+        )
+        job.context.state[MASK_STATE_ID_KEY] = ConfigRecord({"id": mask_id})
+
+    def _held_mask(self, job: ClientJob, base: int, model: Mapping[str, np.ndarray]) -> Mask:
+        """The mask ``base`` from the node's state (mask 0: nothing pruned); CodecError if not held."""
+        if base == FULL_MASK_ID:
+            return full_mask(model, self.names)
+        state = job.context.state
+        held = None
+        if MASK_STATE_ID_KEY in state.config_records and MASK_STATE_KEY in state.array_records:
+            held = int(state.config_records[MASK_STATE_ID_KEY]["id"])
+        if held != base:
+            raise CodecError(f"message changes mask {base}, this node holds mask {held}")
+        stored = state.array_records[MASK_STATE_KEY]
+        if set(stored) != set(self.names):
+            raise CodecError("held mask covers other tensors than the prunable ones")
+        return {n: stored[n].numpy().astype(bool) for n in self.names}
 
     def train_hooks(self, job: ClientJob) -> TrainHooks:
         """Enforce the global mask (gradients and weights of pruned positions stay 0)."""
-        if not bool(job.config.get(MASKED_KEY, False)):
+        if all(m.all() for m in self.keep.values()):
             return TrainHooks()
         params = dict(job.model.named_parameters())
         return TrainHooks(
@@ -159,20 +234,30 @@ class FedSparsifyClient(ClientMethod):
         )
 
     def reply_arrays(self, job: ClientJob, stats: LoopStats) -> ArrayRecord:
-        """The trained model, pruned locally to ``local-sparsity`` when asked."""
+        """Values at the mask's positions (Local: the local mask, sent within the global one)."""
         arrays = model_arrays(job.model)
+        encoding = self.settings.get("encoding", "auto")
+        if self.mask_id is None:
+            return encode_arrays(arrays, encoding=encoding)
+        record = encode_arrays({k: v for k, v in arrays.items() if k not in self.known_shapes}, encoding)
+        keep = self.keep
         if LOCAL_SPARSITY_KEY in job.config:
-            self.keep = magnitude_prune(arrays, self.keep, float(job.config[LOCAL_SPARSITY_KEY]))
-            arrays = apply_mask(arrays, self.keep)
-        return encode_arrays(arrays, encoding=self.settings.get("encoding", "auto"))
+            keep = magnitude_prune(arrays, self.keep, float(job.config[LOCAL_SPARSITY_KEY]))
+            within = flat_mask(keep)[flat_mask(self.keep)]
+            record[LOCAL_MASK_KEY] = Array(encode_positions(within))
+        names = list(self.known_shapes)
+        values = gather_known(arrays, keep, names)
+        reference = gather_known(self.received, keep, names)
+        record[KNOWN_VALUES_KEY] = Array(encode_known_values(values, reference))
+        return record
 
     def train(self, job: ClientJob) -> RecordDict:
-        """Score (round 0 of SNIP/GraSP) or train; add the mask for FedSparsify-Local."""
+        """Score (round 0 of SNIP/GraSP) or train; echo the mask the reply follows."""
         if SCORE_KEY in job.config:
             return self.score(job)
         content = super().train(job)
-        if LOCAL_SPARSITY_KEY in job.config:
-            content[MASK_KEY] = encode_arrays(self.keep)
+        if self.mask_id is not None:
+            content[CONFIG_KEY] = ConfigRecord({MASK_ID_KEY: self.mask_id})
         return content
 
     def score(self, job: ClientJob) -> RecordDict:

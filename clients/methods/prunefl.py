@@ -1,11 +1,10 @@
 """Client side of PruneFL: FedSparsify's masked training plus summed squared dense gradients.
 
-The keep mask arrives explicitly (``prunefl-keep:<name>`` entries of the training
-ArrayRecord; see :mod:`fl_strategies.prunefl`) because regrown weights re-enter at
-exactly 0. During training a gradient hook on every prunable parameter adds ``g**2``
-to a running sum; the hook sees the gradient before the training loop multiplies it
-by the mask, so pruned positions get an importance too, which is what lets the
-server regrow them.
+The keep mask arrives as FedSparsify's does (known-mask encoding, see
+:mod:`clients.methods.fedsparsify`); regrown weights re-enter at exactly 0. During
+training a gradient hook on every prunable parameter adds ``g**2`` to a running sum;
+the hook sees the gradient before the training loop multiplies it by the mask, so
+pruned positions get an importance too, which is what lets the server regrow them.
 """
 
 from __future__ import annotations
@@ -17,14 +16,11 @@ import torch
 from flwr.app import ArrayRecord, RecordDict
 from torch import Tensor
 
-from fl_strategies.codec import decode_arrays, encode_arrays
-from fl_strategies.fedsparsify import PRUNE_SCOPE_KEY
-from fl_strategies.prunefl import SQGRAD_KEY, SQGRAD_REQUEST_KEY, split_keep
-from fl_strategies.pruning import full_mask, prunable_names
-from fl_strategies.wire import ARRAYS_KEY
+from fl_strategies.codec import encode_arrays
+from fl_strategies.prunefl import SQGRAD_KEY, SQGRAD_REQUEST_KEY
 
 from ..train import LoopStats, TrainHooks
-from .base import ClientJob, load_arrays
+from .base import ClientJob
 from .fedsparsify import FedSparsifyClient
 
 
@@ -37,13 +33,6 @@ class PruneFLClient(FedSparsifyClient):
         super().__init__(settings)
         self.sqgrad: dict[str, Tensor] = {}
         self._handles: list[torch.utils.hooks.RemovableHandle] = []
-
-    def receive(self, job: ClientJob) -> None:
-        """Load the values; take the mask from its explicit entries (else nothing is pruned)."""
-        values, keep = split_keep(decode_arrays(job.content.array_records[ARRAYS_KEY]))
-        load_arrays(job.model, values)
-        self.names = prunable_names(values, str(job.config.get(PRUNE_SCOPE_KEY, "weights")))
-        self.keep = {n: keep[n] for n in self.names} if keep else full_mask(values, self.names)
 
     def train_hooks(self, job: ClientJob) -> TrainHooks:
         """The mask as gradient masks, and a hook per prunable parameter summing ``g**2``."""

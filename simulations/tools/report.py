@@ -12,6 +12,10 @@ swept value) aggregated over its seeds:
   clients (a suite may list fields it allows to differ in ``comparable_across``; the
   FedAvg row of an unswept FedAvg serves every swept value); ``n/a`` when there is
   no such FedAvg row;
+- ``paper-formula MB`` and ``× paper``, in tables with a method that reports it
+  (``paper_formula_bytes``, the pruning methods): the bytes its paper's own accounting
+  gives the same run (nonzeros x 32 bits + 1 bit per parameter per mask sent), and
+  the measured total over it;
 - ``Δ acc vs FedAvg``: the difference of mean final accuracies in points, marked
   *within noise* when ``|Δ| <= max(std_row, std_fedavg)`` (needs two seeds on both);
 - Params, nonzero params (pruning methods report them), training FLOPs per sample,
@@ -297,6 +301,17 @@ def _delta(c: Comparison, is_base: bool) -> str:
     return f"{text} (within noise)" if c.within_noise else text
 
 
+def paper_ratio(row: Row) -> float | None:
+    """Mean measured total bytes over the mean paper-formula bytes (None without the latter)."""
+    mine, paper = row.mb("total_bytes")[0], row.mb("paper_formula_bytes")[0]
+    return mine / paper if mine is not None and paper else None
+
+
+def _paper_ratio(row: Row) -> str:
+    ratio = paper_ratio(row)
+    return "-" if ratio is None else f"{ratio:.3f}"
+
+
 def table_rows(table: Table) -> tuple[list[Row], dict[int, Comparison]]:
     """The table's rows and their comparisons to FedAvg."""
     rows = make_rows(table.runs)
@@ -311,6 +326,7 @@ def markdown_table(table: Table) -> str:
     """The table in markdown, with its warning and note lines."""
     rows, comps = table_rows(table)
     swept = next((r.sweep_key for r in rows if r.sweep_key), None)
+    paper = any(run.summary.get("paper_formula_bytes") is not None for row in rows for run in row.runs)
     head = [
         "method",
         *([swept] if swept else []),
@@ -320,6 +336,7 @@ def markdown_table(table: Table) -> str:
         "MB down",
         "MB total",
         "× FedAvg MB",
+        *(["paper-formula MB", "× paper"] if paper else []),
         "Δ acc vs FedAvg",
         "Params",
         "nonzero params",
@@ -343,6 +360,7 @@ def markdown_table(table: Table) -> str:
             _pm(*row.mb("total_bytes_down"), ".2f"),
             _pm(*row.mb("total_bytes"), ".2f"),
             "n/a" if c.ratio is None else f"{c.ratio:.3f}",
+            *([_pm(*row.mb("paper_formula_bytes"), ".2f"), _paper_ratio(row)] if paper else []),
             _delta(c, is_base),
             _int(row.first("model_params")),
             _int(row.stat("final_nonzero_params")[0]),
@@ -411,6 +429,9 @@ def write_csv(tables: Sequence[Table], path: Path) -> None:
         "density_kind",
         "density",
         *COMPARABLE,
+        "paper_formula_mb_mean",
+        "paper_formula_mb_std",
+        "ratio_total_mb_vs_paper",
     ]
     with path.open("w", newline="") as fh:
         writer = csv.writer(fh)
@@ -440,6 +461,8 @@ def write_csv(tables: Sequence[Table], path: Path) -> None:
                         dens[0] if dens else "",
                         dens[1] if dens else "",
                         *row.runs[0].setup(),
+                        *row.mb("paper_formula_bytes"),
+                        paper_ratio(row),
                     ]
                 )
 
