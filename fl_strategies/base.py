@@ -479,7 +479,7 @@ class FedleanStrategy(FedAvg):
         evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None,
         on_round_end: Callable[[dict[str, Any]], None] | None = None,
         *,
-        start_round: int = 1,
+        start_round: int = 0,
         min_replies: float = 1,
         on_too_few_replies: str = "stop",
     ) -> Result:
@@ -498,7 +498,7 @@ class FedleanStrategy(FedAvg):
         grid : Grid
             Where the messages go (inline, Ray's in-memory grid, a SuperLink).
         initial_arrays : ArrayRecord
-            The initial global model (dense); unused when ``start_round > 1``.
+            The initial global model (dense); unused when ``start_round > 0``.
         num_rounds : int (default: 3)
             Last round.
         timeout : float (default: 3600)
@@ -512,10 +512,11 @@ class FedleanStrategy(FedAvg):
         on_round_end : Callable[[dict], None] | None (default: None)
             Called with the round record after every round (round 0 = initial model),
             once the centralized evaluation (if any) is done.
-        start_round : int (default: 1)
-            First round to run. Above 1 the strategy continues a run whose state
-            :meth:`load_checkpoint_state` restored: :meth:`prepare_initial` and round
-            0 are not run again and the restored global model is used.
+        start_round : int (default: 0)
+            First round to run. 0: a new run (:meth:`prepare_initial`, the initial
+            model's evaluation as round 0, then rounds 1, 2, ...). Above 0 the strategy
+            continues a run whose state :meth:`load_checkpoint_state` restored, with
+            the restored global model.
         min_replies : float (default: 1)
             Usable training replies a round needs: an integer >= 1, or a fraction in
             (0, 1) of the nodes sampled that round.
@@ -557,7 +558,7 @@ class FedleanStrategy(FedAvg):
             if on_round_end is not None:
                 on_round_end(self.round_record(server_round, central))
 
-        if start_round <= 1:
+        if start_round <= 0:
             self.global_arrays = arrayrecord_to_numpy(initial_arrays)
             self._global_record = initial_arrays
             initial = self.prepare_initial(grid, self.global_arrays, timeout)

@@ -215,7 +215,7 @@ def execute_plan(
     num_rounds = int(cfg["num_rounds"])
     writer = ResultsWriter(plan.out_dir, num_rounds, quiet=quiet, resume=resume["writer"] if resume else None)
     write_atomic(plan.out_dir / CONFIG_FILE, json.dumps(cfg, indent=2, sort_keys=True).encode())
-    start_round = 1
+    start_round = 0  # a new run: round 0 is the initial model
     if resume is not None:
         plan.strategy.load_checkpoint_state(resume["strategy"])
         restorable = hasattr(grid, "load_checkpoint_state") and resume.get("nodes") is not None
