@@ -357,12 +357,16 @@ class FedleanStrategy(FedAvg):
         """Everything the strategy needs to continue a run, as picklable values.
 
         Default: the instance's attributes (global model, counters, per-round records,
-        method state such as masks and EMAs) except those in :attr:`checkpoint_exclude`
-        of the class and its bases. Override where an attribute is a runtime object
-        whose state must be taken apart (e.g. a torch model and its optimizer).
+        method state such as masks and EMAs) except callables (functions given by
+        the builder, e.g. metric aggregation: configuration, rebuilt with the
+        strategy) and those in :attr:`checkpoint_exclude` of the class and its bases.
+        Override where an attribute is a runtime object whose state must be taken
+        apart (e.g. a torch model and its optimizer).
         """
         excluded = {name for cls in type(self).__mro__ for name in vars(cls).get("checkpoint_exclude", ())}
-        return {key: value for key, value in vars(self).items() if key not in excluded}
+        return {
+            key: value for key, value in vars(self).items() if key not in excluded and not callable(value)
+        }
 
     def load_checkpoint_state(self, state: Mapping[str, Any]) -> None:
         """Restore what :meth:`checkpoint_state` returned (on a strategy built from the same config)."""
