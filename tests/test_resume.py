@@ -195,6 +195,8 @@ def test_resume_without_node_state_resyncs_every_node_in_full(tmp_path):
 
 def test_checkpoint_every_zero_writes_none_and_a_new_run_removes_an_old_one(tmp_path):
     out = tmp_path / "run"
+    out.mkdir()
+    (out / "checkpoint.pt").write_bytes(b"an older run's checkpoint")
     run_from_config(config("num_rounds=1", "fraction_evaluate=0", "checkpoint_every=0"), out, quiet=True)
     assert not (out / "checkpoint.pt").exists()
     assert "resume" not in json.loads((out / "status.json").read_text())
