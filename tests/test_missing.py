@@ -211,8 +211,9 @@ RAY_TIMEOUT, RAY_SLEEP = 300.0, 360.0
 
 @pytest.mark.slow
 @pytest.mark.skip(
-    reason="under pytest no Ray node replied in round 1 even with timeout=300 s (the same config as a "
-    "script replied after 116 s); not diagnosed yet"
+    reason="not yet reliable: in 3 tries on a loaded shared machine no Ray node replied in round 1 within "
+    "20, 150 or 300 s, while a 1-round run of the same config under pytest replied after 30-50 s; "
+    "cause not isolated (machine load, or this module's data warm-up fixture)"
 )
 def test_ray_sleeper_is_missing_stops_the_run_and_resume_with_skip_finishes(tmp_path, monkeypatch, caplog):
     """Ray, 3 clients, 2 rounds, partition 0 sleeps past ``timeout`` in round 2.
