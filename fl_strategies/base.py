@@ -28,11 +28,12 @@ from __future__ import annotations
 
 import json
 import math
+import time
 from collections import Counter, defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from logging import DEBUG, INFO, WARNING
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
@@ -40,7 +41,7 @@ from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Result
 
 from .codec import CodecError, decode_arrays, encode_arrays
-from .flwr_compat import log, select_multikrum, trim_mean
+from .flwr_compat import LOST_NODE_ERROR_CODES, log, log_strategy_start_info, select_multikrum, trim_mean
 from .wire import ARRAYS_KEY, METRICS_KEY, NUM_EXAMPLES_KEY, RUN_CONFIG_KEY, messages_bytes
 
 #: ``num-examples`` bound where the server knows no partition sizes (deployment).
@@ -197,6 +198,34 @@ def robust_mean(
             merged = np.rint(merged)
         out[key] = np.asarray(merged).astype(first.dtype)
     return out
+
+
+class TooFewRepliesError(RuntimeError):
+    """A training round got fewer usable replies than ``min_replies`` (``on_too_few_replies=stop``)."""
+
+
+#: What :meth:`FedleanStrategy.start` does with a round below ``min_replies``.
+TOO_FEW_REPLIES_POLICIES = ("stop", "skip")
+
+
+def required_replies(min_replies: float, sampled: int) -> int:
+    """Usable replies a round needs: ``min_replies`` itself (>= 1) or that fraction of ``sampled``.
+
+    >>> required_replies(1, 10), required_replies(3, 10), required_replies(0.5, 5)
+    (1, 3, 3)
+    """
+    if min_replies >= 1:
+        if min_replies != int(min_replies):
+            raise ValueError(f"min_replies={min_replies}: must be an integer >= 1 or a fraction in (0, 1)")
+        return int(min_replies)
+    if not 0 < min_replies < 1:
+        raise ValueError(f"min_replies={min_replies}: must be an integer >= 1 or a fraction in (0, 1)")
+    return max(1, math.ceil(min_replies * sampled))
+
+
+def _byte_counters() -> defaultdict[str, int]:
+    # A named factory (not a lambda): the counters are pickled into checkpoints.
+    return defaultdict(int)
 
 
 @dataclass
@@ -384,8 +413,13 @@ class FedleanStrategy(FedAvg):
         self.partition_sizes: list[int] | None = None
         #: Replies whose update was clipped, per round (node ids).
         self.clipped: dict[int, list[int]] = defaultdict(list)
-        self.bytes: dict[int, dict[str, int]] = defaultdict(lambda: defaultdict(int))
+        self.bytes: dict[int, dict[str, int]] = defaultdict(_byte_counters)
         self.dropped: dict[int, list[str]] = defaultdict(list)
+        #: Round -> reply counts of its phases (``sampled``, ``replied``, ``dropped``,
+        #: ``missing``, ``eval_*``; ``skipped``), filled by :meth:`start`.
+        self.participation: dict[int, dict[str, int]] = defaultdict(dict)
+        self.min_replies: float = 1
+        self.on_too_few_replies = "stop"
         self.train_metrics: dict[int, MetricRecord] = {}
         self.eval_metrics: dict[int, MetricRecord] = {}
         self._global_arrays: dict[str, np.ndarray] = {}
@@ -427,12 +461,6 @@ class FedleanStrategy(FedAvg):
         if self._downlink_record is None:
             self._downlink_record = encode_arrays(self._global_arrays, encoding=self.encoding)
         return self._downlink_record
-
-    def _adopt(self, arrays: ArrayRecord) -> dict[str, np.ndarray]:
-        """Numpy view of a model Flower passed in: the global one without a conversion."""
-        if arrays is self._global_record:
-            return self._global_arrays
-        return arrayrecord_to_numpy(arrays)
 
     # ------------------------------------------------------------------ hooks
     def encode_global(self, server_round: int, arrays: dict[str, np.ndarray]) -> ArrayRecord:
@@ -591,6 +619,38 @@ class FedleanStrategy(FedAvg):
         """Method-specific fields for the run's ``summary.json`` (default: none)."""
         return {}
 
+    # ------------------------------------------------------------ checkpoints
+    #: Attributes :meth:`checkpoint_state` leaves out: caches rebuilt on demand and
+    #: runtime objects. Each class lists its own; the lists of its bases apply too.
+    checkpoint_exclude: ClassVar[tuple[str, ...]] = ("_global_record", "_downlink_record")
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """Everything the strategy needs to continue a run, as picklable values.
+
+        Default: the instance's attributes (global model, counters, per-round records,
+        method state such as masks and EMAs) except callables (functions given by
+        the builder, e.g. metric aggregation: configuration, rebuilt with the
+        strategy) and those in :attr:`checkpoint_exclude` of the class and its bases.
+        Override where an attribute is a runtime object whose state must be taken
+        apart (e.g. a torch model and its optimizer).
+        """
+        excluded = {name for cls in type(self).__mro__ for name in vars(cls).get("checkpoint_exclude", ())}
+        return {
+            key: value for key, value in vars(self).items() if key not in excluded and not callable(value)
+        }
+
+    def load_checkpoint_state(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`checkpoint_state` returned (on a strategy built from the same config)."""
+        vars(self).update(state)
+        self.global_arrays = self._global_arrays  # the records made of the model are rebuilt
+
+    def reset_node_state(self) -> None:
+        """Forget what the nodes hold, so every node is treated as new (full resync).
+
+        Called when a run resumes where the nodes' own state could not be restored
+        (Ray's node contexts, SuperNodes of a new run). Default: nothing to forget.
+        """
+
     # ------------------------------------------------------- Flower's methods
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -621,7 +681,7 @@ class FedleanStrategy(FedAvg):
                 self._drop(server_round, message, "train", exc)
         parsed = self._same_metric_keys(server_round, "train", parsed)
         log(INFO, "aggregate_train: %d valid replies, %d dropped", len(parsed), len(replies) - len(parsed))
-        if not parsed:
+        if not parsed or not self._enough_replies(server_round, len(parsed), len(replies)):
             return None, None
         for reply, weight in zip(
             parsed, capped_weights([r.num_examples for r in parsed], self.max_weight_share), strict=True
@@ -706,19 +766,31 @@ class FedleanStrategy(FedAvg):
         evaluate_config: ConfigRecord | None = None,
         evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None = None,
         on_round_end: Callable[[dict[str, Any]], None] | None = None,
+        *,
+        start_round: int = 0,
+        min_replies: float = 1,
+        on_too_few_replies: str = "stop",
     ) -> Result:
-        """Run Flower's round loop; after each round hand :meth:`round_record` on.
+        """Run the rounds (Flower's ``Strategy.start`` loop); after each hand :meth:`round_record` on.
+
+        Each round: :meth:`configure_train`, ``grid.send_and_receive(timeout)``,
+        :meth:`aggregate_train`, :meth:`configure_evaluate`, ``send_and_receive``,
+        :meth:`aggregate_evaluate`, then ``evaluate_fn``, as in Flower's loop. Beyond
+        it: every sampled node without a reply (timed out, or a SuperLink error reply
+        saying the node or message is gone) is counted ``missing`` with one log line,
+        a training round with fewer usable replies than ``min_replies`` stops the run
+        or is skipped, and the loop can start at a later round (resume).
 
         Parameters
         ----------
         grid : Grid
             Where the messages go (inline, Ray's in-memory grid, a SuperLink).
         initial_arrays : ArrayRecord
-            The initial global model (dense).
+            The initial global model (dense); unused when ``start_round > 0``.
         num_rounds : int (default: 3)
-            Number of rounds.
+            Last round.
         timeout : float (default: 3600)
-            Seconds to wait for replies each round.
+            Seconds to wait for replies in each phase of a round.
         train_config : ConfigRecord | None (default: None)
             Sent with every training message (method entries are added per round).
         evaluate_config : ConfigRecord | None (default: None)
@@ -728,34 +800,161 @@ class FedleanStrategy(FedAvg):
         on_round_end : Callable[[dict], None] | None (default: None)
             Called with the round record after every round (round 0 = initial model),
             once the centralized evaluation (if any) is done.
+        start_round : int (default: 0)
+            First round to run. 0: a new run (:meth:`prepare_initial`, the initial
+            model's evaluation as round 0, then rounds 1, 2, ...). Above 0 the strategy
+            continues a run whose state :meth:`load_checkpoint_state` restored, with
+            the restored global model.
+        min_replies : float (default: 1)
+            Usable training replies a round needs: an integer >= 1, or a fraction in
+            (0, 1) of the nodes sampled that round.
+        on_too_few_replies : str (default: "stop")
+            Below ``min_replies``: ``stop`` raises :class:`TooFewRepliesError` (the
+            round is not recorded); ``skip`` keeps the global model and every method
+            state as they were, records the round with ``skipped: true`` and goes on.
+
+        Returns
+        -------
+        Result
+            Flower's result: ``arrays`` is the model of the last round that aggregated
+            replies in this call (empty if none did), plus the metrics per round.
 
         """
-        self.global_arrays = arrayrecord_to_numpy(initial_arrays)
-        self._global_record = initial_arrays
-        initial = self.prepare_initial(grid, self.global_arrays, timeout)
-        if initial is not self._global_arrays:
-            self.global_arrays = initial
+        required_replies(min_replies, 1)  # the value's check
+        if on_too_few_replies not in TOO_FEW_REPLIES_POLICIES:
+            raise ValueError(
+                f"on_too_few_replies={on_too_few_replies!r}: must be one of {TOO_FEW_REPLIES_POLICIES}"
+            )
+        self.min_replies, self.on_too_few_replies = min_replies, on_too_few_replies
+        log(INFO, "Starting %s strategy:", self.__class__.__name__)
+        log_strategy_start_info(num_rounds, initial_arrays, train_config, evaluate_config)
+        self.summary()
+        train_config = ConfigRecord() if train_config is None else train_config
+        evaluate_config = ConfigRecord() if evaluate_config is None else evaluate_config
+        result = Result()
+        t_start = time.time()
 
-        def evaluate_and_record(server_round: int, arrays: ArrayRecord) -> MetricRecord | None:
+        def evaluate_and_record(server_round: int) -> None:
             central = None
             if evaluate_fn is not None:
-                model = self._adopt(arrays)
-                view = self.central_view(model)
-                record = self.global_record() if view is self._global_arrays else (numpy_to_arrayrecord(view))
+                view = self.central_view(self.global_arrays)
+                record = self.global_record() if view is self._global_arrays else numpy_to_arrayrecord(view)
                 central = evaluate_fn(server_round, record)
+                log(INFO, "\t└──> Global evaluation: %s", central)
+                if central is not None:
+                    result.evaluate_metrics_serverapp[server_round] = central
             if on_round_end is not None:
                 on_round_end(self.round_record(server_round, central))
-            return central
 
-        return super().start(
-            grid,
-            self.global_record(),
-            num_rounds=num_rounds,
-            timeout=timeout,
-            train_config=train_config,
-            evaluate_config=evaluate_config,
-            evaluate_fn=evaluate_and_record,
+        if start_round <= 0:
+            self.global_arrays = arrayrecord_to_numpy(initial_arrays)
+            self._global_record = initial_arrays
+            initial = self.prepare_initial(grid, self.global_arrays, timeout)
+            if initial is not self._global_arrays:
+                self.global_arrays = initial
+            evaluate_and_record(0)
+            start_round = 1
+        else:
+            log(INFO, "Resuming at round %d of %d", start_round, num_rounds)
+
+        for current_round in range(start_round, num_rounds + 1):
+            log(INFO, "")
+            log(INFO, "[ROUND %s/%s]", current_round, num_rounds)
+            # --- training (ClientApp side)
+            messages = list(self.configure_train(current_round, self.global_record(), train_config, grid))
+            replies = self._send_and_receive(current_round, "train", grid, messages, timeout)
+            dropped_before = len(self.dropped.get(current_round, []))
+            agg_arrays, agg_metrics = self.aggregate_train(current_round, replies)
+            counts = self.participation[current_round]
+            counts["dropped"] = len(self.dropped.get(current_round, [])) - dropped_before
+            if agg_arrays is None:
+                self._too_few_replies(current_round, timeout)
+            else:
+                result.arrays = agg_arrays
+            if agg_metrics is not None:
+                log(INFO, "\t└──> Aggregated MetricRecord: %s", agg_metrics)
+                result.train_metrics_clientapp[current_round] = agg_metrics
+            # --- evaluation (ClientApp side)
+            messages = list(
+                self.configure_evaluate(current_round, self.global_record(), evaluate_config, grid)
+            )
+            replies = self._send_and_receive(current_round, "eval", grid, messages, timeout)
+            dropped_before = len(self.dropped.get(current_round, []))
+            agg_evaluate = self.aggregate_evaluate(current_round, replies) if messages else None
+            counts["eval_dropped"] = len(self.dropped.get(current_round, [])) - dropped_before
+            if agg_evaluate is not None:
+                log(INFO, "\t└──> Aggregated MetricRecord: %s", agg_evaluate)
+                result.evaluate_metrics_clientapp[current_round] = agg_evaluate
+            # --- evaluation (ServerApp side) and the round's record
+            evaluate_and_record(current_round)
+
+        log(INFO, "")
+        log(INFO, "Strategy execution finished in %.2fs", time.time() - t_start)
+        return result
+
+    def _send_and_receive(
+        self, server_round: int, phase: str, grid: Grid, messages: list[Message], timeout: float
+    ) -> list[Message]:
+        """Send, wait up to ``timeout``; count and log every sampled node left without a reply.
+
+        Replies the SuperLink made up for a node that is gone (:data:`LOST_NODE_ERROR_CODES`)
+        count as missing, not as the node's own (dropped) reply.
+        """
+        prefix = "" if phase == "train" else "eval_"
+        replies = list(grid.send_and_receive(messages, timeout=timeout)) if messages else []
+        node_of = {m.metadata.message_id: m.metadata.dst_node_id for m in messages}
+        answered: dict[int, str] = {}
+        kept: list[Message] = []
+        for reply in replies:
+            node = node_of.get(reply.metadata.reply_to_message_id, reply.metadata.src_node_id)
+            if reply.has_error() and reply.error.code in LOST_NODE_ERROR_CODES:
+                reason = (reply.error.reason or f"error code {reply.error.code}").splitlines()[0]
+                answered.setdefault(node, f"node lost: {reason}")
+                continue
+            answered[node] = ""
+            kept.append(reply)
+        missing = 0
+        for message in messages:
+            node = message.metadata.dst_node_id
+            why = answered.get(node, f"no reply within timeout={timeout:g} s / node lost")
+            if why:
+                missing += 1
+                log(WARNING, "round %d %s: no reply from node %s: %s", server_round, phase, node, why)
+        counts = self.participation[server_round]
+        counts[f"{prefix}sampled"] = len(messages)
+        counts[f"{prefix}replied"] = len(kept)
+        counts[f"{prefix}missing"] = missing
+        return kept
+
+    def _enough_replies(self, server_round: int, usable: int, received: int) -> bool:
+        """Whether ``usable`` valid training replies meet ``min_replies``; notes the shortfall."""
+        counts = self.participation[server_round]
+        needed = required_replies(self.min_replies, counts.get("sampled", received))
+        if usable >= needed:
+            return True
+        counts["usable"], counts["required"] = usable, needed
+        return False
+
+    def _too_few_replies(self, server_round: int, timeout: float) -> None:
+        """A round that aggregated nothing: stop the run or record it as skipped."""
+        counts = self.participation[server_round]
+        sampled, missing, dropped = (counts.get(k, 0) for k in ("sampled", "missing", "dropped"))
+        usable = counts.get("usable", 0)
+        needed = counts.get("required", required_replies(self.min_replies, sampled))
+        what = (
+            f"round {server_round}: {usable} usable training replies of {sampled} sampled nodes, "
+            f"min_replies={self.min_replies:g} needs {needed} ({missing} missing, {dropped} dropped)"
         )
+        hints = []
+        if missing:
+            hints.append(f"the 'no reply from node' lines (timeout={timeout:g} s too short? nodes lost?)")
+        if dropped:
+            hints.append("the 'dropped reply from node' lines (client errors, invalid replies)")
+        check = "; check " + " and ".join(hints) if hints else ""
+        if self.on_too_few_replies == "stop":
+            raise TooFewRepliesError(f"{what}{check}")
+        counts["skipped"] = 1
+        log(WARNING, "%s: round skipped, global model kept%s", what, check)
 
     # ---------------------------------------------------------------- records
     def round_record(self, server_round: int, central: MetricRecord | None) -> dict[str, Any]:
@@ -773,7 +972,13 @@ class FedleanStrategy(FedAvg):
             record[f"cum_{key}"] = sum(
                 int(self.bytes[r].get(key, 0)) for r in list(self.bytes) if r <= server_round
             )
-        record["dropped"] = len(self.dropped.get(server_round, []))
+        counts = self.participation.get(server_round, {})
+        for prefix in ("", "eval_"):
+            for key in ("sampled", "replied", "dropped", "missing"):
+                record[f"{prefix}{key}"] = int(counts.get(f"{prefix}{key}", 0))
+        if not counts:  # a phase outside the round loop (e.g. a scoring round 0)
+            record["dropped"] = len(self.dropped.get(server_round, []))
+        record["skipped"] = bool(counts.get("skipped", 0))
         if self.update_norm_bound is not None:
             record["clipped"] = len(self.clipped.get(server_round, []))
         if server_round > 0:

@@ -71,6 +71,12 @@ class DistillationServer(Protocol):
     def describe(self) -> dict[str, Any]:
         """Facts for the summary (model name, parameters, FLOPs, device)."""
 
+    def checkpoint_state(self) -> dict[str, Any]:
+        """The model's and the optimizer's state, picklable (a checkpoint's part)."""
+
+    def load_checkpoint_state(self, state: Mapping[str, Any]) -> None:
+        """Restore what :meth:`checkpoint_state` returned."""
+
 
 def softmax_loss_accuracy(logits: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
     """Mean cross-entropy and accuracy of logits against integer labels."""
@@ -127,6 +133,8 @@ class FedGKT(FedleanStrategy):
     """
 
     method_name = "fedgkt"
+    #: The server model is checkpointed through its own state (:meth:`checkpoint_state`).
+    checkpoint_exclude = ("server",)
 
     def __init__(
         self,
@@ -146,6 +154,21 @@ class FedGKT(FedleanStrategy):
         self.round_stats: dict[int, dict[str, float]] = {}
         self.server_seconds = 0.0
         self.edge_flops_per_sample = 0.0
+
+    # ------------------------------------------------------------ checkpoints
+    def checkpoint_state(self) -> dict[str, Any]:
+        """The base's state plus the server model's weights and optimizer state."""
+        return {**super().checkpoint_state(), "server_state": self.server.checkpoint_state()}
+
+    def load_checkpoint_state(self, state: Mapping[str, Any]) -> None:
+        """Restore the base's state and the server model with its optimizer."""
+        state = dict(state)
+        self.server.load_checkpoint_state(state.pop("server_state"))
+        super().load_checkpoint_state(state)
+
+    def reset_node_state(self) -> None:
+        """Nodes without their edge model start over: no KD targets until they upload again."""
+        self.server_logits.clear()
 
     # ------------------------------------------------------------------ hooks
     def parse_train_reply(self, server_round: int, message: Message) -> ParsedReply:
@@ -327,11 +350,13 @@ class FedGKT(FedleanStrategy):
         evaluate_config: ConfigRecord | None = None,
         evaluate_fn: Any = None,
         on_round_end: Any = None,
+        **loop: Any,
     ) -> Result:
         """As :meth:`FedleanStrategy.start`, from the server model, without central evaluation.
 
         ``initial_arrays`` is replaced by the server model's initial state (the edge
-        models never leave the clients); ``evaluate_fn`` is ignored with a log line.
+        models never leave the clients); ``evaluate_fn`` is ignored with a log line;
+        ``loop`` (``start_round``, ``min_replies``, ...) is passed on.
         """
         if evaluate_fn is not None:
             log(
@@ -348,6 +373,7 @@ class FedGKT(FedleanStrategy):
             evaluate_config,
             None,
             on_round_end,
+            **loop,
         )
 
     # --------------------------------------------------------------- helpers

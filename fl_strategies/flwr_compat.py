@@ -22,6 +22,7 @@ from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
 from flwr.proto.node_pb2 import NodeInfo
 from flwr.serverapp.strategy.fedtrimmedavg import trim_mean
 from flwr.serverapp.strategy.multikrum import select_multikrum
+from flwr.serverapp.strategy.strategy_utils import log_strategy_start_info
 from flwr.supercore import log
 from flwr.supercore.inflatable.inflatable_object import (
     get_all_nested_objects,
@@ -40,10 +41,16 @@ FLWR_VERSION: str = package_version
 CLIENT_APP_ERROR_CODE: int = ErrorCode.CLIENT_APP_RAISED_EXCEPTION
 #: Error code of a reply for a message whose destination node does not exist.
 NODE_UNAVAILABLE_ERROR_CODE: int = ErrorCode.NODE_UNAVAILABLE
+#: Error codes of the replies a SuperLink makes up for a message no node answered:
+#: the node stopped heartbeating, or the message or its reply expired (TTL).
+LOST_NODE_ERROR_CODES: frozenset[int] = frozenset(
+    {ErrorCode.NODE_UNAVAILABLE, ErrorCode.MESSAGE_UNAVAILABLE, ErrorCode.REPLY_MESSAGE_UNAVAILABLE}
+)
 
 __all__ = [
     "CLIENT_APP_ERROR_CODE",
     "FLWR_VERSION",
+    "LOST_NODE_ERROR_CODES",
     "NODE_UNAVAILABLE_ERROR_CODE",
     "SUPERLINK_NODE_ID",
     "TESTED_FLWR",
@@ -52,6 +59,7 @@ __all__ = [
     "inflate_message",
     "is_valid_app_name",
     "log",
+    "log_strategy_start_info",
     "nested_objects",
     "no_object_id_recompute",
     "pending_destinations",

@@ -286,6 +286,8 @@ class PartialSyncStrategy(FedleanStrategy):
 
     #: Masks sent to clients; clients upload the positions of their union.
     mask_spec: MaskSpec = (("active", None, True),)
+    #: The round's payload cache is rebuilt, not checkpointed.
+    checkpoint_exclude = ("_payloads", "_payloads_round")
 
     def __init__(
         self, freezable_keys: Sequence[str] | None = None, measure_dense: bool = True, **kwargs: Any
@@ -337,6 +339,10 @@ class PartialSyncStrategy(FedleanStrategy):
             self.buffer_keys = [k for k in self.global_arrays if k not in set(names)]
             self.init_state(self.layout.size)
         return self.layout
+
+    def reset_node_state(self) -> None:
+        """No node holds last round's state any more: each gets a full message next."""
+        self.node_round.clear()
 
     @property
     def sync_mask(self) -> np.ndarray:

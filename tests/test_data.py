@@ -734,8 +734,12 @@ def test_batch_loader_gives_the_plain_loaders_batches_for_the_same_generator():
     idx = torch.arange(103)
     dataset = TensorDataset(x, y, idx)
     for shuffle in (True, False):
-        plain = DataLoader(dataset, batch_size=16, shuffle=shuffle, generator=torch.Generator().manual_seed(5))
-        fast = batch_loader(dataset, batch_size=16, shuffle=shuffle, generator=torch.Generator().manual_seed(5))
+        plain = DataLoader(
+            dataset, batch_size=16, shuffle=shuffle, generator=torch.Generator().manual_seed(5)
+        )
+        fast = batch_loader(
+            dataset, batch_size=16, shuffle=shuffle, generator=torch.Generator().manual_seed(5)
+        )
         assert isinstance(fast.dataset, TensorBatches)
         pairs = list(zip(plain, fast, strict=True))
         assert len(pairs) == 7

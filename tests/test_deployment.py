@@ -171,7 +171,7 @@ def test_deployment_plain_with_failing_device(federation_factory, tmp_path):
     for r in rounds[1:]:
         # The broken device fails both its train and evaluate message; the round
         # goes on with the two others.
-        assert r["dropped"] == 2, r
+        assert r["dropped"] == 1 and r["eval_dropped"] == 1, r
         assert r["bytes_up"] > 0 and r["bytes_down"] > 0 and r["eval_bytes_down"] > 0
     log = fed.run_log(run_id)
     # The server names the node and the device's own error (Flower's error reply).

@@ -9,7 +9,7 @@ import pytest
 from flwr.app import Array, ArrayRecord, Message, MetricRecord, RecordDict
 
 from fl_strategies import FedAvg, FedProx
-from fl_strategies.base import numpy_to_arrayrecord, weighted_mean
+from fl_strategies.base import TooFewRepliesError, numpy_to_arrayrecord, weighted_mean
 from fl_strategies.codec import decode_arrays, encode_arrays
 from fl_strategies.flwr_compat import nested_objects
 from simulations.runtimes.inline import InlineGrid
@@ -129,10 +129,24 @@ def test_each_bad_reply_kind_is_dropped_with_a_log_line_and_round_completes(capl
     assert final["steps"].dtype == np.int64 and final["steps"] == round(expected_offset)
 
 
-def test_all_replies_bad_keeps_previous_model():
+def test_all_replies_bad_stops_the_run_by_default():
     strategy = FedAvg(min_available_nodes=2, min_train_nodes=2, fraction_evaluate=0.0)
-    result, records = run_rounds(strategy, make_client({0: "nan", 1: "raise"}), 2)
-    assert records[-1]["dropped"] == 2
+    with pytest.raises(TooFewRepliesError, match=r"round 1: 0 usable .* of 2 sampled .*2 dropped"):
+        run_rounds(strategy, make_client({0: "nan", 1: "raise"}), 2)
+
+
+def test_all_replies_bad_with_skip_keeps_previous_model():
+    strategy = FedAvg(min_available_nodes=2, min_train_nodes=2, fraction_evaluate=0.0)
+    grid = InlineGrid(make_client({0: "nan", 1: "raise"}), 2)
+    records: list = []
+    result = strategy.start(
+        grid,
+        numpy_to_arrayrecord(GLOBAL),
+        num_rounds=1,
+        on_round_end=records.append,
+        on_too_few_replies="skip",
+    )
+    assert records[-1]["dropped"] == 2 and records[-1]["skipped"] is True
     assert len(result.arrays) == 0  # Flower's Result: no round produced a model
     np.testing.assert_array_equal(strategy.global_arrays["w"], GLOBAL["w"])
 

@@ -32,6 +32,7 @@ by index however the batches are shuffled.
 
 from __future__ import annotations
 
+import copy
 import json
 import time
 from collections import defaultdict
@@ -476,6 +477,18 @@ class GKTServer:
     def state(self) -> dict[str, np.ndarray]:
         """The server model's state dict as numpy arrays."""
         return model_arrays(self.model)
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """Copies of the model's and the optimizer's state dicts (torch tensors, picklable)."""
+        return {
+            "model": copy.deepcopy(self.model.state_dict()),
+            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
+        }
+
+    def load_checkpoint_state(self, state: Mapping[str, Any]) -> None:
+        """Restore the model's and the optimizer's state (tensors move to :attr:`device`)."""
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
 
     def describe(self) -> dict[str, Any]:
         """Name, parameters, training FLOPs per sample and device of the server model."""

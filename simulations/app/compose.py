@@ -7,9 +7,11 @@ the same whichever runtime carries its messages.
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
+import signal
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,8 +31,11 @@ from clients.models import build_from_dims, count_params, model_dims
 from clients.train import set_torch_threads
 from fl_strategies.base import FedleanStrategy, arrayrecord_to_numpy, numpy_to_arrayrecord
 from methods import BuildContext, ConfigError, get_method
+from simulations.app.checkpoint import rng_state
 from simulations.app.config import validate_config
-from simulations.app.results import ResultsWriter
+from simulations.app.results import ResultsWriter, write_atomic
+
+log = logging.getLogger(__name__)
 
 
 def to_dict(cfg: Mapping[str, Any] | DictConfig) -> dict[str, Any]:
@@ -199,24 +204,94 @@ def compose_run(cfg: Mapping[str, Any] | DictConfig, out_dir: str | Path) -> Run
     )
 
 
-def execute_plan(plan: RunPlan, grid: Grid, quiet: bool = False) -> dict[str, Any]:
-    """Run the strategy over ``grid`` and write the results; returns the summary."""
+#: The run's resolved config, written next to its results (``resume=<dir>`` reads it).
+CONFIG_FILE = "config.json"
+
+
+def execute_plan(
+    plan: RunPlan, grid: Grid, quiet: bool = False, resume: Mapping[str, Any] | None = None
+) -> dict[str, Any]:
+    """Run the strategy over ``grid`` and write the results; returns the summary.
+
+    Parameters
+    ----------
+    plan : RunPlan
+        What :func:`compose_run` built.
+    grid : Grid
+        The runtime's Grid.
+    quiet : bool (default: False)
+        No progress lines.
+    resume : Mapping[str, Any] | None (default: None)
+        A checkpoint (:func:`simulations.app.checkpoint.load_checkpoint`) of this run:
+        the strategy, the results so far, the random generators and, where the grid
+        can take them back (inline), the nodes' states are restored and the rounds go
+        on from the checkpoint's round. Where the nodes' states cannot be restored,
+        the strategy forgets what the nodes held (:meth:`reset_node_state`): every
+        node gets a full resync.
+
+    Raises
+    ------
+    TooFewRepliesError
+        A round got fewer usable replies than ``min_replies`` and ``on_too_few_replies``
+        is ``stop``; the directory is marked interrupted with the reason.
+
+    """
+    from simulations.app.checkpoint import KILL_AFTER_ROUND_ENV, save_checkpoint, set_rng_state
+
     cfg = plan.cfg
     if not cfg.get("verbose", False):
         logging.getLogger("flwr").setLevel(logging.WARNING)
     seed_everything(int(cfg["seed"]))
     set_torch_threads(cfg.get("torch_threads"))
-    writer = ResultsWriter(plan.out_dir, int(cfg["num_rounds"]), quiet=quiet)
+    num_rounds = int(cfg["num_rounds"])
+    writer = ResultsWriter(plan.out_dir, num_rounds, quiet=quiet, resume=resume["writer"] if resume else None)
+    write_atomic(plan.out_dir / CONFIG_FILE, json.dumps(cfg, indent=2, sort_keys=True).encode())
+    start_round = 0  # a new run: round 0 is the initial model
+    if resume is not None:
+        plan.strategy.load_checkpoint_state(resume["strategy"])
+        restorable = hasattr(grid, "load_checkpoint_state") and resume.get("nodes") is not None
+        if restorable:
+            grid.load_checkpoint_state(resume["nodes"])
+        else:
+            log.warning("resume: the nodes' own state is not restored here; every node resyncs in full")
+            plan.strategy.reset_node_state()
+        set_rng_state(resume["rng"])
+        start_round = int(resume["round"]) + 1
+        log.info("resume: %s continues after round %d of %d", plan.out_dir, start_round - 1, num_rounds)
+    every = int(cfg.get("checkpoint_every", 1))
+    kill_after = os.environ.get(KILL_AFTER_ROUND_ENV)
+
+    def on_round_end(record: dict[str, Any]) -> None:
+        writer.on_round(record)
+        server_round = int(record["round"])
+        if every and server_round % every == 0:
+            save_checkpoint(
+                plan.out_dir,
+                {
+                    "round": server_round,
+                    "strategy": plan.strategy.checkpoint_state(),
+                    "writer": writer.checkpoint_state(),
+                    "rng": rng_state(),
+                    "nodes": grid.checkpoint_state() if hasattr(grid, "checkpoint_state") else None,
+                },
+            )
+            writer.checkpointed()
+        if kill_after is not None and server_round == int(kill_after):
+            os.kill(os.getpid(), signal.SIGKILL)  # test-only (KILL_AFTER_ROUND_ENV)
+
     try:
-        result = plan.strategy.start(
+        plan.strategy.start(
             grid,
             plan.initial_arrays,
-            num_rounds=int(cfg["num_rounds"]),
+            num_rounds=num_rounds,
             timeout=float(cfg.get("timeout", 3600)),
             train_config=ConfigRecord(),
             evaluate_config=ConfigRecord(),
             evaluate_fn=plan.evaluate_fn,
-            on_round_end=writer.on_round,
+            on_round_end=on_round_end,
+            start_round=start_round,
+            min_replies=float(cfg.get("min_replies", 1)),
+            on_too_few_replies=str(cfg.get("on_too_few_replies", "stop")),
         )
     except BaseException as exc:  # Ctrl-C included: the directory must say the run did not finish
         writer.interrupted(f"{type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''}".strip())
@@ -232,5 +307,5 @@ def execute_plan(plan: RunPlan, grid: Grid, quiet: bool = False) -> dict[str, An
         **plan.model_info,
         **plan.strategy.summary_fields(),
     }
-    final = arrayrecord_to_numpy(result.arrays) if result.arrays is not None else None
+    final = plan.strategy.global_arrays
     return writer.finish(summary, final if cfg.get("save_model", True) else None)

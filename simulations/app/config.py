@@ -278,6 +278,9 @@ class RunConfig:
     central_eval: bool = True  # evaluate the global model on the test split at the server
     save_model: bool = True  # final_model.npz in the output dir
     timeout: float = 3600.0  # seconds to wait for replies each round
+    min_replies: float = 1  # usable training replies a round needs: an integer >= 1 or a fraction of sampled
+    on_too_few_replies: str = "stop"  # below min_replies: stop (non-zero exit) | skip (keep the model)
+    checkpoint_every: int = 1  # write checkpoint.pt every N rounds (0 = never); resume=<dir> continues
     verbose: bool = False  # Flower's INFO logs
     plugins: list[str] = field(default_factory=list)  # modules that register extra methods
     # Reply weights and robust aggregation (docs/reliability.md). In simulation a reply
@@ -305,6 +308,29 @@ class RunConfig:
         )
         require(self.seed >= 0, "seed", self.seed, "must be an integer >= 0")
         require(self.timeout > 0 and math.isfinite(self.timeout), "timeout", self.timeout, "must be > 0")
+        mr = self.min_replies
+        require(
+            (0 < mr < 1) or (mr >= 1 and mr == int(mr)),
+            "min_replies",
+            mr,
+            "must be an integer >= 1 or a fraction in (0, 1) of the nodes sampled",
+        )
+        sampled = max(1, int(self.fraction_train * self.num_clients))
+        require(
+            mr < 1 or mr <= sampled,
+            "min_replies",
+            mr,
+            f"can never be met: a round samples {sampled} nodes (fraction_train * num_clients)",
+        )
+        require(
+            self.on_too_few_replies in ("stop", "skip"),
+            "on_too_few_replies",
+            self.on_too_few_replies,
+            "must be 'stop' or 'skip'",
+        )
+        require(
+            self.checkpoint_every >= 0, "checkpoint_every", self.checkpoint_every, "must be an integer >= 0"
+        )
         require(
             self.torch_threads is None or self.torch_threads >= 1,
             "torch_threads",

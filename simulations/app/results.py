@@ -24,6 +24,8 @@ import numpy as np
 from simulations.app.records import MB, accuracy_of, total_bytes
 
 SUMMARY_FILE = "summary.json"
+#: Written by :mod:`simulations.app.checkpoint` (named here: the writer reports it).
+CHECKPOINT_FILE = "checkpoint.pt"
 #: ``running`` | ``interrupted`` | ``finished``, with the rounds completed so far.
 STATUS_FILE = "status.json"
 
@@ -39,9 +41,20 @@ class ResultsWriter:
         For the progress display.
     quiet : bool (default: False)
         No progress lines.
+    resume : Mapping[str, Any] | None (default: None)
+        What :meth:`checkpoint_state` returned when the run's last checkpoint was
+        written: the writer continues with those rounds (``rounds.jsonl`` is rewritten
+        from them) and that wall time. None: a new run, ``rounds.jsonl`` starts empty
+        and an old checkpoint in the directory is removed.
     """
 
-    def __init__(self, out_dir: str | Path, num_rounds: int, quiet: bool = False) -> None:
+    def __init__(
+        self,
+        out_dir: str | Path,
+        num_rounds: int,
+        quiet: bool = False,
+        resume: Mapping[str, Any] | None = None,
+    ) -> None:
         self.out_dir = Path(out_dir)
         if (self.out_dir / SUMMARY_FILE).exists():
             from simulations.app.config import ConfigError
@@ -54,13 +67,32 @@ class ResultsWriter:
         self.rounds_path = self.out_dir / "rounds.jsonl"
         self.num_rounds = num_rounds
         self.quiet = quiet
-        self.records: list[dict[str, Any]] = []
-        self.start = time.perf_counter()
-        write_atomic(self.rounds_path, b"")
+        self.records: list[dict[str, Any]] = [dict(r) for r in (resume or {}).get("records", [])]
+        self.start = time.perf_counter() - float((resume or {}).get("elapsed", 0.0))
+        if resume is None:
+            (self.out_dir / CHECKPOINT_FILE).unlink(missing_ok=True)
+        write_atomic(self.rounds_path, self._rounds_bytes())
         self._status("running")
+
+    def checkpoint_state(self) -> dict[str, Any]:
+        """The rounds written so far and the wall time, for a checkpoint (see ``resume``)."""
+        return {"records": [dict(r) for r in self.records], "elapsed": time.perf_counter() - self.start}
+
+    def resume_command(self) -> str | None:
+        """The command that continues this run, if a checkpoint exists."""
+        if not (self.out_dir / CHECKPOINT_FILE).is_file():
+            return None
+        return f"python -m simulations.run resume={self.out_dir}"
+
+    def _rounds_bytes(self) -> bytes:
+        return "".join(json.dumps(r) + "\n" for r in self.records).encode()
 
     def _status(self, status: str, **fields: Any) -> None:
         rounds = max(len(self.records) - 1, 0)
+        if status == "running":
+            fields["pid"] = os.getpid()
+        if status != "finished" and self.resume_command():
+            fields["resume"] = self.resume_command()
         write_atomic(
             self.out_dir / STATUS_FILE,
             json.dumps(
@@ -70,8 +102,15 @@ class ResultsWriter:
         )
 
     def interrupted(self, reason: str) -> None:
-        """Mark the directory as holding an interrupted run (the rounds so far stay readable)."""
+        """Mark the directory as holding an interrupted run (the rounds so far stay readable).
+
+        ``status.json`` gets the reason and, when a checkpoint exists, the resume command.
+        """
         self._status("interrupted", reason=reason)
+
+    def checkpointed(self) -> None:
+        """Refresh ``status.json`` once a checkpoint is written (it names the resume command)."""
+        self._status("running")
 
     def on_round(self, record: Mapping[str, Any]) -> None:
         """Append one round's record (adds wall seconds since the start).
@@ -81,7 +120,7 @@ class ResultsWriter:
         """
         record = finite_or_none({**record, "wall_seconds": round(time.perf_counter() - self.start, 4)})
         self.records.append(record)
-        write_atomic(self.rounds_path, "".join(json.dumps(r) + "\n" for r in self.records).encode())
+        write_atomic(self.rounds_path, self._rounds_bytes())
         self._status("running")
         if not self.quiet:
             self._print_progress(record)
@@ -97,6 +136,10 @@ class ResultsWriter:
             if isinstance(record.get(k), int | float)
         )
         dropped = f" | [yellow]dropped {record['dropped']}[/]" if record.get("dropped") else ""
+        if record.get("missing"):
+            dropped += f" | [yellow]missing {record['missing']}[/]"
+        if record.get("skipped"):
+            dropped += " | [yellow]skipped[/]"
         Console(highlight=False).print(
             f"[bold]round {record['round']:>3}/{self.num_rounds}[/] | {acc_text} | "
             f"up {record['cum_bytes_up'] / MB:8.3f} MB | down {record['cum_bytes_down'] / MB:8.3f} MB"
@@ -106,11 +149,17 @@ class ResultsWriter:
     def finish(
         self, summary: Mapping[str, Any], final_arrays: Mapping[str, np.ndarray] | None = None
     ) -> dict[str, Any]:
-        """Write ``summary.json`` (adds totals from the rounds), the model and the plot."""
+        """Write ``summary.json`` (adds totals from the rounds), the model and the plot.
+
+        ``trained_rounds`` counts the rounds that aggregated replies (not skipped); with
+        none, the final model is the initial one and the summary's ``warning`` says so.
+        """
         last = self.records[-1] if self.records else {}
+        trained = sum(1 for r in self.records if r.get("round", 0) > 0 and not r.get("skipped"))
         full = {
             **summary,
             "rounds": len(self.records) - 1,
+            "trained_rounds": trained,
             "final_accuracy": accuracy_of(last),
             "final_central_accuracy": last.get("central_accuracy"),
             "final_client_accuracy": last.get("client_accuracy"),
@@ -121,6 +170,14 @@ class ResultsWriter:
             "eval_bytes": int(last.get("cum_eval_bytes_up", 0)) + int(last.get("cum_eval_bytes_down", 0)),
             "wall_seconds": round(time.perf_counter() - self.start, 3),
         }
+        if trained == 0:
+            full["warning"] = "no round aggregated any reply: the final model is the initial model"
+            if not self.quiet:
+                from rich.console import Console
+
+                Console(highlight=False, stderr=True).print(
+                    f"[bold yellow]fedlean: warning: {full['warning']}[/]"
+                )
         full = finite_or_none(full)
         if final_arrays is not None:
             buffer = io.BytesIO()

@@ -6,11 +6,19 @@ immutable bytes), so neither side can change what the other holds. Message sizes
 are measured by the strategy with Flower's own serialization
 (:mod:`fl_strategies.wire`), as in any runtime; a full serialization round trip
 per message here cost about 25x more than this copy. For small runs and tests.
+
+Timeouts: with a ``timeout``, each ClientApp call runs in a worker thread and gets
+``timeout`` seconds from its own start, as if every node had started on the push
+(the nodes run one after another here, in parallel elsewhere). A call still running
+then is left behind: its reply, whenever it comes, is discarded, so the node counts
+as missing that round. Python cannot kill a thread, so the call runs on in the
+background; until it ends its node is busy and a message to it gets no reply either.
 """
 
 from __future__ import annotations
 
 import copy
+import threading
 import traceback
 from collections.abc import Callable, Iterable
 from uuid import uuid4
@@ -66,6 +74,8 @@ class InlineGrid(Grid):
             for i, node_id in enumerate(self.node_ids)
         }
         self._replies: dict[str, Message] = {}
+        # Node id -> the worker thread of a call that outlived its timeout, while it runs.
+        self._busy: dict[int, threading.Thread] = {}
         # Messages built by strategies read the sender's identity from here.
         set_task_identity(run_id)
 
@@ -93,16 +103,41 @@ class InlineGrid(Grid):
         """All virtual node ids."""
         return list(self.node_ids)
 
-    def push_messages(self, messages: Iterable[Message]) -> Iterable[str]:
-        """Deliver each message to its node's ClientApp now; keep the reply."""
+    def push_messages(self, messages: Iterable[Message], timeout: float | None = None) -> Iterable[str]:
+        """Deliver each message to its node's ClientApp now; keep the reply if it came in time.
+
+        ``timeout`` (seconds, per call; None: wait for every reply) is the deadline of
+        each node's call, see the module notes.
+        """
         ids = []
         for message in messages:
             set_message_id(message, uuid4().hex)
-            reply = self._call_client(isolated_copy(message))
-            set_message_id(reply, uuid4().hex)
-            self._replies[message.metadata.message_id] = isolated_copy(reply)
             ids.append(message.metadata.message_id)
+            reply = self._deliver(isolated_copy(message), timeout)
+            if reply is not None:
+                set_message_id(reply, uuid4().hex)
+                self._replies[message.metadata.message_id] = isolated_copy(reply)
         return ids
+
+    def _deliver(self, message: Message, timeout: float | None) -> Message | None:
+        """The node's reply, or None if the node is busy or its call outlives ``timeout``."""
+        if timeout is None:
+            return self._call_client(message)
+        node_id = message.metadata.dst_node_id
+        busy = self._busy.get(node_id)
+        if busy is not None and busy.is_alive():
+            return None  # still running a call that timed out earlier
+        self._busy.pop(node_id, None)
+        out: list[Message] = []
+        worker = threading.Thread(
+            target=lambda: out.append(self._call_client(message)), name=f"inline-node-{node_id}", daemon=True
+        )
+        worker.start()
+        worker.join(timeout)
+        if worker.is_alive():
+            self._busy[node_id] = worker
+            return None
+        return out[0]
 
     def _call_client(self, message: Message) -> Message:
         context = self.contexts.get(message.metadata.dst_node_id)
@@ -124,5 +159,18 @@ class InlineGrid(Grid):
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> Iterable[Message]:
-        """Push and return all replies (clients run synchronously, in order)."""
-        return self.pull_messages(self.push_messages(messages))
+        """Push and return the replies that came within ``timeout`` (clients run in order)."""
+        return self.pull_messages(self.push_messages(messages, timeout))
+
+    # ------------------------------------------------------------ checkpoints
+    def checkpoint_state(self) -> dict[int, RecordDict]:
+        """Each node's persistent state (its Context's ``state``), for a checkpoint."""
+        return {node_id: context.state for node_id, context in self.contexts.items()}
+
+    def load_checkpoint_state(self, states: dict[int, RecordDict]) -> None:
+        """Give each node back the state :meth:`checkpoint_state` saved."""
+        unknown = sorted(set(states) - set(self.contexts))
+        if unknown:
+            raise ValueError(f"checkpoint holds state of nodes {unknown[:3]} that this grid does not have")
+        for node_id, state in states.items():
+            self.contexts[node_id].state = state

@@ -29,15 +29,15 @@ class SimulationFailedError(RuntimeError):
     """The simulation ended without writing its results."""
 
 
-def run_inline(plan: RunPlan, quiet: bool = False) -> dict[str, Any]:
-    """Run the plan with the in-process Grid."""
+def run_inline(plan: RunPlan, quiet: bool = False, resume: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run the plan with the in-process Grid (from a checkpoint: ``resume``)."""
     from simulations.app.client_app import app as client_app
 
     grid = InlineGrid(client_app, int(plan.cfg["num_clients"]))
     plan.strategy.node_partitions = {
         node: int(context.node_config["partition-id"]) for node, context in grid.contexts.items()
     }
-    return execute_plan(plan, grid, quiet=quiet)
+    return execute_plan(plan, grid, quiet=quiet, resume=resume)
 
 
 def ray_backend_config(backend: dict[str, Any]) -> dict[str, Any]:
@@ -54,11 +54,12 @@ def ray_backend_config(backend: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def run_ray(plan: RunPlan, quiet: bool = False) -> dict[str, Any]:
-    """Run the plan with Flower's Simulation Runtime on Ray."""
+def run_ray(plan: RunPlan, quiet: bool = False, resume: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Run the plan with Flower's Simulation Runtime on Ray (from a checkpoint: ``resume``)."""
     from simulations.app.client_app import app as client_app
 
     summaries: list[dict[str, Any]] = []
+    errors: list[Exception] = []
     server_app = ServerApp()
 
     @server_app.main()
@@ -67,7 +68,11 @@ def run_ray(plan: RunPlan, quiet: bool = False) -> dict[str, Any]:
         # interval keeps that sleep from dominating rounds of small models.
         if hasattr(grid, "pull_interval"):
             grid.pull_interval = float(plan.cfg["backend"].get("pull_interval", 0.01))
-        summaries.append(execute_plan(plan, grid, quiet=quiet))
+        try:
+            summaries.append(execute_plan(plan, grid, quiet=quiet, resume=resume))
+        except Exception as exc:  # Flower only logs it: raised again below, after the simulation
+            errors.append(exc)
+            raise
 
     if not plan.cfg.get("verbose", False):
         for name in ("flwr", "alembic"):
@@ -84,6 +89,8 @@ def run_ray(plan: RunPlan, quiet: bool = False) -> dict[str, Any]:
         backend_config=ray_backend_config(plan.cfg["backend"]),
         verbose_logging=bool(plan.cfg.get("verbose", False)),
     )
+    if errors and not summaries:
+        raise errors[0]
     if not summaries:
         raise SimulationFailedError(
             f"the Ray simulation ended without results in {plan.out_dir}; see the log above"
@@ -91,8 +98,13 @@ def run_ray(plan: RunPlan, quiet: bool = False) -> dict[str, Any]:
     return summaries[0]
 
 
-def run_from_config(cfg: Any, out_dir: str | Path, quiet: bool = False) -> dict[str, Any]:
-    """Compose (validating first) and run; returns the run's summary."""
+def run_from_config(
+    cfg: Any, out_dir: str | Path, quiet: bool = False, resume: dict[str, Any] | None = None
+) -> dict[str, Any]:
+    """Compose (validating first) and run; returns the run's summary.
+
+    ``resume``: a checkpoint of the run in ``out_dir`` to continue from.
+    """
     plan = compose_run(cfg, out_dir)
     if plan.cfg["backend"]["name"] == "deployment":
         raise ConfigError(
@@ -100,4 +112,4 @@ def run_from_config(cfg: Any, out_dir: str | Path, quiet: bool = False) -> dict[
             "(see docs/deploy.md), not in `simulations.run`"
         )
     runner = {"inline": run_inline, "ray": run_ray}[plan.cfg["backend"]["name"]]
-    return runner(plan, quiet=quiet)
+    return runner(plan, quiet=quiet, resume=resume)
