@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Fill wheelhouse/ (git-ignored) with what scripts/gpu_check.sh installs on a machine that has
+# torch but not Flower, Hydra or Ray, and no network. Run it where PyPI is reachable, for the
+# target machine's Python (PYVER, default: this one's), then carry wheelhouse/ along.
+# Ray's Java worker (ray/jars, 32 MB) is dropped from the Ray wheel so that the whole folder
+# stays under the 64 MiB a device run may carry; the Python runtime does not use it.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PYVER=${PYVER:-$(python -c 'import sys; print(f"{sys.version_info[0]}{sys.version_info[1]}")')}
+OUT=${WHEELHOUSE:-wheelhouse}
+mkdir -p "$OUT"
+pip download -q -d "$OUT" --only-binary=:all: --python-version "$PYVER" --platform manylinux2014_x86_64 \
+  --platform manylinux_2_17_x86_64 --platform manylinux_2_28_x86_64 \
+  "flwr[simulation]>=1.42,<1.43" "rich>=13" "pyyaml>=5.1"
+# Hydra's parser runtime ships as an sdist only: build pure-Python wheels of Hydra here.
+pip wheel -q --no-deps -w "$OUT" "hydra-core>=1.3" "omegaconf>=2.2,<2.4" "antlr4-python3-runtime==4.9.*"
+# Already on the GPU machine with torch (and much larger than everything else together).
+rm -f "$OUT"/numpy-*.whl "$OUT"/torch-*.whl "$OUT"/nvidia_*.whl "$OUT"/triton-*.whl
+python - "$OUT" <<'PY'
+import base64, hashlib, sys, zipfile
+from pathlib import Path
+
+for wheel in Path(sys.argv[1]).glob("ray-*.whl"):
+    with zipfile.ZipFile(wheel) as src:
+        if not any(i.filename.startswith("ray/jars/") for i in src.infolist()):
+            continue
+        slim = wheel.with_suffix(".slim")
+        with zipfile.ZipFile(slim, "w", zipfile.ZIP_DEFLATED) as dst:
+            for info in src.infolist():
+                if info.filename.startswith("ray/jars/"):
+                    continue
+                data = src.read(info)
+                if info.filename.endswith(".dist-info/RECORD"):
+                    data = b"".join(l + b"\n" for l in data.splitlines() if not l.startswith(b"ray/jars/"))
+                dst.writestr(info, data)
+    slim.replace(wheel)
+    print(f"{wheel.name}: dropped ray/jars")
+PY
+du -sh "$OUT"
