@@ -4,7 +4,7 @@
 # every round and the GPU's utilisation over each round, sampled by nvidia-smi every 0.2 s.
 #
 #   scripts/gpu_check.sh                # on the GPU machine (installs from wheelhouse/ if needed)
-#   GPU_CHECK_CPU=1 scripts/gpu_check.sh   # tiny CPU run (2 clients, 2 rounds): the script end to end
+#   GPU_CHECK_CPU=1 scripts/gpu_check.sh   # tiny CPU run (2 of 50 clients, 2 rounds): the script end to end
 #
 # The machine needs torch; Flower, Hydra and Ray are installed from wheelhouse/ (no network,
 # see scripts/gpu_wheels.sh) when they are missing. Extra overrides are passed on, e.g.
@@ -18,15 +18,17 @@ T0=$(date +%s.%N)
 
 if ! python -c "import flwr, hydra, ray, rich" 2>/dev/null; then
   [ -d wheelhouse ] || { echo "gpu_check: flwr/hydra/ray missing and no wheelhouse/ (run scripts/gpu_wheels.sh)"; exit 3; }
-  pip install -q --no-index --find-links wheelhouse "flwr[simulation]>=1.42,<1.43" "hydra-core>=1.3" "rich>=13"
+  # --no-deps: the folder holds exactly what a Ray simulation needs (see scripts/gpu_wheels.sh).
+  pip install -q --no-index --no-deps wheelhouse/*.whl
 fi
 echo "gpu_check: installs done in $(python -c "print(round($(date +%s.%N)-$T0,1))") s"
 
 if [ "${GPU_CHECK_CPU:-0}" = 1 ]; then
-  ARGS=(num_clients=2 backend.num_gpus=0 backend.num_cpus=1 backend.total_cpus=2 device=cpu num_rounds=2)
+  # 2 of 50 clients a round (100 images each): the same code path, small enough for a CPU.
+  ARGS=(num_clients=50 fraction_train=0.04 backend.num_gpus=0 backend.num_cpus=1 backend.total_cpus=2 device=cpu num_rounds=2)
 else
   nvidia-smi --query-gpu=name,memory.total --format=csv,noheader
-  ARGS=(num_clients=8 backend.num_gpus=0.125 backend.num_cpus=1 device=cuda num_rounds=3)
+  ARGS=(num_clients=8 fraction_train=1.0 backend.num_gpus=0.125 backend.num_cpus=1 device=cuda num_rounds=3)
   # Utilisation samples with wall-clock stamps, joined with the rounds below.
   nvidia-smi --query-gpu=timestamp,utilization.gpu,memory.used --format=csv,noheader,nounits -lms 200 \
     > "$OUT/gpu.csv" &
@@ -36,7 +38,7 @@ fi
 
 START=$(date +%s.%N)
 python -m simulations.run "hydra.run.dir=$OUT/run" dataset=synthetic_cifar10 model=resnet18 backend=ray \
-  fraction_train=1.0 fraction_evaluate=0 local_epochs=1 batch_size=64 "${ARGS[@]}" "$@"
+  fraction_evaluate=0 local_epochs=1 batch_size=64 "${ARGS[@]}" "$@"
 
 python - "$OUT" "$START" <<'PY'
 import csv, json, sys

@@ -189,6 +189,7 @@ class RayBackend(BackendConfig):
     engine_poll_interval: float | None = 0.01  # s between the engine's message checks (None keeps Flower's)
     address: str | None = None  # an existing Ray cluster to join; None starts a private instance
     actor_max_restarts: int = -1
+    actor_max_task_retries: int = 1
 
     def check(self, run: Mapping[str, Any]) -> None:  # noqa: D102
         require(self.num_cpus > 0, "backend.num_cpus", self.num_cpus, "must be > 0")

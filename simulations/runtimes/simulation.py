@@ -87,6 +87,7 @@ def ray_backend_config(backend: dict[str, Any]) -> dict[str, Any]:
             "num_cpus": float(backend["num_cpus"]),
             "num_gpus": float(backend["num_gpus"]),
             "max_restarts": int(backend.get("actor_max_restarts", -1)),
+            "max_task_retries": int(backend.get("actor_max_task_retries", 1)),
         },
         "init_args": init_args,
     }
