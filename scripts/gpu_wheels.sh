@@ -4,8 +4,9 @@
 # target machine's Python (PYVER, default: this one's), then carry wheelhouse/ along.
 # To fit the 64 MiB a device run may carry, what a Ray simulation never loads is left out:
 # Ray's Java worker (ray/jars, 30 MiB), dashboard front end and libraries (rllib, data, serve,
-# tune, train, llm), Flower's uv (used by `flwr build`/`flwr run` only) and uvicorn's optional
-# accelerators. gpu_check.sh installs the folder with --no-deps for that reason.
+# tune, train, llm), Flower's uv (used by `flwr build`/`flwr run` only), uvicorn's optional
+# accelerators, greenlet and prompt_toolkit (62.3 MiB left for Python 3.11). gpu_check.sh
+# therefore installs the folder with --no-deps.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PYVER=${PYVER:-$(python -c 'import sys; print(f"{sys.version_info[0]}{sys.version_info[1]}")')}
@@ -19,6 +20,8 @@ pip wheel -q --no-deps -w "$OUT" "hydra-core>=1.3" "omegaconf>=2.2,<2.4" "antlr4
 # Already on the GPU machine with torch (and much larger than everything else together).
 rm -f "$OUT"/numpy-*.whl "$OUT"/torch-*.whl "$OUT"/nvidia_*.whl "$OUT"/triton-*.whl
 rm -f "$OUT"/uv-*.whl "$OUT"/uvloop-*.whl "$OUT"/httptools-*.whl "$OUT"/watchfiles-*.whl "$OUT"/websockets-*.whl
+# Not imported by a Ray simulation either (SQLAlchemy's asyncio extension, the interactive CLI).
+rm -f "$OUT"/greenlet-*.whl "$OUT"/prompt_toolkit-*.whl "$OUT"/wcwidth-*.whl
 python - "$OUT" <<'PY'
 import base64, hashlib, sys, zipfile
 from pathlib import Path
