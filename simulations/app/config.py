@@ -177,7 +177,8 @@ class RayBackend(BackendConfig):
     ``num_gpus: 0.25`` puts four clients on one GPU; ``total_cpus``/``total_gpus`` cap the
     private Ray instance. ``address`` (``auto``, ``host:port`` or ``ray://host:10001``) joins
     an existing Ray cluster instead, whose resources then count. ``actor_max_restarts``:
-    how often Ray restarts a virtual-client actor whose process died (-1: always).
+    how often Ray restarts a virtual-client actor whose process died (-1: always);
+    ``actor_max_task_retries``: how often a call cut short by that death is run again.
     """
 
     name: str = "ray"
