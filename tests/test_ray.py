@@ -234,6 +234,7 @@ def test_joins_a_two_node_ray_cluster_and_uses_both_nodes(tmp_path, probe):
     )
     try:
         worker = cluster.add_node(num_cpus=1, resources={"worker-node": 1})
+        node_ids = {cluster.head_node.node_id, worker.node_id}  # before shutdown() forgets them
         cluster.wait_for_nodes()
         overrides = ["num_clients=6", "num_rounds=2", "fraction_evaluate=0", "backend=ray", *method]
         overrides.append(f"backend.address={cluster.address}")
@@ -241,6 +242,6 @@ def test_joins_a_two_node_ray_cluster_and_uses_both_nodes(tmp_path, probe):
     finally:
         cluster.shutdown()
     ray_nodes = {p.read_text() for p in calls.iterdir()}
-    assert ray_nodes == {cluster.head_node.node_id, worker.node_id}, ray_nodes
+    assert ray_nodes == node_ids, (ray_nodes, node_ids)
     assert len(list(calls.iterdir())) == 12  # 6 clients x 2 rounds, all on the cluster's actors
     assert summary["final_central_accuracy"] > rounds_of(tmp_path / "run")[0]["central_accuracy"]
