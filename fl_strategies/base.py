@@ -36,7 +36,7 @@ from logging import DEBUG, INFO, WARNING
 from typing import Any, ClassVar
 
 import numpy as np
-from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MetricRecord, RecordDict
+from flwr.app import Array, ArrayRecord, ConfigRecord, Message, MessageType, MetricRecord, RecordDict
 from flwr.serverapp import Grid
 from flwr.serverapp.strategy import FedAvg, Result
 
@@ -407,7 +407,8 @@ class FedleanStrategy(FedAvg):
         self.robust_aggregation = robust_aggregation
         self.trim_beta = float(trim_beta)
         self.krum_num_malicious = int(krum_num_malicious)
-        #: Node id -> partition id, filled by the runtime before :meth:`start` (simulation).
+        #: Node id -> partition id, filled by the runtime before :meth:`start` (simulation);
+        #: sampling and the num-examples bound follow it.
         self.node_partitions: dict[int, int] = {}
         #: Training examples of each partition (simulation); ``None`` where unknown.
         self.partition_sizes: list[int] | None = None
@@ -426,6 +427,8 @@ class FedleanStrategy(FedAvg):
         self._global_record: ArrayRecord | None = None
         self._downlink_record: ArrayRecord | None = None
         self._client_config_json = json.dumps(self.client_config, sort_keys=True)
+        #: Seed of the client sampling (the run's seed, as clients get it).
+        self.sampling_seed = int(self.client_config.get("seed", 0))
 
     # ------------------------------------------------------------ global model
     @property
@@ -651,6 +654,30 @@ class FedleanStrategy(FedAvg):
         (Ray's node contexts, SuperNodes of a new run). Default: nothing to forget.
         """
 
+    def order_nodes(self, node_ids: Iterable[int]) -> list[int]:
+        """Node ids in an order the project controls: by partition id, then by node id.
+
+        Runtime node ids are random in Flower's simulation; partition ids are not, so
+        anything chosen from this order is the same on every backend for one seed.
+        """
+        return sorted(node_ids, key=lambda n: (self.node_partitions.get(n, -1), n))
+
+    def sample_nodes(
+        self, server_round: int, node_ids: Iterable[int], num: int, phase: str = "train"
+    ) -> list[int]:
+        """The ``num`` nodes sampled this round (default: uniform without replacement).
+
+        Drawn from :meth:`order_nodes` with a generator seeded by (``sampling_seed``,
+        ``server_round``, ``phase``), so that the same seed samples the same partitions
+        in every runtime and on resume, whatever the node ids or earlier draws.
+        """
+        ordered = self.order_nodes(node_ids)
+        if num >= len(ordered):
+            return ordered
+        rng = np.random.default_rng([self.sampling_seed, server_round, 0 if phase == "train" else 1])
+        picked = np.sort(rng.choice(len(ordered), size=num, replace=False))
+        return [ordered[i] for i in picked]
+
     # ------------------------------------------------------- Flower's methods
     def configure_train(
         self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid
@@ -662,7 +689,7 @@ class FedleanStrategy(FedAvg):
         config[RUN_CONFIG_KEY] = self._client_config_json
         self.add_train_config(server_round, config)
         encoded = self.encode_global(server_round, self.global_arrays)
-        sampled = super().configure_train(server_round, encoded, config, grid)
+        sampled = self._sampled_messages(server_round, encoded, config, grid, MessageType.TRAIN)
         messages = self._per_node(server_round, sampled, encoded, config)
         self._count(server_round, "bytes_down", messages)
         return messages
@@ -706,7 +733,7 @@ class FedleanStrategy(FedAvg):
             encoded = self.downlink_record()
         else:
             encoded = encode_arrays(arrayrecord_to_numpy(arrays), encoding=self.encoding)
-        sampled = super().configure_evaluate(server_round, encoded, config, grid)
+        sampled = self._sampled_messages(server_round, encoded, config, grid, MessageType.EVALUATE)
         messages = self._per_node(server_round, sampled, encoded, config)
         self._count(server_round, "eval_bytes_down", messages)
         return messages
@@ -986,6 +1013,34 @@ class FedleanStrategy(FedAvg):
         return record
 
     # --------------------------------------------------------------- helpers
+    def _sampled_messages(
+        self, server_round: int, arrays: ArrayRecord, config: ConfigRecord, grid: Grid, message_type: str
+    ) -> list[Message]:
+        """FedAvg's sample size and messages, with the nodes from :meth:`sample_nodes`."""
+        train = message_type == MessageType.TRAIN
+        fraction = self.fraction_train if train else self.fraction_evaluate
+        if fraction == 0.0:
+            return []
+        phase = "train" if train else "evaluate"
+        num = max(
+            int(len(list(grid.get_node_ids())) * fraction),
+            self.min_train_nodes if train else self.min_evaluate_nodes,
+        )
+        # As Flower's FedAvg: wait until enough nodes are connected (deployment).
+        while len(all_nodes := list(grid.get_node_ids())) < max(self.min_available_nodes, num):
+            log(
+                INFO,
+                "Waiting for nodes to connect: %d connected (minimum required: %d).",
+                len(all_nodes),
+                max(self.min_available_nodes, num),
+            )
+            time.sleep(1)
+        node_ids = self.sample_nodes(server_round, all_nodes, num, phase)
+        log(INFO, "configure_%s: sampled %d nodes (out of %d)", phase, len(node_ids), len(all_nodes))
+        config["server-round"] = server_round
+        record = RecordDict({self.arrayrecord_key: arrays, self.configrecord_key: config})
+        return [Message(content=record, message_type=message_type, dst_node_id=node) for node in node_ids]
+
     def _per_node(
         self,
         server_round: int,

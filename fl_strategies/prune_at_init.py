@@ -80,7 +80,7 @@ class PruneAtInit(FedSparsifyGlobal):
         self, grid: Grid, arrays: dict[str, np.ndarray], timeout: float
     ) -> dict[str, np.ndarray]:
         """Round 0: one client scores the initial model; prune it to ``s_f``."""
-        nodes = sorted(grid.get_node_ids())
+        nodes = self.order_nodes(grid.get_node_ids())  # by partition: the same client on every backend
         random.Random(self.seed).shuffle(nodes)
         for node in nodes:
             try:

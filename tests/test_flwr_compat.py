@@ -204,3 +204,31 @@ def test_no_module_outside_the_seam_imports_flower_internals():
             text = path.read_text()
             offenders += [f"{path.relative_to(root)}: {name}" for name in internal if name in text]
     assert not offenders, offenders
+
+
+def test_ray_client_resources_reach_the_actor_options(monkeypatch):
+    """``backend.actor_max_restarts`` relies on Flower passing client_resources to ``.options()``."""
+    import types
+
+    ray_actor = importlib.import_module("flwr.simulation.ray_transport.ray_actor")
+    backend_cls = resolve("flwr.server.superlink.fleet.vce.backend.raybackend.RayBackend")
+    resources = {"num_cpus": 1.0, "num_gpus": 0.0, "max_restarts": -1}
+    # Flower's validation keeps every int/float entry.
+    holder = types.SimpleNamespace(client_resources_key="client_resources")
+    assert backend_cls._validate_client_resources(holder, {"client_resources": resources}) == resources, (
+        flower_changed("RayBackend._validate_client_resources", "drops or rejects actor options")
+    )
+    seen: dict = {}
+
+    class StubActor:
+        @staticmethod
+        def options(**kwargs):
+            seen.update(kwargs)
+            return types.SimpleNamespace(remote=lambda **_: "actor")
+
+    monkeypatch.setattr(ray_actor, "pool_size_from_resources", lambda _: 1)
+    pool = ray_actor.BasicActorPool(actor_type=StubActor, client_resources=resources, actor_kwargs={})
+    pool.add_actors_to_pool(1)
+    assert seen == resources and pool.pool == ["actor"], flower_changed(
+        "BasicActorPool", "no longer creates actors with actor_type.options(**client_resources)"
+    )

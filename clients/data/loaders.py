@@ -335,6 +335,8 @@ def load_dataset(
         return _finish(spec, *_load_digits(), resize=resize)
     if name == "mnist5k":
         return _finish(spec, *_load_mnist5k(), resize=resize)
+    if name == "synthetic_cifar10":
+        return _finish(spec, *_synthetic_cifar10(), resize=resize)
 
     resolved = _resolve_root(name, root)
     present = _is_present(name, resolved)
@@ -539,6 +541,21 @@ def _load_digits() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     # random_state fixed so every process/client sees the same split.
     x_tr, x_te, y_tr, y_te = train_test_split(x, y, test_size=0.2, random_state=0, stratify=y)
     return x_tr, y_tr, x_te, y_te
+
+
+def _synthetic_cifar10(
+    num_train: int = 5000, num_test: int = 1000
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """Seeded random 3x32x32 uint8 images; each class adds its own fixed pattern (learnable).
+
+    For benchmarks and GPU checks that need CIFAR's shapes, not its content: no
+    download, the same arrays in every process.
+    """
+    rng = np.random.default_rng(0)
+    patterns = rng.integers(0, 96, size=(10, 3, 32, 32))
+    y = rng.integers(0, 10, size=num_train + num_test)
+    x = (rng.integers(0, 160, size=(len(y), 3, 32, 32)) + patterns[y]).astype(np.uint8)
+    return x[:num_train], y[:num_train], x[num_train:], y[num_train:]
 
 
 def _mnist5k_path() -> Any:

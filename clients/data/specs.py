@@ -119,6 +119,8 @@ SPECS: dict[str, DatasetSpec] = {
     # the vocabulary of its training file (with <eos>), as in PyTorch's
     # word_language_model.
     "wikitext2": DatasetSpec(33278, 1, 35, (0.0,), (1.0,), kind="tokens"),
+    # Seeded random CIFAR-shaped images (benchmarks, GPU checks): uint8 noise plus a per-class pattern.
+    "synthetic_cifar10": DatasetSpec(10, 3, 32, (0.498, 0.498, 0.498), (0.2113, 0.2113, 0.2113)),
 }
 
 #: All dataset names accepted by :func:`clients.data.load_dataset`.
@@ -135,11 +137,12 @@ DATASET_NAMES: tuple[str, ...] = (
     "speech_commands",
     "speech_commands12",
     "wikitext2",
+    "synthetic_cifar10",
 )
 
 #: Datasets that ship inside an installed Python package: ``root`` and
 #: ``download`` are ignored for them and they work offline.
-BUNDLED_DATASETS: frozenset[str] = frozenset({"digits", "mnist5k"})
+BUNDLED_DATASETS: frozenset[str] = frozenset({"digits", "mnist5k", "synthetic_cifar10"})
 
 #: Datasets with a natural client id per training sample (``partition=natural``):
 #: FEMNIST's writers, Speech Commands' speakers.

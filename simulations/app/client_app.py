@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import copy
 import json
+import sys
 from functools import lru_cache
 from typing import Any
 
 import torch
-from flwr.app import Context, Message
+from flwr.app import ConfigRecord, Context, Message, MessageType, RecordDict
 from flwr.clientapp import ClientApp
 from torch import nn
 
@@ -31,6 +32,11 @@ from methods import get_method
 PARTITION_ID_KEY = "partition-id"
 NUM_PARTITIONS_KEY = "num-partitions"
 DATA_PATH_KEY = "data-path"
+#: The setup query a simulation's ServerApp sends every node, and the record of its reply.
+NODE_INFO_MESSAGE_TYPE = f"{MessageType.QUERY}.node_info"
+NODE_INFO_KEY = "node-info"
+#: Id of the Ray node that ran the reply (Ray simulation only).
+RAY_NODE_KEY = "ray-node-id"
 
 app = ClientApp()
 
@@ -118,3 +124,21 @@ def evaluate(message: Message, context: Context) -> Message:
     """Evaluate the received model on the node's local test split."""
     job, method = make_job(message, context)
     return Message(method.evaluate(job), reply_to=message)
+
+
+@app.query("node_info")
+def node_info(message: Message, context: Context) -> Message:
+    """This node's partition (simulation) and, under Ray, the Ray node it runs on.
+
+    The server samples clients by partition id, which every runtime assigns the same
+    way, instead of by node id, which Flower's simulation draws at random.
+    """
+    info: dict[str, int | str] = {
+        key: int(context.node_config[key])
+        for key in (PARTITION_ID_KEY, NUM_PARTITIONS_KEY)
+        if key in context.node_config
+    }
+    ray = sys.modules.get("ray")  # imported only where a Ray actor runs this
+    if ray is not None and ray.is_initialized():
+        info[RAY_NODE_KEY] = ray.get_runtime_context().get_node_id()
+    return Message(RecordDict({NODE_INFO_KEY: ConfigRecord(info)}), reply_to=message)

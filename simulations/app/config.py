@@ -191,7 +191,11 @@ class InlineBackend(BackendConfig):
 class RayBackend(BackendConfig):
     """Flower's Simulation Runtime on Ray; resources are per virtual client.
 
-    ``num_gpus: 0.25`` puts four clients on one GPU; ``total_cpus``/``total_gpus`` cap Ray.
+    ``num_gpus: 0.25`` puts four clients on one GPU; ``total_cpus``/``total_gpus`` cap the
+    private Ray instance. ``address`` (``auto``, ``host:port`` or ``ray://host:10001``) joins
+    an existing Ray cluster instead, whose resources then count. ``actor_max_restarts``:
+    how often Ray restarts a virtual-client actor whose process died (-1: always);
+    ``actor_max_task_retries``: how often a call cut short by that death is run again.
     """
 
     name: str = "ray"
@@ -201,6 +205,9 @@ class RayBackend(BackendConfig):
     total_gpus: float | None = None
     pull_interval: float = 0.01  # s between the ServerApp's reply checks (Flower: 0.1)
     engine_poll_interval: float | None = 0.01  # s between the engine's message checks (None keeps Flower's)
+    address: str | None = None  # an existing Ray cluster to join; None starts a private instance
+    actor_max_restarts: int = -1
+    actor_max_task_retries: int = 1
 
     def check(self, run: Mapping[str, Any]) -> None:  # noqa: D102
         require(self.num_cpus > 0, "backend.num_cpus", self.num_cpus, "must be > 0")
@@ -212,7 +219,26 @@ class RayBackend(BackendConfig):
             self.engine_poll_interval,
             "must be null or > 0",
         )
-        if self.num_gpus > 0:
+        require(
+            self.actor_max_restarts >= -1,
+            "backend.actor_max_restarts",
+            self.actor_max_restarts,
+            "must be >= -1",
+        )
+        require(
+            self.address is None or (isinstance(self.address, str) and self.address.strip() != ""),
+            "backend.address",
+            self.address,
+            "must be null, 'auto', 'host:port' or 'ray://host:port'",
+        )
+        for key in ("total_cpus", "total_gpus"):
+            require(
+                self.address is None or getattr(self, key) is None,
+                f"backend.{key}",
+                getattr(self, key),
+                "caps a private Ray instance only; with backend.address the cluster's resources count",
+            )
+        if self.num_gpus > 0 and self.address is None:
             import torch
 
             require(
