@@ -185,6 +185,14 @@ class FedSparsifyGlobal(FedleanStrategy):
         self.paper_bytes: dict[int, int] = defaultdict(int)
         self._round_payloads: dict[int, RecordDict] = {}
 
+    #: The round's payload cache (built again on demand) stays out of checkpoints.
+    checkpoint_exclude = ("_round_payloads",)
+
+    def reset_node_state(self) -> None:
+        """No node is known to hold a mask any more: each gets the whole mask next."""
+        self.node_mask_ids.clear()
+        self.sent_mask_ids.clear()
+
     # ------------------------------------------------------------ the method
     def target_sparsity(self, server_round: int) -> float:
         """Sparsity the global model has after round ``server_round`` (eq. 1)."""

@@ -15,8 +15,10 @@ changed (how the run waits and checkpoints, never what it computes). See
 from __future__ import annotations
 
 import json
+import logging
 import os
 import sys
+import threading
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -159,6 +161,14 @@ def _stopped(exc: TooFewRepliesError, out_dir: str | Path) -> SystemExit:
         f"python -m simulations.run {RESUME_KEY}={out_dir} [timeout=... min_replies=...]",
         file=sys.stderr,
     )
+    if threading.active_count() > 1:
+        # Abandoned client calls (inline timeout) may still run torch in their threads;
+        # the interpreter's teardown under them aborts the process (SIGABRT). The
+        # results are written: leave without tearing down.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(TOO_FEW_REPLIES_EXIT)
     return SystemExit(TOO_FEW_REPLIES_EXIT)
 
 

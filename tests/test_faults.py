@@ -624,7 +624,10 @@ def check_run(run: FaultRun, faults: dict[str, Fault], phases: tuple[str, ...] =
                 method = run.strategy.method_name
                 out.write(f"| {method} | {name} | {', '.join(fault.phases)} | {reason} | {cost} |\n")
     dropped = sum(1 for f in faults.values() if f.dropped and "train" in f.phases)
-    assert [r["dropped"] for r in run.rounds[1:]] == [dropped + _evaluate_drops(faults, phases)] * len(ROUNDS)
+    assert [r["dropped"] for r in run.rounds[1:]] == [dropped] * len(ROUNDS)
+    assert [r["eval_dropped"] for r in run.rounds[1:]] == [_evaluate_drops(faults, phases)] * len(ROUNDS)
+    # Every sampled node replied: a dropped reply is not a missing one.
+    assert all(r["missing"] == 0 and r["replied"] == r["sampled"] for r in run.rounds[1:])
 
 
 def _evaluate_drops(faults: dict[str, Fault], phases: tuple[str, ...]) -> int:

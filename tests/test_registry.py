@@ -22,7 +22,10 @@ METHOD_YAMLS = sorted(p.stem for p in (CONF_DIR / "method").glob("*.yaml"))
 
 
 def test_every_method_yaml_has_an_entry_and_every_entry_a_yaml():
-    assert METHOD_YAMLS == sorted(all_methods())
+    # Plug-in methods other tests load (tests.fault_plugin, ...) register too: only the
+    # package's own entries must match the yamls.
+    own = [name for name, entry in all_methods().items() if entry.build.__module__.startswith("methods.")]
+    assert METHOD_YAMLS == sorted(own)
 
 
 @pytest.mark.parametrize("name", METHOD_YAMLS)
