@@ -113,12 +113,19 @@ class ResultsWriter:
         self._status("running")
 
     def on_round(self, record: Mapping[str, Any]) -> None:
-        """Append one round's record (adds wall seconds since the start).
+        """Append one round's record (adds wall and process CPU seconds since the start).
 
         The file is replaced atomically, so a killed run leaves whole records only;
         non-finite numbers are written as ``null`` (JSON has no NaN).
         """
-        record = finite_or_none({**record, "wall_seconds": round(time.perf_counter() - self.start, 4)})
+        record = finite_or_none(
+            {
+                **record,
+                "wall_seconds": round(time.perf_counter() - self.start, 4),
+                # This process only (server, and the clients of backend=inline), since it started.
+                "cpu_seconds": round(time.process_time(), 4),
+            }
+        )
         self.records.append(record)
         write_atomic(self.rounds_path, self._rounds_bytes())
         self._status("running")

@@ -3,8 +3,10 @@
 ``python -m simulations.tools.bench [--rounds 20] [--epochs 5] [--clients 10] [--skip-ray] [--repeats 3]``
 ``python -m simulations.tools.bench population [--sizes 10 1000 10000] [--backends inline ray]``
 ``python -m simulations.tools.bench deployed [--rounds 3] [--nodes 2]``
+``python -m simulations.tools.bench methods [--methods fedavg gwpf ...] [--rounds 6] [--repeats 3]``
 
-The last two are described in :func:`population_main` and :func:`deployed_main`.
+The sub-commands are described in :func:`population_main`, :func:`deployed_main` and
+:func:`methods_main`.
 
 Work: digits, the MLP, IID partitions, every client every round, no evaluation
 during the run (so every way does only training and aggregation). Ways:
@@ -228,6 +230,80 @@ def population_main(argv: list[str]) -> None:
         )
 
 
+# ------------------------------------------------------------------ method overheads
+OVERHEAD_METHODS = (
+    "fedavg",
+    "fedprox",
+    "gwpf",
+    "apf",
+    "fedsparsify_global",
+    "fedsparsify_local",
+    "swat",
+    "zerofl",
+    "prunefl",
+)
+
+
+def cpu_per_round(rounds_path: Path) -> list[float]:
+    """Process CPU seconds of each round 1..R (``cpu_seconds`` differences in ``rounds.jsonl``)."""
+    cpu = [r["cpu_seconds"] for r in read_rounds(rounds_path)]
+    return [b - a for a, b in zip(cpu, cpu[1:], strict=False)]
+
+
+def methods_main(argv: list[str]) -> None:
+    """CPU per round of every method on the digits MLP setup, as a multiple of FedAvg's.
+
+    Inline (server and clients in this process, so process CPU time covers both), 10
+    clients, every client every round, no evaluation; per method the median over
+    ``--repeats`` runs of the median of rounds 2..R. Repeats are interleaved (method
+    after method), so a noisy neighbour slows every method alike.
+    """
+    parser = argparse.ArgumentParser(prog="python -m simulations.tools.bench methods")
+    parser.add_argument("--methods", nargs="+", default=list(OVERHEAD_METHODS))
+    parser.add_argument("--rounds", type=int, default=6)
+    parser.add_argument("--epochs", type=int, default=1)
+    parser.add_argument("--clients", type=int, default=10)
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    torch.set_num_threads(1)
+    if "fedavg" not in args.methods:
+        args.methods = ["fedavg", *args.methods]
+    samples: dict[str, list[float]] = {m: [] for m in args.methods}
+    for _ in range(args.repeats):
+        for method in args.methods:
+            overrides = [
+                f"method={method}",
+                f"num_rounds={args.rounds}",
+                f"local_epochs={args.epochs}",
+                f"num_clients={args.clients}",
+                "fraction_evaluate=0",
+                "central_eval=false",
+                "checkpoint_every=0",
+                f"seed={args.seed}",
+            ]
+            with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
+                cfg = compose(config_name="config", overrides=overrides)
+            with tempfile.TemporaryDirectory() as tmp:
+                run_from_config(cfg, Path(tmp) / "run", quiet=True)
+                per_round = cpu_per_round(Path(tmp) / "run" / "rounds.jsonl")
+            samples[method].append(statistics.median(per_round[1:]))
+            print(f"  {method}: {samples[method][-1]:.3f} CPU s/round", file=sys.stderr)
+    base = statistics.median(samples["fedavg"])
+    print(
+        f"\nCPU per round (inline, digits, MLP, {args.clients} clients, {args.epochs} local epoch(s), "
+        f"rounds 2..{args.rounds}, median of {args.repeats}, torch threads 1)\n"
+    )
+    print("| method | CPU s/round | × FedAvg | min–max of the repeats |")
+    print("|---|---|---|---|")
+    for method in args.methods:
+        median = statistics.median(samples[method])
+        print(
+            f"| {method} | {median:.3f} | {median / base:.2f} | "
+            f"{min(samples[method]):.3f}–{max(samples[method]):.3f} |"
+        )
+
+
 # ------------------------------------------------------------ deployed vs simulated
 def deployed_run(isolation: str, overrides: list[str], workdir: Path, timeout: float) -> dict[str, object]:
     """A LocalFederation run: per-round seconds, final accuracy, bytes (ours and the SuperLink's)."""
@@ -312,12 +388,14 @@ def deployed_main(argv: list[str]) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Run the four ways and print the table (or a sub-command: population, deployed)."""
+    """Run the four ways and print the table (or a sub-command: population, deployed, methods)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "population":
         return population_main(argv[1:])
     if argv and argv[0] == "deployed":
         return deployed_main(argv[1:])
+    if argv and argv[0] == "methods":
+        return methods_main(argv[1:])
     if argv and argv[0] == "population-run":  # one child of `population`
         print(json.dumps(population_run(argv[1:])))
         return None
