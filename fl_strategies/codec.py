@@ -45,6 +45,7 @@ import lzma
 import math
 import zlib
 from collections.abc import Mapping
+from typing import Any
 
 import numpy as np
 from flwr.app import Array, ArrayRecord
@@ -149,28 +150,28 @@ def _smallest_form(mask: np.ndarray) -> tuple[int, bytes]:
     return best, forms[best]
 
 
+def _bounded_decode(
+    decoder: Any, error: type[Exception], kind: str, payload: np.ndarray, limit: int, what: str
+) -> tuple[bytes, np.ndarray]:
+    """At most ``limit`` bytes out of a zlib/lzma ``decoder``; returns (data, unused input)."""
+    try:
+        data = decoder.decompress(payload.tobytes(), limit)
+    except error as exc:
+        raise CodecError(f"{what}: corrupt {kind} stream: {exc}") from exc
+    if not decoder.eof:
+        raise CodecError(f"{what}: {kind} stream longer than the {limit} bytes it may hold")
+    return data, np.frombuffer(decoder.unused_data, dtype=np.uint8)
+
+
 def _inflate(payload: np.ndarray, limit: int, what: str) -> tuple[bytes, np.ndarray]:
     """Bounded zlib inflate: at most ``limit`` bytes out; returns (data, unused input)."""
-    inflater = zlib.decompressobj()
-    try:
-        data = inflater.decompress(payload.tobytes(), limit)
-    except zlib.error as exc:
-        raise CodecError(f"{what}: corrupt zlib stream: {exc}") from exc
-    if not inflater.eof:
-        raise CodecError(f"{what}: zlib stream longer than the {limit} bytes it may hold")
-    return data, np.frombuffer(inflater.unused_data, dtype=np.uint8)
+    return _bounded_decode(zlib.decompressobj(), zlib.error, "zlib", payload, limit, what)
 
 
 def _unlzma(payload: np.ndarray, limit: int, what: str) -> tuple[bytes, np.ndarray]:
     """Bounded raw-LZMA2 decode: at most ``limit`` bytes out; returns (data, unused input)."""
     decoder = lzma.LZMADecompressor(format=lzma.FORMAT_RAW, filters=_LZMA_FILTERS)
-    try:
-        data = decoder.decompress(payload.tobytes(), limit)
-    except lzma.LZMAError as exc:
-        raise CodecError(f"{what}: corrupt lzma stream: {exc}") from exc
-    if not decoder.eof:
-        raise CodecError(f"{what}: lzma stream longer than the {limit} bytes it may hold")
-    return data, np.frombuffer(decoder.unused_data, dtype=np.uint8)
+    return _bounded_decode(decoder, lzma.LZMAError, "lzma", payload, limit, what)
 
 
 def _positions_from_gaps(data: bytes, size: int) -> np.ndarray:
