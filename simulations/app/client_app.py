@@ -15,6 +15,7 @@ import copy
 import json
 import sys
 from functools import lru_cache
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -142,3 +143,23 @@ def node_info(message: Message, context: Context) -> Message:
     if ray is not None and ray.is_initialized():
         info[RAY_NODE_KEY] = ray.get_runtime_context().get_node_id()
     return Message(RecordDict({NODE_INFO_KEY: ConfigRecord(info)}), reply_to=message)
+
+
+def build_client_app(state_dir: str | Path | None = None) -> ClientApp:
+    """This module's ClientApp; with ``state_dir``, node state lives on disk there.
+
+    ``state_dir`` (simulation, ``client_state=disk``): train and evaluate calls go
+    through :class:`~simulations.app.state_store.StateStoreMod`, which loads each
+    node's ``context.state`` from the store and empties it after the call, so the
+    simulation process holds the state of the nodes being served only.
+    """
+    if state_dir is None:
+        return app
+    from simulations.app.state_store import StateStoreMod
+
+    stored = ClientApp()
+    mods = [StateStoreMod(state_dir)]
+    stored.train(mods=mods)(train)
+    stored.evaluate(mods=mods)(evaluate)
+    stored.query("node_info")(node_info)
+    return stored

@@ -34,6 +34,7 @@ from methods import BuildContext, ConfigError, get_method
 from simulations.app.checkpoint import rng_state
 from simulations.app.config import validate_config
 from simulations.app.results import ResultsWriter, write_atomic
+from simulations.app.state_store import NodeStateStore
 
 log = logging.getLogger(__name__)
 
@@ -209,7 +210,11 @@ CONFIG_FILE = "config.json"
 
 
 def execute_plan(
-    plan: RunPlan, grid: Grid, quiet: bool = False, resume: Mapping[str, Any] | None = None
+    plan: RunPlan,
+    grid: Grid,
+    quiet: bool = False,
+    resume: Mapping[str, Any] | None = None,
+    state_store: NodeStateStore | None = None,
 ) -> dict[str, Any]:
     """Run the strategy over ``grid`` and write the results; returns the summary.
 
@@ -228,6 +233,10 @@ def execute_plan(
         on from the checkpoint's round. Where the nodes' states cannot be restored,
         the strategy forgets what the nodes held (:meth:`reset_node_state`): every
         node gets a full resync.
+    state_store : NodeStateStore | None (default: None)
+        The nodes' state store the grid's ClientApp uses (``client_state=disk``): a
+        new run empties it, a resumed one rolls it back to the checkpoint's round,
+        each checkpoint lets it drop older versions, a finished run deletes it.
 
     Raises
     ------
@@ -259,6 +268,8 @@ def execute_plan(
         start_round = int(resume["round"]) + 1
         log.info("resume: %s continues after round %d of %d", plan.out_dir, start_round - 1, num_rounds)
     every = int(cfg.get("checkpoint_every", 1))
+    if state_store is not None:
+        state_store.start(int(resume["round"]) if resume is not None else None, checkpoints=every > 0)
     kill_after = os.environ.get(KILL_AFTER_ROUND_ENV)
 
     def on_round_end(record: dict[str, Any]) -> None:
@@ -276,6 +287,8 @@ def execute_plan(
                 },
             )
             writer.checkpointed()
+            if state_store is not None:
+                state_store.checkpointed(server_round)
         if kill_after is not None and server_round == int(kill_after):
             os.kill(os.getpid(), signal.SIGKILL)  # test-only (KILL_AFTER_ROUND_ENV)
 
@@ -308,4 +321,7 @@ def execute_plan(
         **plan.strategy.summary_fields(),
     }
     final = plan.strategy.global_arrays
-    return writer.finish(summary, final if cfg.get("save_model", True) else None)
+    result = writer.finish(summary, final if cfg.get("save_model", True) else None)
+    if state_store is not None:
+        state_store.remove()
+    return result

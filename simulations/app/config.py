@@ -307,6 +307,10 @@ class RunConfig:
     min_replies: float = 1  # usable training replies a round needs: an integer >= 1 or a fraction of sampled
     on_too_few_replies: str = "stop"  # below min_replies: stop (non-zero exit) | skip (keep the model)
     checkpoint_every: int = 1  # write checkpoint.pt every N rounds (0 = never); resume=<dir> continues
+    # Simulation only: where each node's context.state lives between its calls. disk: in
+    # <run dir>/client_state/<partition>/, loaded per call, so memory holds the nodes being
+    # served only (simulations/app/state_store.py); memory: in the simulation process.
+    client_state: str = "disk"
     verbose: bool = False  # Flower's INFO logs
     plugins: list[str] = field(default_factory=list)  # modules that register extra methods
     # Reply weights and robust aggregation (docs/reliability.md). In simulation a reply
@@ -356,6 +360,12 @@ class RunConfig:
         )
         require(
             self.checkpoint_every >= 0, "checkpoint_every", self.checkpoint_every, "must be an integer >= 0"
+        )
+        require(
+            self.client_state in ("memory", "disk"),
+            "client_state",
+            self.client_state,
+            "must be 'memory' or 'disk'",
         )
         require(
             self.torch_threads is None or self.torch_threads >= 1,

@@ -40,10 +40,17 @@ from flwr.serverapp import Grid, ServerApp
 
 from fl_strategies.flwr_compat import run_simulation, shorten_engine_polling
 from fl_strategies.wire import messages_bytes
-from simulations.app.client_app import NODE_INFO_KEY, NODE_INFO_MESSAGE_TYPE, PARTITION_ID_KEY, RAY_NODE_KEY
+from simulations.app.client_app import (
+    NODE_INFO_KEY,
+    NODE_INFO_MESSAGE_TYPE,
+    PARTITION_ID_KEY,
+    RAY_NODE_KEY,
+    build_client_app,
+)
 from simulations.app.compose import RunPlan, compose_run, execute_plan
 from simulations.app.config import ConfigError
 from simulations.app.server_app import PollingGrid
+from simulations.app.state_store import state_store_for
 from simulations.runtimes.inline import InlineGrid
 
 log = logging.getLogger(__name__)
@@ -59,13 +66,12 @@ class RunInterruptedError(Exception):
 
 def run_inline(plan: RunPlan, quiet: bool = False, resume: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run the plan with the in-process Grid (from a checkpoint: ``resume``)."""
-    from simulations.app.client_app import app as client_app
-
-    grid = InlineGrid(client_app, int(plan.cfg["num_clients"]))
+    store = state_store_for(plan.cfg, plan.out_dir)
+    grid = InlineGrid(build_client_app(store.root if store else None), int(plan.cfg["num_clients"]))
     plan.strategy.node_partitions.update(
         {node: int(context.node_config[PARTITION_ID_KEY]) for node, context in grid.contexts.items()}
     )
-    return execute_plan(plan, grid, quiet=quiet, resume=resume)
+    return execute_plan(plan, grid, quiet=quiet, resume=resume, state_store=store)
 
 
 def ray_backend_config(backend: dict[str, Any]) -> dict[str, Any]:
@@ -190,8 +196,9 @@ def first_sigint_sets(stop: threading.Event) -> Iterator[None]:
 
 def run_ray(plan: RunPlan, quiet: bool = False, resume: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run the plan with Flower's Simulation Runtime on Ray (from a checkpoint: ``resume``)."""
-    from simulations.app.client_app import app as client_app
-
+    store = state_store_for(plan.cfg, plan.out_dir)
+    # The actors get the store's absolute path with the ClientApp (its mod).
+    client_app = build_client_app(store.root if store else None)
     summaries: list[dict[str, Any]] = []
     errors: list[Exception] = []
     server_app = ServerApp()
@@ -215,7 +222,7 @@ def run_ray(plan: RunPlan, quiet: bool = False, resume: dict[str, Any] | None = 
             len(set(ray_nodes.values())),
         )
         try:
-            summaries.append(execute_plan(plan, grid, quiet=quiet, resume=resume))
+            summaries.append(execute_plan(plan, grid, quiet=quiet, resume=resume, state_store=store))
         except Exception as exc:  # Flower only logs it: raised again below, after the simulation
             errors.append(exc)
             raise
