@@ -227,7 +227,7 @@ def test_disk_store_gives_the_memory_store_run(tmp_path, overrides, monkeypatch)
 
 
 class StoppingGrid(InlineGrid):
-    """An inline Grid whose run stops (KeyboardInterrupt) right after ``after_calls`` calls of ``server_round``."""
+    """An inline Grid that stops the run (KeyboardInterrupt) after ``after_calls`` calls of a round."""
 
     def __init__(self, app, num_nodes: int, server_round: int, after_calls: int) -> None:
         super().__init__(app, num_nodes)
@@ -273,6 +273,20 @@ def test_the_disk_store_serves_ray_actors(tmp_path, monkeypatch):
     run_from_config(config(*base, "client_state=memory"), tmp_path / "memory", quiet=True)
     monkeypatch.setattr(NodeStateStore, "remove", lambda self: None)
     run_from_config(config(*base, "client_state=disk"), tmp_path / "disk", quiet=True)
-    assert rounds(tmp_path / "disk") == rounds(tmp_path / "memory")
+    # Two Ray runs differ in their random node ids (a few bytes of message metadata) and
+    # float rounding (reply order); what the store does shows in everything else.
+    memory, disk = rounds(tmp_path / "memory"), rounds(tmp_path / "disk")
+    assert len(disk) == len(memory) == 4
+    for m, d in zip(memory, disk, strict=True):
+        assert m.keys() == d.keys()
+        for key in m:
+            if "bytes" in key:
+                assert d[key] == pytest.approx(m[key], rel=1e-3, abs=64), key
+            elif isinstance(m[key], float):
+                assert d[key] == pytest.approx(m[key], rel=1e-5), key
+            else:
+                assert d[key] == m[key], key
+    assert any(row["full_messages"] < row["sampled"] for row in disk[2:])  # partial messages...
+    assert all(row["dropped"] == 0 for row in disk[1:])  # ...which the actors' stored states completed
     store = NodeStateStore(tmp_path / "disk" / "client_state")
     assert any(store.versions(p) for p in range(6))  # the actors wrote there

@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import json
 import sys
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
 from typing import Any
@@ -158,6 +159,7 @@ def build_client_app(state_dir: str | Path | None = None) -> ClientApp:
     from simulations.app.state_store import StateStoreMod
 
     stored = ClientApp()
+    mods: list[Callable[[Message, Context, Callable[[Message, Context], Message]], Message]]
     mods = [StateStoreMod(state_dir)]
     stored.train(mods=mods)(train)
     stored.evaluate(mods=mods)(evaluate)

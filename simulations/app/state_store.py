@@ -34,6 +34,9 @@ it is read by an unpickler that builds only builtin values and numpy scalars.
 
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 import io
 import os
 import pickle
@@ -81,7 +84,7 @@ def state_to_plain(state: RecordDict) -> dict[str, Any]:
     records = []
     for key, record in state.items():
         kind = _kind(record)
-        if kind == "array":
+        if isinstance(record, ArrayRecord):
             items: Any = [(name, a.dtype, tuple(a.shape), a.stype, a.data) for name, a in record.items()]
         else:
             items = list(record.items())
@@ -325,7 +328,29 @@ class StateStoreMod:
                 store.save(partition, server_round, context.state)
         finally:
             context.state = RecordDict()
+            release_freed_memory()
         return reply
+
+
+@functools.cache
+def _malloc_trim() -> Callable[[int], int] | None:
+    try:
+        return ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").malloc_trim
+    except (OSError, AttributeError):  # not glibc
+        return None
+
+
+def release_freed_memory() -> None:
+    """Give the C heap's free pages back to the system (glibc; elsewhere nothing).
+
+    A call's arrays (a model's tensors, a few MB each) come from the heap, whose freed
+    pages glibc keeps mapped: without this, the process's resident size stays at its
+    highest call plus whatever the server allocates next (about 0.8 GB more peak RSS
+    in the ResNet-18 benchmark of :mod:`simulations.tools.state_bench`).
+    """
+    trim = _malloc_trim()
+    if trim is not None:
+        trim(0)
 
 
 def state_store_for(cfg: dict[str, Any], out_dir: str | Path) -> NodeStateStore | None:
