@@ -42,8 +42,8 @@ GWPF = [
 ]
 FEDSPARSIFY_LOCAL = [
     "method=fedsparsify_local",
-    "num_clients=4",
-    "fraction_train=0.5",
+    "num_clients=3",  # every node every round: each gets changes to the mask it holds
+    "fraction_train=1",
     "local_epochs=1",
     "seed=3",
     "method.benchmark_seconds=0",
@@ -199,7 +199,7 @@ def test_the_mod_loads_stores_and_empties_the_context(tmp_path):
 
 
 # ------------------------------------------------------------------ whole runs
-@pytest.mark.parametrize("overrides", [GWPF + ["num_rounds=4"], FEDSPARSIFY_LOCAL + ["num_rounds=3"]])
+@pytest.mark.parametrize("overrides", [GWPF + ["num_rounds=4"], FEDSPARSIFY_LOCAL + ["num_rounds=4"]])
 def test_disk_store_gives_the_memory_store_run(tmp_path, overrides, monkeypatch):
     run_from_config(config(*overrides, "client_state=memory"), tmp_path / "memory", quiet=True)
     monkeypatch.setattr(NodeStateStore, "remove", lambda self: None)  # keep it to look at

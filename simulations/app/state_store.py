@@ -37,7 +37,6 @@ from __future__ import annotations
 import ctypes
 import ctypes.util
 import functools
-import io
 import os
 import pickle
 import shutil
@@ -358,10 +357,3 @@ def state_store_for(cfg: dict[str, Any], out_dir: str | Path) -> NodeStateStore 
     if cfg.get("client_state", "disk") != "disk":
         return None
     return NodeStateStore(Path(out_dir).expanduser().resolve() / STATE_DIR_NAME)
-
-
-def state_size(state: RecordDict) -> int:
-    """Bytes a stored version of ``state`` takes (for benchmarks and tests)."""
-    buffer = io.BytesIO()
-    pickle.dump(state_to_plain(state), buffer, protocol=5)
-    return buffer.tell()
