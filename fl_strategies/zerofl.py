@@ -65,12 +65,38 @@ def topk_exact(array: np.ndarray, density: float) -> np.ndarray:
     """Mask of exactly ``ceil(density * size)`` largest-magnitude entries.
 
     Unlike SWAT's threshold rule, ties are cut so the uplink budget is exact (e.g. an
-    update that is zero almost everywhere still sends only ``k`` positions).
+    update that is zero almost everywhere still sends only ``k`` positions). Ties at
+    the k-th magnitude go to the lowest flat indices, so the selection is the first
+    ``k`` of a stable sort by decreasing magnitude (NaNs last), the same on every
+    platform; it is found in linear time (``numpy.partition``), not by sorting.
     """
     flat = np.abs(array).reshape(-1)
     k = topk_keep_count(flat.size, density)
     mask = np.zeros(flat.size, dtype=bool)
-    # Stable sort so that ties are broken by position, the same on every platform.
+    if k >= flat.size:
+        mask[:] = True
+        return mask.reshape(array.shape)
+    # Negated magnitudes: ascending order then ranks NaN last, as the stable sort did.
+    negated = np.negative(flat)
+    kth = np.partition(negated, k - 1)[k - 1]
+    if np.isnan(kth):
+        # Fewer than k finite entries: all of them, then the first NaNs by index.
+        tied, mask = np.isnan(negated), ~np.isnan(negated)
+    else:
+        tied = negated == kth
+        np.less(negated, kth, out=mask)
+    # Entries strictly above the k-th magnitude all go; the rest of the budget goes to
+    # the lowest-index entries equal to it.
+    need = k - int(np.count_nonzero(mask))
+    mask[np.flatnonzero(tied)[:need]] = True
+    return mask.reshape(array.shape)
+
+
+def topk_exact_by_sort(array: np.ndarray, density: float) -> np.ndarray:
+    """:func:`topk_exact` by a full stable sort (the reference it is tested against)."""
+    flat = np.abs(array).reshape(-1)
+    k = topk_keep_count(flat.size, density)
+    mask = np.zeros(flat.size, dtype=bool)
     mask[np.argsort(-flat, kind="stable")[:k]] = True
     return mask.reshape(array.shape)
 
@@ -98,9 +124,9 @@ def select_uplink(
     """
     if uplink not in UPLINKS:
         raise ValueError(f"uplink must be one of {UPLINKS}, got {uplink!r}")
-    diff = (local.astype(np.float64) - global_value.astype(np.float64)).astype(local.dtype)
     if uplink == "topk_weights":
         return local, topk_exact(local, density)
+    diff = (local.astype(np.float64) - global_value.astype(np.float64)).astype(local.dtype)
     if uplink == "diff_topk_weights":
         return diff, topk_exact(local, density)
     return diff, topk_exact(diff, density)
