@@ -250,7 +250,11 @@ class SwatMixin:
         return self._flops_swat
 
     def _refresh_due(self) -> bool:
-        return self.weight_threshold is None or self.steps < self.swat.warmup or self.steps % self.swat.period == 0
+        return (
+            self.weight_threshold is None
+            or self.steps < self.swat.warmup
+            or self.steps % self.swat.period == 0
+        )
 
     @torch.no_grad()
     def _sparse_operands(self, x: Tensor) -> tuple[Tensor, Tensor]:
