@@ -92,15 +92,6 @@ def topk_exact(array: np.ndarray, density: float) -> np.ndarray:
     return mask.reshape(array.shape)
 
 
-def topk_exact_by_sort(array: np.ndarray, density: float) -> np.ndarray:
-    """:func:`topk_exact` by a full stable sort (the reference it is tested against)."""
-    flat = np.abs(array).reshape(-1)
-    k = topk_keep_count(flat.size, density)
-    mask = np.zeros(flat.size, dtype=bool)
-    mask[np.argsort(-flat, kind="stable")[:k]] = True
-    return mask.reshape(array.shape)
-
-
 def select_uplink(
     local: np.ndarray, global_value: np.ndarray, uplink: str, density: float
 ) -> tuple[np.ndarray, np.ndarray]:
@@ -290,8 +281,7 @@ class ZeroFL(Swat):
             count = int(np.count_nonzero(sent[name]))
             if count > budget:
                 raise ReplyError(
-                    f"'{name}' sends {count} positions, "
-                    f"more than the {budget} of density {self.density:.3f}"
+                    f"'{name}' sends {count} positions, more than the {budget} of density {self.density:.3f}"
                 )
             wire_names.add(name + SENT_SUFFIX)
         missing = sorted(set(dense_expected) - set(arrays))
