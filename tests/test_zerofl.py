@@ -513,7 +513,7 @@ def test_topk_exact_selects_what_a_stable_sort_selects_on_ties():
 
 def test_aggregate_sparse_equals_the_dense_masked_sums_bit_for_bit():
     rng = np.random.default_rng(5)
-    for trial in range(100):
+    for _ in range(100):
         shape = (int(rng.integers(1, 30)), int(rng.integers(1, 30)))
         base = rng.standard_normal(shape).astype(np.float32)
         n = int(rng.integers(1, 6))
