@@ -182,15 +182,15 @@ def aggregate_sparse(
     """
     if aggregation not in AGGREGATIONS:
         raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
-    num = np.zeros(global_value.size, dtype=np.float64)
-    den = np.zeros(global_value.size, dtype=np.float64)
+    num = np.zeros(global_value.shape, dtype=np.float64)
+    den = np.zeros(global_value.shape, dtype=np.float64)
+    flat_num, flat_den = num.reshape(-1), den.reshape(-1)  # views
     for value, mask, weight in zip(values, masks, weights, strict=True):
         # Only the sent positions (a small fraction) are touched; per position the sum
         # runs over the clients in the same order as a dense masked sum would.
         where = np.flatnonzero(mask)
-        num[where] += value.reshape(-1)[where].astype(np.float64) * weight
-        den[where] += float(weight)
-    num, den = num.reshape(global_value.shape), den.reshape(global_value.shape)
+        flat_num[where] += value.reshape(-1)[where].astype(np.float64) * weight
+        flat_den[where] += float(weight)
     sent = den > 0
     if aggregation == "zero_fill":
         average, sent = num / float(sum(weights)), np.ones_like(sent)
