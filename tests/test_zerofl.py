@@ -516,6 +516,7 @@ def test_aggregate_sparse_equals_the_dense_masked_sums_bit_for_bit():
     for _ in range(100):
         shape = (int(rng.integers(1, 30)), int(rng.integers(1, 30)))
         base = rng.standard_normal(shape).astype(np.float32)
+        base[rng.random(shape) < 0.1] = -0.0  # kept as is, or 0.0 after a zero update
         n = int(rng.integers(1, 6))
         masks = [rng.random(shape) < rng.random() for _ in range(n)]
         # Unsent entries hold junk (0 in decoded replies, anything here): they must not count.
