@@ -182,23 +182,37 @@ def aggregate_sparse(
     """
     if aggregation not in AGGREGATIONS:
         raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
-    num = np.zeros(global_value.shape, dtype=np.float64)
-    den = np.zeros(global_value.shape, dtype=np.float64)
-    flat_num, flat_den = num.reshape(-1), den.reshape(-1)  # views
-    for value, mask, weight in zip(values, masks, weights, strict=True):
-        # Only the sent positions (a small fraction) are touched; per position the sum
-        # runs over the clients in the same order as a dense masked sum would.
-        where = np.flatnonzero(mask)
-        flat_num[where] += value.reshape(-1)[where].astype(np.float64) * weight
-        flat_den[where] += float(weight)
-    sent = den > 0
+    if len(values) != len(masks) or len(masks) != len(weights):
+        raise ValueError("values, masks and weights differ in length")
+    # Only the sent positions (a small fraction) are read: one weighted bincount over
+    # every client's positions, concatenated in client order, adds per position in the
+    # same order (and so to the same float64 sums) as a dense masked sum would.
+    where = [np.flatnonzero(mask) for mask in masks]
+    positions = np.concatenate([np.zeros(0, np.intp), *where])
+    terms = [
+        v.reshape(-1)[w].astype(np.float64) * weight
+        for v, w, weight in zip(values, where, weights, strict=True)
+    ]
+    shares = np.repeat(np.asarray(weights, dtype=np.float64), [w.size for w in where])
+    num = np.bincount(positions, np.concatenate([np.zeros(0), *terms]), global_value.size)
+    den = np.bincount(positions, shares, global_value.size)
+    flat_global = global_value.reshape(-1)
     if aggregation == "zero_fill":
-        average, sent = num / float(sum(weights)), np.ones_like(sent)
+        average = num / float(sum(weights))
+        merged = flat_global.astype(np.float64) + average if additive else average
+        return merged.astype(global_value.dtype).reshape(global_value.shape)
+    # sender_mean: only positions someone sent change (in float64, then the global
+    # dtype); the others keep the global value (+ 0.0 under a diff uplink, which
+    # turns -0.0 into 0.0 as adding a zero update in float64 does).
+    sent = np.flatnonzero(den > 0)
+    average = num[sent] / den[sent]
+    if additive:
+        merged = flat_global + np.zeros((), flat_global.dtype)
+        merged[sent] = (flat_global[sent].astype(np.float64) + average).astype(global_value.dtype)
     else:
-        average = np.divide(num, den, out=np.zeros_like(num), where=sent)
-    base = global_value.astype(np.float64)
-    merged = base + average if additive else np.where(sent, average, base)
-    return merged.astype(global_value.dtype)
+        merged = flat_global.copy()
+        merged[sent] = average.astype(global_value.dtype)
+    return merged.reshape(global_value.shape)
 
 
 @dataclass
