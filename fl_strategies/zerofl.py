@@ -26,10 +26,11 @@ Wire format (through the codec, :mod:`fl_strategies.codec`): a sparsified tensor
 its sent positions as a position set (the :func:`fl_strategies.codec.decode_positions`
 wire: packed bits, uint32 indices or an entropy-coded form, chosen quickly by
 ``codec._sent_positions``), then the sent values in flat C order, raw or as zlib'd
-byte planes (one block per plane), whichever is smaller (lossless). The positions are explicit, so a position sent with the value exactly 0
-(an unchanged weight under a diff uplink) still counts as sent; a zero-suppressing
-sparse blob could not tell it from "not sent". One blob per tensor, not two: Flower
-adds about 400 bytes to every array of a message.
+byte planes (one block per plane), whichever is smaller (lossless). The positions are
+explicit, so a position sent with the value exactly 0 (an unchanged weight under a
+diff uplink) still counts as sent; a zero-suppressing sparse blob could not tell it
+from "not sent". One blob per tensor, not two: Flower adds about 400 bytes to every
+array of a message.
 """
 
 from __future__ import annotations
