@@ -38,6 +38,7 @@ from __future__ import annotations
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F  # noqa: N812
 from torch import Tensor, nn
@@ -63,12 +64,24 @@ __all__ = [
 
 
 @torch.no_grad()
+def _kth_largest(magnitude: Tensor, keep: float) -> Tensor:
+    """The k-th largest entry of a tensor of magnitudes, ``k = ceil(keep * numel)`` (0-d, same dtype)."""
+    flat = magnitude.reshape(-1)
+    k = topk_keep_count(flat.numel(), keep)
+    if flat.device.type == "cpu":
+        # numpy's introselect is about 10x faster than torch's CPU kthvalue on these
+        # sizes (0.13 ms against 1.2 ms for 65,536 floats) and selects the same value.
+        values = flat.float().numpy()
+        kth = np.partition(values, values.size - k)[values.size - k]
+        return torch.tensor(float(kth), dtype=magnitude.dtype)
+    # k-th largest == (numel - k + 1)-th smallest; kthvalue is linear time.
+    return flat.float().kthvalue(flat.numel() - k + 1).values.to(magnitude.dtype)
+
+
+@torch.no_grad()
 def topk_threshold(x: Tensor, keep: float) -> Tensor:
     """Magnitude of the k-th largest ``|x|``, ``k = ceil(keep * numel)`` (a 0-d tensor)."""
-    flat = x.detach().abs().reshape(-1)
-    k = topk_keep_count(flat.numel(), keep)
-    # k-th largest == (numel - k + 1)-th smallest; kthvalue is linear time.
-    return flat.float().kthvalue(flat.numel() - k + 1).values.to(x.dtype)
+    return _kth_largest(x.detach().abs(), keep)
 
 
 @torch.no_grad()
@@ -115,12 +128,10 @@ class SwatConfig:
 
 
 class _SwatLinearFn(torch.autograd.Function):
-    """Linear with given weight mask (forward) and activation threshold (backward)."""
+    """Linear with given top-K weights (forward) and top-K activations (weight gradient)."""
 
     @staticmethod
-    def forward(ctx, x, weight, bias, weight_mask, act_threshold):  # noqa: D102
-        sparse_weight = weight * weight_mask
-        x_sparse = x * (x.abs() >= act_threshold)
+    def forward(ctx, x, weight, bias, sparse_weight, x_sparse):  # noqa: D102
         ctx.save_for_backward(x_sparse, sparse_weight)
         ctx.has_bias = bias is not None
         return F.linear(x, sparse_weight, bias)
@@ -140,7 +151,7 @@ class _SwatLinearFn(torch.autograd.Function):
 
 
 class _SwatConv2dFn(torch.autograd.Function):
-    """Conv2d with given weight mask (forward) and activation threshold (backward)."""
+    """Conv2d with given top-K weights (forward) and top-K activations (weight gradient)."""
 
     @staticmethod
     def forward(
@@ -148,15 +159,13 @@ class _SwatConv2dFn(torch.autograd.Function):
         x,
         weight,
         bias,
-        weight_mask,
-        act_threshold,
+        sparse_weight,
+        x_sparse,
         stride,
         padding,  # noqa: D102
         dilation,
         groups,
     ):
-        sparse_weight = weight * weight_mask
-        x_sparse = x * (x.abs() >= act_threshold)
         ctx.save_for_backward(x_sparse, sparse_weight)
         ctx.conv = (stride, padding, dilation, groups)
         ctx.bias_sizes = None if bias is None else list(bias.shape)
@@ -200,6 +209,11 @@ class SwatMixin:
         FLOPs of the training forwards+backwards seen since :meth:`reset_stats`, as
         dense kernels count them and as sparse kernels would need them.
 
+    Each training forward counts the nonzeros of the top-K tensors it builds anyway,
+    as device tensors: nothing waits for the device during training. The counts are
+    turned into FLOPs (Python integers, exact) when ``flops_swat`` is read, in one
+    transfer.
+
     """
 
     swat: SwatConfig
@@ -216,29 +230,52 @@ class SwatMixin:
     def reset_stats(self) -> None:
         """Zero the FLOP counters."""
         self.flops_dense = 0
-        self.flops_swat = 0
+        self._flops_swat = 0
+        # Per training forward since the last read: the nonzero counts (device tensors,
+        # not yet read) and the step's shape terms (out positions, passes, numel(X)).
+        self._pending: list[tuple[Tensor, Tensor, int, int, int]] = []
 
-    def _thresholds(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        training = self.training and torch.is_grad_enabled()  # type: ignore[attr-defined]
-        if not training:
-            # Evaluation uses the current top-K weights; activations are not
-            # touched by the forward pass.
-            return topk_mask(self.weight, self.swat.keep), x.new_zeros(())
-        refresh = (
+    @property
+    def flops_swat(self) -> int:
+        """Sparse FLOPs since :meth:`reset_stats` (reads the pending nonzero counts)."""
+        if self._pending:
+            counts = torch.stack([c for step in self._pending for c in step[:2]]).tolist()
+            numel_w = self.weight.numel()
+            for i, (_, _, out_positions, passes, numel_x) in enumerate(self._pending):
+                nnz_w, nnz_x = counts[2 * i], counts[2 * i + 1]
+                dense_one = 2 * out_positions * numel_w
+                self._flops_swat += 2 * out_positions * nnz_w * passes
+                self._flops_swat += round(dense_one * nnz_x / max(numel_x, 1))
+            self._pending = []
+        return self._flops_swat
+
+    def _refresh_due(self) -> bool:
+        return (
             self.weight_threshold is None
             or self.steps < self.swat.warmup
             or self.steps % self.swat.period == 0
         )
-        if refresh:
-            self.weight_threshold = topk_threshold(self.weight, self.swat.keep)
-            self.act_threshold = topk_threshold(x, self.swat.keep)
+
+    @torch.no_grad()
+    def _sparse_operands(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        """(top-K weights, top-K activations) of one training forward.
+
+        Refreshes the two thresholds on schedule (:func:`topk_threshold`); ``|W|`` and
+        ``|X|`` are computed once per forward for the masks.
+        """
+        weight = self.weight.detach()
+        weight_abs, x_abs = weight.abs(), x.detach().abs()
+        if self._refresh_due():
+            # |.| of a magnitude is a no-op copy; topk_threshold is the one entry point.
+            self.weight_threshold = topk_threshold(weight_abs, self.swat.keep)
+            self.act_threshold = topk_threshold(x_abs, self.swat.keep)
             self.refreshes += 1
         self.steps += 1
-        with torch.no_grad():
-            mask = self.weight.abs() >= self.weight_threshold
-        return mask, self.act_threshold.to(x.dtype)  # type: ignore[union-attr]
+        sparse_weight = weight * (weight_abs >= self.weight_threshold)
+        x_sparse = x.detach() * (x_abs >= self.act_threshold.to(x.dtype))  # type: ignore[union-attr]
+        return sparse_weight, x_sparse
 
-    def _count(self, x: Tensor, weight_mask: Tensor, act_threshold: Tensor, out_positions: int) -> None:
+    def _count(self, sparse_weight: Tensor, x_sparse: Tensor, out_positions: int, input_grad: bool) -> None:
         """Add one training step's FLOPs (2 per multiply-accumulate).
 
         ``out_positions`` is how many times each weight is applied (batch rows for
@@ -247,16 +284,15 @@ class SwatMixin:
         the same where the input needs a gradient. Sparse: forward and input gradient
         ``2*P*nnz(topk(W))``; weight gradient ``dense * nnz(topk(X)) / numel(X)``
         (exact for Linear, ``2*out*nnz(X)``; for Conv2d it ignores padding borders).
+        The nonzeros are counted on the top-K tensors the step uses, without reading
+        them back (see :attr:`flops_swat`).
         """
-        with torch.no_grad():
-            nnz_w = int(torch.count_nonzero(self.weight * weight_mask))
-            nnz_x = int(torch.count_nonzero(x * (x.abs() >= act_threshold)))
-        numel_w = self.weight.numel()
-        passes = 1 + int(x.requires_grad)  # forward (+ input gradient)
-        dense_one = 2 * out_positions * numel_w
-        self.flops_dense += dense_one * (passes + 1)
-        self.flops_swat += 2 * out_positions * nnz_w * passes
-        self.flops_swat += round(dense_one * nnz_x / max(x.numel(), 1))
+        passes = 1 + int(input_grad)  # forward (+ input gradient)
+        self.flops_dense += 2 * out_positions * self.weight.numel() * (passes + 1)
+        nnz = (torch.count_nonzero(sparse_weight), torch.count_nonzero(x_sparse))
+        self._pending.append((*nnz, out_positions, passes, x_sparse.numel()))
+        if len(self._pending) >= 4096:
+            self.flops_swat  # noqa: B018  (bounds the pending list on long local training)
 
 
 class SwatLinear(SwatMixin, nn.Linear):
@@ -283,11 +319,12 @@ class SwatLinear(SwatMixin, nn.Linear):
         return new
 
     def forward(self, x: Tensor) -> Tensor:  # noqa: D102
-        mask, act_threshold = self._thresholds(x)
         if self.training and torch.is_grad_enabled():
-            self._count(x, mask, act_threshold, x.numel() // self.in_features)
-            return _SwatLinearFn.apply(x, self.weight, self.bias, mask, act_threshold)
-        return F.linear(x, self.weight * mask, self.bias)
+            sparse_weight, x_sparse = self._sparse_operands(x)
+            self._count(sparse_weight, x_sparse, x.numel() // self.in_features, x.requires_grad)
+            return _SwatLinearFn.apply(x, self.weight, self.bias, sparse_weight, x_sparse)
+        # Evaluation uses the current top-K weights; activations are not touched.
+        return F.linear(x, self.weight * topk_mask(self.weight, self.swat.keep), self.bias)
 
     def extra_repr(self) -> str:  # noqa: D102
         return f"{super().extra_repr()}, sparsity={self.swat.sparsity}"
@@ -327,21 +364,23 @@ class SwatConv2d(SwatMixin, nn.Conv2d):
             mode = "constant" if self.padding_mode == "zeros" else self.padding_mode
             x = F.pad(x, self._reversed_padding_repeated_twice, mode=mode)
             padding = (0, 0)
-        mask, act_threshold = self._thresholds(x)
         if self.training and torch.is_grad_enabled():
+            sparse_weight, x_sparse = self._sparse_operands(x)
             out = _SwatConv2dFn.apply(
                 x,
                 self.weight,
                 self.bias,
-                mask,
-                act_threshold,
+                sparse_weight,
+                x_sparse,
                 self.stride,
                 padding,
                 self.dilation,
                 self.groups,
             )
-            self._count(x, mask, act_threshold, out.numel() // self.out_channels)
+            self._count(sparse_weight, x_sparse, out.numel() // self.out_channels, x.requires_grad)
             return out
+        # Evaluation uses the current top-K weights; activations are not touched.
+        mask = topk_mask(self.weight, self.swat.keep)
         return F.conv2d(x, self.weight * mask, self.bias, self.stride, padding, self.dilation, self.groups)
 
     def extra_repr(self) -> str:  # noqa: D102

@@ -23,13 +23,14 @@ Aggregation (``aggregation``)
 
 Wire format (through the codec, :mod:`fl_strategies.codec`): a sparsified tensor
 ``name`` travels as one blob ``name@sent`` (:func:`fl_strategies.codec.encode_sent`):
-its sent positions as a position set (:func:`fl_strategies.codec.encode_positions`,
-the smallest of packed bits, uint32 indices and the entropy-coded forms), then the
-sent values in flat C order, raw or as zlib'd byte planes, whichever is smaller
-(lossless). The positions are explicit, so a position sent with the value exactly 0
-(an unchanged weight under a diff uplink) still counts as sent; a zero-suppressing
-sparse blob could not tell it from "not sent". One blob per tensor, not two: Flower
-adds about 400 bytes to every array of a message.
+its sent positions as a position set (the :func:`fl_strategies.codec.decode_positions`
+wire: packed bits, uint32 indices or an entropy-coded form, chosen quickly by
+``codec._sent_positions``), then the sent values in flat C order, raw or as zlib'd
+byte planes (one block per plane), whichever is smaller (lossless). The positions are
+explicit, so a position sent with the value exactly 0 (an unchanged weight under a
+diff uplink) still counts as sent; a zero-suppressing sparse blob could not tell it
+from "not sent". One blob per tensor, not two: Flower adds about 400 bytes to every
+array of a message.
 """
 
 from __future__ import annotations
@@ -65,13 +66,30 @@ def topk_exact(array: np.ndarray, density: float) -> np.ndarray:
     """Mask of exactly ``ceil(density * size)`` largest-magnitude entries.
 
     Unlike SWAT's threshold rule, ties are cut so the uplink budget is exact (e.g. an
-    update that is zero almost everywhere still sends only ``k`` positions).
+    update that is zero almost everywhere still sends only ``k`` positions). Ties at
+    the k-th magnitude go to the lowest flat indices, so the selection is the first
+    ``k`` of a stable sort by decreasing magnitude (NaNs last), the same on every
+    platform; it is found in linear time (``numpy.partition``), not by sorting.
     """
     flat = np.abs(array).reshape(-1)
     k = topk_keep_count(flat.size, density)
     mask = np.zeros(flat.size, dtype=bool)
-    # Stable sort so that ties are broken by position, the same on every platform.
-    mask[np.argsort(-flat, kind="stable")[:k]] = True
+    if k >= flat.size:
+        mask[:] = True
+        return mask.reshape(array.shape)
+    # Negated magnitudes: ascending order then ranks NaN last, as the stable sort did.
+    negated = np.negative(flat)
+    kth = np.partition(negated, k - 1)[k - 1]
+    if np.isnan(kth):
+        # Fewer than k finite entries: all of them, then the first NaNs by index.
+        tied, mask = np.isnan(negated), ~np.isnan(negated)
+    else:
+        tied = negated == kth
+        np.less(negated, kth, out=mask)
+    # Entries strictly above the k-th magnitude all go; the rest of the budget goes to
+    # the lowest-index entries equal to it.
+    need = k - int(np.count_nonzero(mask))
+    mask[np.flatnonzero(tied)[:need]] = True
     return mask.reshape(array.shape)
 
 
@@ -98,9 +116,9 @@ def select_uplink(
     """
     if uplink not in UPLINKS:
         raise ValueError(f"uplink must be one of {UPLINKS}, got {uplink!r}")
-    diff = (local.astype(np.float64) - global_value.astype(np.float64)).astype(local.dtype)
     if uplink == "topk_weights":
         return local, topk_exact(local, density)
+    diff = (local.astype(np.float64) - global_value.astype(np.float64)).astype(local.dtype)
     if uplink == "diff_topk_weights":
         return diff, topk_exact(local, density)
     return diff, topk_exact(diff, density)
@@ -165,19 +183,37 @@ def aggregate_sparse(
     """
     if aggregation not in AGGREGATIONS:
         raise ValueError(f"aggregation must be one of {AGGREGATIONS}, got {aggregation!r}")
-    num = np.zeros(global_value.shape, dtype=np.float64)
-    den = np.zeros(global_value.shape, dtype=np.float64)
-    for value, mask, weight in zip(values, masks, weights, strict=True):
-        num += np.where(mask, value.astype(np.float64), 0.0) * weight
-        den += mask * float(weight)
-    sent = den > 0
+    if len(values) != len(masks) or len(masks) != len(weights):
+        raise ValueError("values, masks and weights differ in length")
+    # Only the sent positions (a small fraction) are read: one weighted bincount over
+    # every client's positions, concatenated in client order, adds per position in the
+    # same order (and so to the same float64 sums) as a dense masked sum would.
+    where = [np.flatnonzero(mask) for mask in masks]
+    positions = np.concatenate([np.zeros(0, np.intp), *where])
+    terms = [
+        v.reshape(-1)[w].astype(np.float64) * weight
+        for v, w, weight in zip(values, where, weights, strict=True)
+    ]
+    shares = np.repeat(np.asarray(weights, dtype=np.float64), [w.size for w in where])
+    num = np.bincount(positions, np.concatenate([np.zeros(0), *terms]), global_value.size)
+    den = np.bincount(positions, shares, global_value.size)
+    flat_global = global_value.reshape(-1)
     if aggregation == "zero_fill":
-        average, sent = num / float(sum(weights)), np.ones_like(sent)
+        average = num / float(sum(weights))
+        merged = flat_global.astype(np.float64) + average if additive else average
+        return merged.astype(global_value.dtype).reshape(global_value.shape)
+    # sender_mean: only positions someone sent change (in float64, then the global
+    # dtype); the others keep the global value (+ 0.0 under a diff uplink, which
+    # turns -0.0 into 0.0 as adding a zero update in float64 does).
+    sent = np.flatnonzero(den > 0)
+    average = num[sent] / den[sent]
+    if additive:
+        merged = flat_global + np.zeros((), flat_global.dtype)
+        merged[sent] = (flat_global[sent].astype(np.float64) + average).astype(global_value.dtype)
     else:
-        average = np.divide(num, den, out=np.zeros_like(num), where=sent)
-    base = global_value.astype(np.float64)
-    merged = base + average if additive else np.where(sent, average, base)
-    return merged.astype(global_value.dtype)
+        merged = flat_global.copy()
+        merged[sent] = average.astype(global_value.dtype)
+    return merged.reshape(global_value.shape)
 
 
 @dataclass
@@ -257,10 +293,10 @@ class ZeroFL(Swat):
             except ValueError as exc:
                 raise ReplyError(str(exc)) from exc
             budget = topk_keep_count(sent[name].size, self.density)
-            if int(sent[name].sum()) > budget:
+            count = int(np.count_nonzero(sent[name]))
+            if count > budget:
                 raise ReplyError(
-                    f"'{name}' sends {int(sent[name].sum())} positions, "
-                    f"more than the {budget} of density {self.density:.3f}"
+                    f"'{name}' sends {count} positions, more than the {budget} of density {self.density:.3f}"
                 )
             wire_names.add(name + SENT_SUFFIX)
         missing = sorted(set(dense_expected) - set(arrays))
@@ -317,8 +353,8 @@ class ZeroFL(Swat):
                 self.additive,
                 self.aggregation,
             )
-            sent_total += sum(int(m.sum()) for m in masks)
-            covered += int(np.logical_or.reduce(masks).sum())
+            sent_total += sum(int(np.count_nonzero(m)) for m in masks)
+            covered += int(np.count_nonzero(np.logical_or.reduce(masks)))
             size += masks[0].size
         if size:
             self.uplink_stats[server_round] = {

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F  # noqa: N812
@@ -260,3 +261,94 @@ def test_swat_method_default_is_a_refresh_every_batch():
         assert cfg.method.topk_period == 1
         assert swat_config(dict(cfg.method)).period == 1
     assert SwatConfig().period == 1
+
+
+def _kthvalue_threshold(x: torch.Tensor, keep: float) -> torch.Tensor:
+    """The k-th largest |x| by torch.kthvalue (the selection the numpy path replaced)."""
+    flat = x.detach().abs().reshape(-1).float()
+    k = topk_keep_count(flat.numel(), keep)
+    return flat.kthvalue(flat.numel() - k + 1).values.to(x.dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.float16])
+@pytest.mark.parametrize("keep", [0.05, 0.1, 0.37, 1.0])
+def test_threshold_equals_kthvalue_with_ties(dtype, keep):
+    gen = torch.Generator().manual_seed(4)
+    for values in (
+        torch.randn(257, generator=gen),
+        torch.randint(-3, 4, (300,), generator=gen).float(),  # many ties and zeros
+        torch.zeros(10),
+    ):
+        x = values.to(dtype)
+        assert topk_threshold(x, keep).dtype == dtype
+        assert topk_threshold(x, keep).item() == _kthvalue_threshold(x, keep).item()
+
+
+class _DirectCount:
+    """Sparse FLOPs counted directly from each training forward's inputs (a forward hook).
+
+    Uses the thresholds the layer holds after the forward (those the forward used) and
+    recounts nonzeros of the masked weight and activations.
+    """
+
+    def __init__(self, layer: nn.Module) -> None:
+        self.layer, self.flops = layer, 0
+        layer.register_forward_hook(self.hook)
+
+    def hook(self, layer, inputs, out) -> None:
+        if not (layer.training and torch.is_grad_enabled()):
+            return
+        (x,) = inputs
+        if isinstance(layer, SwatConv2d):
+            x = F.pad(x, layer._reversed_padding_repeated_twice) if layer.padding_mode != "zeros" else x
+            positions = out.numel() // layer.out_channels
+        else:
+            positions = x.numel() // layer.in_features
+        w = layer.weight.detach()
+        # Counted through numpy: the test watches the layer's own tensor reads.
+        nnz_w = int(np.count_nonzero((w * (w.abs() >= layer.weight_threshold)).numpy()))
+        nnz_x = int(np.count_nonzero((x.detach() * (x.detach().abs() >= layer.act_threshold)).numpy()))
+        passes = 1 + int(x.requires_grad)
+        dense_one = 2 * positions * w.numel()
+        self.flops += 2 * positions * nnz_w * passes + round(dense_one * nnz_x / x.numel())
+
+
+@pytest.mark.parametrize("config", [SwatConfig(sparsity=0.9), SwatConfig(sparsity=0.7, period=3, warmup=2)])
+def test_sparse_flops_equal_a_direct_count_and_read_the_device_once(config, monkeypatch):
+    torch.manual_seed(1)
+    model = nn.Sequential(
+        nn.Conv2d(1, 4, 3, padding=1),
+        nn.ReLU(),
+        nn.Conv2d(4, 4, 3),
+        nn.ReLU(),
+        nn.Flatten(),
+        nn.Linear(36, 3),
+    )
+    swatify(model, config, swat_layer_names(model, sparsify_first=True))
+    layers = list(swat_layers(model).values())
+    direct = [_DirectCount(layer) for layer in layers]
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.05)
+    reads = []
+    for name in ("__int__", "item", "tolist"):
+        real = getattr(torch.Tensor, name)
+        monkeypatch.setattr(
+            torch.Tensor,
+            name,
+            lambda self, *a, _real=real, _name=name: (reads.append(_name), _real(self, *a))[1],
+        )
+    for step in range(7):
+        optimizer.zero_grad()
+        model(torch.randn(5, 1, 5, 5)).square().mean().backward()
+        optimizer.step()
+        if step == 3:
+            # A read in between settles the counts so far; later steps add to them.
+            assert reads == []
+            assert [layer.flops_swat for layer in layers] == [d.flops for d in direct]
+            reads.clear()
+    # Training forwards never wait for the device: the nonzero counts stay tensors.
+    assert reads == []
+    sparse = [layer.flops_swat for layer in layers]
+    assert reads == ["tolist"] * len(layers)  # one transfer per layer when the FLOPs are read
+    monkeypatch.undo()
+    assert sparse == [d.flops for d in direct]
+    assert 0 < sum(sparse) < swat_flops(model)[0]

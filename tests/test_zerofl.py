@@ -479,3 +479,121 @@ def test_zerofl_wire_tool_measures_a_reply_below_swats(capsys):
     assert report["params_sparsified"] > 0 and report["bytes_zerofl"] < report["bytes_swat"]
     assert report["ratio_measured"] == pytest.approx(report["bytes_swat"] / report["bytes_zerofl"], rel=1e-3)
     assert report["ratio_bitmask_float32"] < report["ratio_ideal_float32"]
+
+
+def _topk_by_stable_sort(array: np.ndarray, density: float) -> np.ndarray:
+    """The top-K selection as first written: a full stable argsort by decreasing magnitude."""
+    from fl_strategies.swat import topk_keep_count
+
+    flat = np.abs(array).reshape(-1)
+    mask = np.zeros(flat.size, dtype=bool)
+    mask[np.argsort(-flat, kind="stable")[: topk_keep_count(flat.size, density)]] = True
+    return mask.reshape(array.shape)
+
+
+def test_topk_exact_selects_what_a_stable_sort_selects_on_ties():
+    rng = np.random.default_rng(11)
+    for trial in range(2000):
+        shape = (int(rng.integers(1, 40)), int(rng.integers(1, 12)))
+        # Few distinct magnitudes (many ties, signed zeros), sometimes NaNs or infinities.
+        array = (rng.integers(-4, 5, size=shape) * rng.choice([0.5, 1.0, 1e-3])).astype(np.float32)
+        if trial % 3 == 0:
+            array[rng.random(shape) < 0.2] = -0.0
+        if trial % 5 == 0:
+            array[rng.random(shape) < 0.3] = np.nan
+        if trial % 7 == 0:
+            array[rng.random(shape) < 0.1] = -np.inf
+        density = float(rng.choice([rng.random(), 0.1, 0.05, 1.0]))
+        expected = _topk_by_stable_sort(array, density)
+        np.testing.assert_array_equal(topk_exact(array, density), expected, err_msg=f"trial {trial}")
+    update = np.zeros((256, 256), np.float32)
+    update[rng.random(update.shape) < 0.02] = 1e-3  # mostly zero: the budget is cut among ties
+    np.testing.assert_array_equal(topk_exact(update, 0.1), _topk_by_stable_sort(update, 0.1))
+
+
+def test_aggregate_sparse_equals_the_dense_masked_sums_bit_for_bit():
+    rng = np.random.default_rng(5)
+    for _ in range(100):
+        shape = (int(rng.integers(1, 30)), int(rng.integers(1, 30)))
+        base = rng.standard_normal(shape).astype(np.float32)
+        base[rng.random(shape) < 0.1] = -0.0  # kept as is, or 0.0 after a zero update
+        n = int(rng.integers(1, 6))
+        masks = [rng.random(shape) < rng.random() for _ in range(n)]
+        # Unsent entries hold junk (0 in decoded replies, anything here): they must not count.
+        values = [rng.standard_normal(shape).astype(np.float32) for _ in masks]
+        weights = [float(rng.integers(1, 90)) for _ in masks]
+        num, den = np.zeros(shape), np.zeros(shape)
+        for value, mask, weight in zip(values, masks, weights, strict=True):
+            num += np.where(mask, value.astype(np.float64), 0.0) * weight
+            den += mask * weight
+        sent = den > 0
+        mean = np.divide(num, den, out=np.zeros_like(num), where=sent)
+        for additive in (False, True):
+            expected = (base + mean) if additive else np.where(sent, mean, base.astype(np.float64))
+            got = aggregate_sparse(base, values, masks, weights, additive)
+            assert got.dtype == np.float32 and got.tobytes() == expected.astype(np.float32).tobytes()
+        zero_fill = aggregate_sparse(base, values, masks, weights, False, "zero_fill")
+        assert zero_fill.tobytes() == (num / sum(weights)).astype(np.float32).tobytes()
+
+
+def _random_topk_mask(rng: np.random.Generator, size: int, density: float) -> np.ndarray:
+    return topk_exact(rng.standard_normal(size).astype(np.float32), density)
+
+
+@pytest.mark.parametrize("density", [0.01, 0.05, 0.1, 0.3, 0.6])
+def test_sent_positions_are_as_small_as_the_full_search_on_topk_masks(density):
+    from fl_strategies.codec import _sent_positions
+
+    rng = np.random.default_rng(int(density * 100))
+    for size in (300, 2560, 65536):
+        mask = _random_topk_mask(rng, size, density)
+        fast, full = _sent_positions(mask), encode_positions(mask)
+        np.testing.assert_array_equal(decode_positions(fast, size), np.flatnonzero(mask))
+        # Within 2 % (and 64 bytes, what a full search on a small mask may save) of
+        # trying every zlib/LZMA form at their top presets.
+        assert fast.size <= 1.02 * full.size + 64, (size, fast[0], fast.size, full[0], full.size)
+
+
+def test_sent_positions_exploit_structure_where_a_mask_has_it():
+    from fl_strategies.codec import _sent_positions
+
+    rows = np.zeros((256, 256), bool)
+    rows[::7] = True  # whole rows: long runs the run-length and LZMA forms compress
+    clustered = np.zeros(65536, bool)
+    clustered[1000:7000] = True
+    periodic = np.zeros(65536, bool)
+    periodic[::9] = True  # regular gaps: LZMA's match search wins by far
+    for mask in (rows.reshape(-1), clustered, periodic, np.ones(4096, bool), np.zeros(4096, bool)):
+        fast, full = _sent_positions(mask), encode_positions(mask)
+        np.testing.assert_array_equal(decode_positions(fast, mask.size), np.flatnonzero(mask))
+        # Runs and regular gaps go to the run-length forms: far below the plain bitmask,
+        # and about as small as the full search.
+        assert fast.size <= 1.02 * full.size + 64 and fast.size < 0.1 * (mask.size / 8)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64, np.float16])
+def test_sent_values_round_trip_bit_exact_in_each_dtype(dtype):
+    rng = np.random.default_rng(2)
+    for size, density in ((5, 0.4), (3000, 0.1), (65536, 0.1)):
+        values = (rng.standard_normal(size) * 1e-2).astype(dtype)
+        values[rng.random(size) < 0.1] = 0.0  # sent zeros
+        values[rng.random(size) < 0.05] = -0.0
+        mask = _random_topk_mask(rng, size, density)
+        blob = encode_sent(values, mask)
+        dense, sent = unpack_sent({"w" + SENT_SUFFIX: blob}, "w", (size,), dtype)
+        np.testing.assert_array_equal(sent, mask)
+        expected = np.where(mask, values, np.zeros((), dtype))
+        assert dense.dtype == dtype and dense.tobytes() == expected.tobytes()
+
+
+def test_sent_blob_is_smaller_than_level_9_over_all_planes_on_trained_like_weights():
+    import zlib
+
+    rng = np.random.default_rng(9)
+    weights = (rng.standard_normal((256, 256)) * 0.05).astype(np.float32)
+    mask = topk_exact(weights, 0.1)
+    blob = encode_sent(weights, mask)
+    sent = weights.reshape(-1)[mask.reshape(-1)].view(np.uint32)
+    one_stream = zlib.compress(np.ascontiguousarray(sent.view(np.uint8).reshape(-1, 4).T).tobytes(), 9)
+    values_bytes = blob.size - 4 - _position_set(blob).size - 1
+    assert values_bytes < len(one_stream)  # one block per byte plane beats one level-9 stream

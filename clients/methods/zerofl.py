@@ -24,9 +24,16 @@ class ZeroFLClient(SwatClient):
     name = "zerofl"
 
     def receive(self, job: ClientJob) -> None:
-        """Load the global model and keep a copy: the diff uplinks send updates."""
+        """Load the global model; the diff uplinks keep a copy of the SWAT layers' weights."""
         super().receive(job)
-        self.global_arrays = model_arrays(job.model)
+        self.global_arrays: dict[str, np.ndarray] = {}
+        if str(self.method["uplink"]) != "topk_weights":
+            # Only the sparsified tensors' updates are taken (topk_weights needs none).
+            state = job.model.state_dict()
+            self.global_arrays = {
+                f"{name}.weight": state[f"{name}.weight"].detach().cpu().numpy().copy()
+                for name in self.swat_names
+            }
         self._payload: dict[str, np.ndarray] | None = None
 
     def uplink_payload(self, job: ClientJob) -> dict[str, np.ndarray]:
@@ -44,9 +51,11 @@ class ZeroFLClient(SwatClient):
         for key, value in local.items():
             module = key.rpartition(".")[0]
             if key.endswith(".weight") and module in self.swat_names:
-                values, mask = select_uplink(value, self.global_arrays[key], uplink, density)
+                # topk_weights reads no global value (none is kept for it).
+                reference = value if uplink == "topk_weights" else self.global_arrays[key]
+                values, mask = select_uplink(value, reference, uplink, density)
                 payload.update(pack_sent(key, values, mask))
-                sent, total = sent + int(mask.sum()), total + mask.size
+                sent, total = sent + int(np.count_nonzero(mask)), total + mask.size
             else:
                 payload[key] = value
         self.sent_fraction = sent / total if total else 1.0
