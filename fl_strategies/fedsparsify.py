@@ -295,7 +295,7 @@ class FedSparsifyGlobal(FedleanStrategy):
             base_mask = self._mask_with_id(base)
             assert base_mask is not None
             flips = flat_mask(base_mask) != flat_mask(self.keep)
-            record[MASK_FLIPS_KEY] = Array(encode_positions(flips))
+            record[MASK_FLIPS_KEY] = Array(encode_positions(flips, fast=True))
         message_config = ConfigRecord(dict(config))
         message_config[MASK_ID_KEY] = self.mask_id
         message_config[MASK_BASE_KEY] = base

@@ -244,7 +244,7 @@ class FedSparsifyClient(ClientMethod):
         if LOCAL_SPARSITY_KEY in job.config:
             keep = magnitude_prune(arrays, self.keep, float(job.config[LOCAL_SPARSITY_KEY]))
             within = flat_mask(keep)[flat_mask(self.keep)]
-            record[LOCAL_MASK_KEY] = Array(encode_positions(within))
+            record[LOCAL_MASK_KEY] = Array(encode_positions(within, fast=True))
         names = list(self.known_shapes)
         values = gather_known(arrays, keep, names)
         reference = gather_known(self.received, keep, names)
