@@ -129,15 +129,21 @@ def _position_forms(mask: np.ndarray, fast: bool = False) -> dict[int, bytes]:
     smaller on every FedSparsify mask measured, and coding one gap per position of a
     dense mask is what costs the time.
     """
-    indices = np.flatnonzero(mask)
+    count = int(np.count_nonzero(mask))
     bitmask = np.packbits(mask).tobytes()
-    forms = {FORM_BITMASK: bitmask, FORM_INDICES: indices.astype("<u4").tobytes()}
-    plain = min(len(bitmask), len(forms[FORM_INDICES]))
+    plain = min(len(bitmask), 4 * count)
     # zlib's own overhead is 11 bytes at least: not worth trying on tiny payloads.
+    gaps = plain > 16 and count > 0 and (not fast or count <= FAST_GAP_DENSITY * mask.size)
+    forms = {FORM_BITMASK: bitmask}
+    if gaps or 4 * count < len(bitmask):
+        # The positions themselves only where a form that needs them can win (the
+        # index list loses every tie with the bitmask).
+        indices = np.flatnonzero(mask)
+        forms[FORM_INDICES] = indices.astype("<u4").tobytes()
     if plain > 16:
         forms[FORM_ZLIB_BITMASK] = zlib.compress(bitmask, 9)
         forms[FORM_LZMA_BITMASK] = _lzma(bitmask)
-        if indices.size and (not fast or indices.size <= FAST_GAP_DENSITY * mask.size):
+        if gaps:
             forms[FORM_ZLIB_DELTA] = zlib.compress(_deltas_bytes(indices), 9)
             forms[FORM_LZMA_GAPS] = _lzma(_gaps_bytes(indices))
     return forms
@@ -725,6 +731,28 @@ def _deflate_rle(data: bytes) -> bytes:
     return compressor.compress(data) + compressor.flush()
 
 
+#: A value form is deflated only if its estimate is within this fraction of the other's.
+_ESTIMATE_MARGIN = 0.1
+#: Values sampled per byte plane for the estimate.
+_ESTIMATE_SAMPLES = 4096
+
+
+def _planes_entropy(words: np.ndarray, itemsize: int) -> float:
+    """Order-0 entropy (bits per value) of the byte planes of ``words``, from a sample.
+
+    A cheap stand-in for the deflated size when choosing between value forms: about
+    :data:`_ESTIMATE_SAMPLES` evenly spaced values, each plane's byte histogram.
+    """
+    sample = np.ascontiguousarray(words[:: max(1, words.size // _ESTIMATE_SAMPLES)])
+    sample = sample.view(np.uint8).reshape(-1, itemsize)
+    total = 0.0
+    for plane in sample.T:
+        counts = np.bincount(plane, minlength=256)
+        counts = counts[counts > 0] / plane.size
+        total -= float((counts * np.log2(counts)).sum())
+    return total
+
+
 def encode_known_values(
     values: np.ndarray, reference: np.ndarray | None = None, compress: bool = True
 ) -> np.ndarray:
@@ -758,13 +786,21 @@ def encode_known_values(
     words = values.astype(values.dtype.newbyteorder("<")).view(f"<u{itemsize}")
     forms = {VALUES_RAW: words.view(np.uint8).tobytes()}
     if compress and values.size * itemsize > 16:
-        forms[VALUES_ZLIB_PLANES] = _deflate_rle(_byte_planes(words, itemsize))
+        candidates = {VALUES_ZLIB_PLANES: words}
         if reference is not None:
             ref = np.ascontiguousarray(reference, dtype=values.dtype).reshape(-1)
             if ref.shape != values.shape:
                 raise ValueError(f"reference has {ref.size} values for {values.size}")
             ref_words = ref.astype(values.dtype.newbyteorder("<")).view(f"<u{itemsize}")
-            forms[VALUES_XOR_ZLIB_PLANES] = _deflate_rle(_byte_planes(words ^ ref_words, itemsize))
+            candidates[VALUES_XOR_ZLIB_PLANES] = words ^ ref_words
+            # Deflating is the cost: skip the form whose estimate is clearly larger.
+            plain, xor = (_planes_entropy(w, itemsize) for w in candidates.values())
+            if xor * (1 + _ESTIMATE_MARGIN) < plain:
+                del candidates[VALUES_ZLIB_PLANES]
+            elif plain * (1 + _ESTIMATE_MARGIN) < xor:
+                del candidates[VALUES_XOR_ZLIB_PLANES]
+        for form, form_words in candidates.items():
+            forms[form] = _deflate_rle(_byte_planes(form_words, itemsize))
     best = min(forms, key=lambda f: (len(forms[f]), f))
     return np.frombuffer(bytes([best]) + forms[best], dtype=np.uint8)
 

@@ -170,6 +170,8 @@ class FedSparsifyClient(ClientMethod):
         self.mask_id: int | None = None
         self.known_shapes: dict[str, tuple[int, ...]] = {}
         self.received: dict[str, np.ndarray] = {}
+        # The known values as received (gathered at ``keep``): the reply's XOR reference.
+        self.received_values = np.zeros(0, np.float32)
 
     def receive(self, job: ClientJob) -> None:
         """Load the model: known values at the held mask after its change, or (evaluation) by codec."""
@@ -202,6 +204,7 @@ class FedSparsifyClient(ClientMethod):
             others,
         )
         self.received = scatter_known(values, self.known_shapes, keep)
+        self.received_values = values
         load_arrays(job.model, {**rest, **self.received})
         self.keep, self.mask_id = keep, mask_id
         job.context.state[MASK_STATE_KEY] = ArrayRecord(
@@ -247,7 +250,8 @@ class FedSparsifyClient(ClientMethod):
             record[LOCAL_MASK_KEY] = Array(encode_positions(within, fast=True))
         names = list(self.known_shapes)
         values = gather_known(arrays, keep, names)
-        reference = gather_known(self.received, keep, names)
+        # At the received mask the reference is what came in; a local mask gathers its own.
+        reference = self.received_values if keep is self.keep else gather_known(self.received, keep, names)
         record[KNOWN_VALUES_KEY] = Array(encode_known_values(values, reference))
         return record
 
