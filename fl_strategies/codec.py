@@ -830,20 +830,21 @@ def decode_known_values(
     if form == VALUES_RAW:
         if body.size != expected:
             raise CodecError(f"known-mask blob holds {body.size} bytes, {count} values need {expected}")
-        data = body.tobytes()
+        data = body.copy()
     elif form in (VALUES_ZLIB_PLANES, VALUES_XOR_ZLIB_PLANES):
         planes, rest = _inflate(body, expected, "known-mask values")
         if len(planes) != expected or rest.size:
             raise CodecError(
                 f"known-mask blob inflates to {len(planes)} bytes, {count} values need {expected}"
             )
-        data = np.ascontiguousarray(np.frombuffer(planes, np.uint8).reshape(itemsize, count).T).tobytes()
+        data = np.frombuffer(planes, np.uint8).reshape(itemsize, count).T.copy()
     else:
         raise CodecError(f"unknown known-mask value form {form}")
-    words = np.frombuffer(data, dtype=f"<u{itemsize}").copy()
+    # One writable copy (made above), viewed as words for the XOR.
+    words = data.reshape(-1).view(f"<u{itemsize}")
     if form == VALUES_XOR_ZLIB_PLANES:
         if reference is None or np.size(reference) != count:
             raise CodecError("XOR-coded known-mask values need the reference the sender used")
         ref = np.ascontiguousarray(reference, dtype=dtype).reshape(-1)
         words ^= ref.astype(dtype.newbyteorder("<")).view(f"<u{itemsize}")
-    return words.view(dtype.newbyteorder("<")).astype(dtype)
+    return words.view(dtype.newbyteorder("<")).astype(dtype, copy=False)

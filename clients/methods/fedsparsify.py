@@ -184,7 +184,8 @@ class FedSparsifyClient(ClientMethod):
             self.keep = mask_from_zeros(arrays, self.names) if masked else full_mask(arrays, self.names)
             self.mask_id = None
             return
-        model = model_arrays(job.model)
+        # Names, shapes and dtypes only: views of the state, no copy.
+        model = {k: v.detach().cpu().numpy() for k, v in job.model.state_dict().items()}
         self.names = prunable_names(model, str(config.get(PRUNE_SCOPE_KEY, "weights")))
         record = job.content.array_records[ARRAYS_KEY]
         keep = self._held_mask(job, int(config[MASK_BASE_KEY]), model)
@@ -225,7 +226,7 @@ class FedSparsifyClient(ClientMethod):
         stored = state.array_records[MASK_STATE_KEY]
         if set(stored) != set(self.names):
             raise CodecError("held mask covers other tensors than the prunable ones")
-        return {n: stored[n].numpy().astype(bool) for n in self.names}
+        return {n: stored[n].numpy().astype(bool, copy=False) for n in self.names}
 
     def train_hooks(self, job: ClientJob) -> TrainHooks:
         """Enforce the global mask (gradients and weights of pruned positions stay 0)."""
