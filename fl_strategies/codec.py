@@ -748,8 +748,8 @@ def _planes_entropy(words: np.ndarray, itemsize: int) -> float:
     total = 0.0
     for plane in sample.T:
         counts = np.bincount(plane, minlength=256)
-        counts = counts[counts > 0] / plane.size
-        total -= float((counts * np.log2(counts)).sum())
+        freq = counts[counts > 0] / plane.size
+        total -= float((freq * np.log2(freq)).sum())
     return total
 
 
