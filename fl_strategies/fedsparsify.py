@@ -184,9 +184,13 @@ class FedSparsifyGlobal(FedleanStrategy):
         # The paper's accounting (nonzeros x 32 bits + 1 bit per parameter per mask sent).
         self.paper_bytes: dict[int, int] = defaultdict(int)
         self._round_payloads: dict[int, RecordDict] = {}
+        # Known values of the global model at a mask, by mask id: the XOR reference of
+        # every reply that follows that mask (the model it was gathered from, kept to
+        # tell when the model changes).
+        self._references: dict[int, tuple[dict[str, np.ndarray], np.ndarray]] = {}
 
-    #: The round's payload cache (built again on demand) stays out of checkpoints.
-    checkpoint_exclude = ("_round_payloads",)
+    #: The round's payload and reference caches (built again on demand) stay out of checkpoints.
+    checkpoint_exclude = ("_round_payloads", "_references")
 
     def reset_node_state(self) -> None:
         """No node is known to hold a mask any more: each gets the whole mask next."""
@@ -295,7 +299,7 @@ class FedSparsifyGlobal(FedleanStrategy):
             base_mask = self._mask_with_id(base)
             assert base_mask is not None
             flips = flat_mask(base_mask) != flat_mask(self.keep)
-            record[MASK_FLIPS_KEY] = Array(encode_positions(flips))
+            record[MASK_FLIPS_KEY] = Array(encode_positions(flips, fast=True))
         message_config = ConfigRecord(dict(config))
         message_config[MASK_ID_KEY] = self.mask_id
         message_config[MASK_BASE_KEY] = base
@@ -324,9 +328,17 @@ class FedSparsifyGlobal(FedleanStrategy):
         return sent, mask
 
     def decode_known_reply(
-        self, message: Message, keep: Mask, extra_keys: tuple[str, ...] = ()
+        self,
+        message: Message,
+        keep: Mask,
+        extra_keys: tuple[str, ...] = (),
+        mask_id: int | None = None,
     ) -> dict[str, np.ndarray]:
-        """A reply's model: known values at ``keep`` (count checked first), the rest by codec."""
+        """A reply's model: known values at ``keep`` (count checked first), the rest by codec.
+
+        ``mask_id``: the id of ``keep`` when it is a mask the server made (not a
+        client's own), so that the reference values are gathered once per model and mask.
+        """
         content = message.content
         if ARRAYS_KEY not in content.array_records:
             raise ReplyError(f"no ArrayRecord '{ARRAYS_KEY}'")
@@ -347,7 +359,7 @@ class FedSparsifyGlobal(FedleanStrategy):
             raise ReplyError(f"array keys differ from the model's: {sorted(set(rest) ^ set(others))[:3]}")
         names = list(shapes)
         count = known_count(shapes, keep)
-        reference = gather_known(self.global_arrays, keep, names)
+        reference = self._reference(keep, names, mask_id)
         blob = record[KNOWN_VALUES_KEY].numpy()
         try:
             values = decode_known_values(blob, count, np.float32, reference)
@@ -358,11 +370,21 @@ class FedSparsifyGlobal(FedleanStrategy):
             check_reply_array(name, arrays[name], reference_value.shape, reference_value.dtype.kind)
         return {name: arrays[name] for name in self.global_arrays}
 
+    def _reference(self, keep: Mask, names: list[str], mask_id: int | None) -> np.ndarray:
+        """The global model's known values at ``keep`` (cached by ``mask_id`` when given)."""
+        if mask_id is None:
+            return gather_known(self.global_arrays, keep, names)
+        cached = self._references.get(mask_id)
+        if cached is None or cached[0] is not self.global_arrays:
+            cached = (self.global_arrays, gather_known(self.global_arrays, keep, names))
+            self._references = {mask_id: cached}
+        return cached[1]
+
     def parse_train_reply(self, server_round: int, message: Message) -> ParsedReply:
         """Validate a reply: the mask it follows, then its known values and other arrays."""
         num_examples = self._num_examples(message.content)
         mask_id, keep = self.reply_mask(server_round, message)
-        arrays = self.decode_known_reply(message, keep)
+        arrays = self.decode_known_reply(message, keep, mask_id=mask_id)
         self.node_mask_ids[message.metadata.src_node_id] = mask_id
         self.paper_bytes[server_round] += self._paper_message_bytes(arrays, False)
         return ParsedReply(

@@ -94,7 +94,7 @@ class FedSparsifyLocal(FedSparsifyGlobal):
         return MaskedReply(
             message.metadata.src_node_id,
             num_examples,
-            apply_mask(arrays, mask),
+            arrays,  # zero off the local mask already: scattered at its positions
             message.content.metric_records[METRICS_KEY],
             message.content,
             mask=mask,

@@ -172,9 +172,13 @@ def prune_by_score(scores: Mapping[str, np.ndarray], keep: Mapping[str, np.ndarr
     if count >= old.size:
         new[:] = False
     elif count > 0:
-        # argpartition picks exactly `count` positions even among ties; pruned ones
-        # (-inf) come first, so the old mask is contained in the new one.
-        new[np.argpartition(flat, count - 1)[:count]] = False
+        lowest = _lowest_if_unique(flat, old, count, already)
+        if lowest is not None:
+            new[lowest] = False
+        else:
+            # argpartition picks exactly `count` positions even among ties; pruned ones
+            # (-inf) come first, so the old mask is contained in the new one.
+            new[np.argpartition(flat, count - 1)[:count]] = False
     out: Mask = {}
     offset = 0
     for name in names:
@@ -182,6 +186,24 @@ def prune_by_score(scores: Mapping[str, np.ndarray], keep: Mapping[str, np.ndarr
         out[name] = new[offset : offset + size].reshape(np.shape(keep[name]))
         offset += size
     return out
+
+
+def _lowest_if_unique(flat: np.ndarray, old: np.ndarray, count: int, already: int) -> np.ndarray | None:
+    """The ``count`` lowest scores as a boolean vector, if no tie makes the choice ambiguous.
+
+    ``flat`` holds -inf at the ``already`` pruned positions of ``old``. The threshold is
+    found among the alive scores alone (argpartition over many equal -inf entries is
+    slow); where exactly ``count`` scores are at or below it, that set is the one any
+    selection, :func:`numpy.argpartition` included, returns. None: ties at the threshold.
+    """
+    if count > already:
+        alive = flat[old]
+        k = count - already - 1
+        threshold = np.partition(alive, k)[k]
+    else:
+        threshold = -np.inf
+    lowest = flat <= threshold
+    return lowest if int(np.count_nonzero(lowest)) == count else None
 
 
 def magnitude_prune(

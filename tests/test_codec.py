@@ -244,3 +244,33 @@ def test_forged_header_claiming_2_31_elements_is_rejected_before_allocation():
         tracemalloc.stop()
     assert peak < 1 << 20  # nothing near 8 GiB (2**31 float32) was ever requested
     assert 2**31 > MAX_ELEMENTS
+
+
+@pytest.mark.parametrize("density", [0.0005, 0.01, 0.1, 0.25, 0.4, 0.6, 0.95])
+def test_fast_position_sets_round_trip_and_skip_only_dense_gap_forms(density):
+    """``fast=True``: same decoder, same blob up to FAST_GAP_DENSITY, near it above."""
+    rng = np.random.default_rng(int(density * 1e4))
+    mask = rng.random(60_000) < density
+    mask[:5000] |= rng.random(5000) < 0.9  # some structure, as in magnitude masks
+    full, fast = encode_positions(mask), encode_positions(mask, fast=True)
+    np.testing.assert_array_equal(decode_positions(fast, mask.size), np.flatnonzero(mask))
+    if mask.mean() <= codec.FAST_GAP_DENSITY:
+        np.testing.assert_array_equal(fast, full)
+    else:
+        assert fast[0] not in (FORM_ZLIB_DELTA, FORM_LZMA_GAPS)
+        assert fast.size <= 1.01 * full.size
+
+
+def test_position_forms_leave_out_the_index_list_only_where_it_cannot_win():
+    """The index list is built only where it may beat the bitmask; the choice is unchanged."""
+    for count in (0, 1, 5, 200, 3000):
+        mask = np.zeros(50_000, dtype=bool)
+        mask[np.random.default_rng(count).choice(mask.size, count, replace=False)] = True
+        forms = codec._position_forms(mask, fast=True)
+        if 4 * count < (mask.size + 7) // 8:
+            assert forms[FORM_INDICES] == np.flatnonzero(mask).astype("<u4").tobytes()
+        best = min(forms, key=lambda f: len(forms[f]))
+        assert best != FORM_INDICES or 4 * count < (mask.size + 7) // 8
+        np.testing.assert_array_equal(
+            decode_positions(encode_positions(mask, fast=True), mask.size), np.flatnonzero(mask)
+        )

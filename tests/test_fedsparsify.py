@@ -14,13 +14,15 @@ from torch.utils.data import DataLoader, TensorDataset
 from clients.methods.fedsparsify import grasp_scores, snip_scores
 from clients.train import TrainHooks, make_optimizer, train_loop
 from fl_strategies.base import numpy_to_arrayrecord
-from fl_strategies.codec import decode_arrays, encode_arrays
+from fl_strategies.codec import VALUES_XOR_ZLIB_PLANES, decode_arrays, encode_arrays, encode_known_values
 from fl_strategies.fedsparsify import FedSparsifyGlobal
 from fl_strategies.fedsparsify_local import FedSparsifyLocal
 from fl_strategies.oneshot import OneShot
 from fl_strategies.prune_at_init import Snip
 from fl_strategies.pruning import (
     full_mask,
+    gather_known,
+    known_names,
     magnitude_prune,
     majority_vote,
     mask_from_zeros,
@@ -122,6 +124,45 @@ def test_global_follows_schedule_and_pruned_weights_never_regrow():
     assert summary["final_sparsity"] == pytest.approx(0.8, abs=1 / PRUNABLE)
     # 20% density: bitmask + values ~ 0.23 of dense, plus ~450 B overhead per array.
     assert summary["final_model_sparse_mb"] < 0.5 * summary["final_model_dense_mb"]
+
+
+def test_xor_replies_decode_against_each_rounds_model():
+    """XOR-coded replies decode exactly every round (the server's reference follows the model)."""
+    sent: dict[tuple[int, int], dict[str, np.ndarray]] = {}
+
+    def client_app(message, context):
+        arrays, keep = _receive(message, context)
+        index = context.node_config["partition-id"]
+        # A small per-node step: the XOR form wins, and a stale reference would decode wrong.
+        trained = {k: (v + 1e-3 * (index + 1)).astype(v.dtype) * (v != 0) for k, v in arrays.items()}
+        trained = {k: np.where(keep[k], v, 0).astype(v.dtype) if k in keep else v for k, v in trained.items()}
+        reply = known_reply(message, trained, keep, 10)
+        names = known_names(trained)
+        values = gather_known(trained, keep, names)
+        reply.content.array_records["arrays"]["known-values"] = Array(
+            encode_known_values(values, reference=gather_known(arrays, keep, names))
+        )
+        assert reply.content.array_records["arrays"]["known-values"].numpy()[0] == VALUES_XOR_ZLIB_PLANES
+        sent[(int(message.content.config_records["config"]["server-round"]), index)] = trained
+        return reply
+
+    strategy = FedSparsifyGlobal(
+        num_rounds=4, s_f=0.7, min_available_nodes=2, min_train_nodes=2, fraction_evaluate=0.0
+    )
+    received: list[list[dict[str, np.ndarray]]] = []
+    original = strategy.aggregate_replies
+
+    def spy(server_round, replies):
+        received.append([r.arrays for r in replies])
+        return original(server_round, replies)
+
+    strategy.aggregate_replies = spy
+    _run(strategy, client_app, 2, 4)
+    assert len(received) == 4
+    for server_round, replies in enumerate(received, start=1):
+        expected = [sent[(server_round, i)] for i in range(2)]
+        for arrays in replies:
+            assert any(all(np.array_equal(arrays[k], e[k]) for k in e) for e in expected)
 
 
 def test_oneshot_prunes_once_at_t_minus_ft_rounds():

@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+import zlib
+
 import numpy as np
 import pytest
 
+from fl_strategies import codec
 from fl_strategies.codec import (
     VALUES_RAW,
     VALUES_XOR_ZLIB_PLANES,
@@ -159,6 +162,47 @@ def test_no_weight_regrows_even_if_it_becomes_large():
     assert mask_counts(new)[0] == target_count(155, 0.8)
 
 
+def _argpartition_prune(scores, keep, sparsity):
+    """prune_by_score as it was: one argpartition over all positions (pruned = -inf)."""
+    names = list(keep)
+    old = np.concatenate([keep[n].reshape(-1) for n in names])
+    flat = np.concatenate([np.asarray(scores[n], np.float64).reshape(-1) for n in names])
+    flat = np.where(old, np.nan_to_num(flat, nan=-np.inf), -np.inf)
+    count = max(target_count(old.size, sparsity), int(old.size - old.sum()))
+    new = np.ones(old.size, dtype=bool)
+    if count >= old.size:
+        new[:] = False
+    elif count > 0:
+        new[np.argpartition(flat, count - 1)[:count]] = False
+    sizes = np.cumsum([keep[n].size for n in names])[:-1]
+    parts = np.split(new, sizes)
+    return {n: p.reshape(keep[n].shape) for n, p in zip(names, parts, strict=True)}
+
+
+@pytest.mark.parametrize("kind", ["distinct", "ties", "nan", "neg-inf"])
+def test_prune_by_score_threshold_path_matches_argpartition(kind):
+    """The alive-only threshold picks the same positions as the full argpartition, ties included."""
+    rng = np.random.default_rng(0)
+    for trial in range(200):
+        shapes = [(int(rng.integers(1, 30)), int(rng.integers(1, 20))) for _ in range(3)]
+        density = rng.choice([1.0, 0.7, 0.3, 0.05])
+        keep = {f"w{i}": rng.random(sh) < density for i, sh in enumerate(shapes)}
+        scores = {}
+        for name, m in keep.items():
+            base = rng.standard_normal(m.shape)
+            if kind == "ties":
+                base = rng.integers(0, 3, m.shape).astype(np.float64)
+            elif kind == "nan":
+                base[rng.random(m.shape) < 0.2] = np.nan
+            elif kind == "neg-inf":
+                base[rng.random(m.shape) < 0.2] = -np.inf
+            scores[name] = base.astype(np.float32)
+        sparsity = float(rng.choice([0.0, 0.2, 0.5, 0.9, 0.99, 1.0]))
+        got, expected = prune_by_score(scores, keep, sparsity), _argpartition_prune(scores, keep, sparsity)
+        for name in keep:
+            np.testing.assert_array_equal(got[name], expected[name], err_msg=f"trial {trial}")
+
+
 def test_prune_by_score_prunes_lowest_scores():
     keep = {"w": np.ones((2, 3), bool)}
     scores = {"w": np.array([[5.0, -1.0, 3.0], [0.5, 9.0, 2.0]])}
@@ -260,6 +304,54 @@ def test_known_values_roundtrip_bit_for_bit_in_every_form():
     np.testing.assert_array_equal(
         decode_known_values(encode_known_values(odd), 3).view(np.uint32), odd.view(np.uint32)
     )
+
+
+def _all_value_forms(values: np.ndarray, reference: np.ndarray) -> dict[int, int]:
+    """Blob size of every known-value form, each deflated in full (what the encoder may skip)."""
+    words, ref = values.view("<u4"), reference.view("<u4")
+    return {
+        VALUES_RAW: 1 + values.nbytes,
+        VALUES_ZLIB_PLANES: 1 + len(codec._deflate_rle(codec._byte_planes(words, 4))),
+        VALUES_XOR_ZLIB_PLANES: 1 + len(codec._deflate_rle(codec._byte_planes(words ^ ref, 4))),
+    }
+
+
+@pytest.mark.parametrize("change", [0.0, 1e-4, 0.05, 1.0, "unrelated", "constant"])
+def test_known_values_estimate_skips_only_forms_that_lose(change):
+    """The entropy estimate deflates one form only where the other is larger in full."""
+    reference = _weights(20_000)
+    if change == "unrelated":
+        values = np.random.default_rng(3).random(20_000).astype(np.float32)
+    elif change == "constant":  # the plain planes win: the XOR is the reference's noise
+        values = np.full(20_000, 0.5, np.float32)
+    else:
+        values = (reference + _weights(20_000, 2) * change).astype(np.float32)
+    blob = encode_known_values(values, reference=reference)
+    sizes = _all_value_forms(values, reference)
+    assert blob.size == min(sizes.values())
+    assert blob[0] == min(sizes, key=lambda f: (sizes[f], f))
+    out = decode_known_values(blob, values.size, np.float32, reference)
+    np.testing.assert_array_equal(out.view(np.uint32), values.view(np.uint32))
+
+
+def test_known_values_rle_deflate_is_no_larger_than_level_6():
+    """Z_RLE on byte planes: as small as zlib level 6 on weights and on their XOR (measured win)."""
+    values = _weights(20_000)
+    trained = (values + _weights(20_000, 1) * 0.01).astype(np.float32)
+    for words in (values.view("<u4"), trained.view("<u4") ^ values.view("<u4")):
+        planes = codec._byte_planes(words, 4)
+        assert len(codec._deflate_rle(planes)) <= 1.01 * len(zlib.compress(planes, 6))
+        assert zlib.decompress(codec._deflate_rle(planes)) == planes
+
+
+@pytest.mark.parametrize("count", [0, 1, 2, 3])
+def test_known_values_decode_tiny_counts_writable(count):
+    values = _weights(count)
+    for blob in (encode_known_values(values), encode_known_values(values, compress=False)):
+        out = decode_known_values(blob, count)
+        np.testing.assert_array_equal(out.view(np.uint32), values.view(np.uint32))
+        out[...] = 7.0  # a fresh, writable array, not a view of the message
+        assert out.flags.owndata or out.base is not None and out.base.flags.writeable
 
 
 def test_known_values_decoder_checks_the_count_it_knows_before_allocating():

@@ -170,6 +170,8 @@ class FedSparsifyClient(ClientMethod):
         self.mask_id: int | None = None
         self.known_shapes: dict[str, tuple[int, ...]] = {}
         self.received: dict[str, np.ndarray] = {}
+        # The known values as received (gathered at ``keep``): the reply's XOR reference.
+        self.received_values = np.zeros(0, np.float32)
 
     def receive(self, job: ClientJob) -> None:
         """Load the model: known values at the held mask after its change, or (evaluation) by codec."""
@@ -182,7 +184,8 @@ class FedSparsifyClient(ClientMethod):
             self.keep = mask_from_zeros(arrays, self.names) if masked else full_mask(arrays, self.names)
             self.mask_id = None
             return
-        model = model_arrays(job.model)
+        # Names, shapes and dtypes only: views of the state, no copy.
+        model = {k: v.detach().cpu().numpy() for k, v in job.model.state_dict().items()}
         self.names = prunable_names(model, str(config.get(PRUNE_SCOPE_KEY, "weights")))
         record = job.content.array_records[ARRAYS_KEY]
         keep = self._held_mask(job, int(config[MASK_BASE_KEY]), model)
@@ -202,6 +205,7 @@ class FedSparsifyClient(ClientMethod):
             others,
         )
         self.received = scatter_known(values, self.known_shapes, keep)
+        self.received_values = values
         load_arrays(job.model, {**rest, **self.received})
         self.keep, self.mask_id = keep, mask_id
         job.context.state[MASK_STATE_KEY] = ArrayRecord(
@@ -222,7 +226,7 @@ class FedSparsifyClient(ClientMethod):
         stored = state.array_records[MASK_STATE_KEY]
         if set(stored) != set(self.names):
             raise CodecError("held mask covers other tensors than the prunable ones")
-        return {n: stored[n].numpy().astype(bool) for n in self.names}
+        return {n: stored[n].numpy().astype(bool, copy=False) for n in self.names}
 
     def train_hooks(self, job: ClientJob) -> TrainHooks:
         """Enforce the global mask (gradients and weights of pruned positions stay 0)."""
@@ -244,10 +248,11 @@ class FedSparsifyClient(ClientMethod):
         if LOCAL_SPARSITY_KEY in job.config:
             keep = magnitude_prune(arrays, self.keep, float(job.config[LOCAL_SPARSITY_KEY]))
             within = flat_mask(keep)[flat_mask(self.keep)]
-            record[LOCAL_MASK_KEY] = Array(encode_positions(within))
+            record[LOCAL_MASK_KEY] = Array(encode_positions(within, fast=True))
         names = list(self.known_shapes)
         values = gather_known(arrays, keep, names)
-        reference = gather_known(self.received, keep, names)
+        # At the received mask the reference is what came in; a local mask gathers its own.
+        reference = self.received_values if keep is self.keep else gather_known(self.received, keep, names)
         record[KNOWN_VALUES_KEY] = Array(encode_known_values(values, reference))
         return record
 
