@@ -82,7 +82,11 @@ def test_cached_dense_bytes_follow_sparse_encoding_and_duplicate_objects():
             "c": rng.random(big, dtype=np.float32),
         },
         # Mostly zeros: the codec sends 'c' sparse, of another byte length.
-        {"a": rng.random(8, dtype=np.float32), "b": rng.random(8, dtype=np.float32), "c": np.zeros(big, np.float32)},
+        {
+            "a": rng.random(8, dtype=np.float32),
+            "b": rng.random(8, dtype=np.float32),
+            "c": np.zeros(big, np.float32),
+        },
     ]
     config = ConfigRecord({"server-round": 3, RUN_CONFIG_KEY: "{}"})
     metrics = MetricRecord({"num-examples": 12, "loss": 0.5})
