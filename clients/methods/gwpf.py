@@ -20,6 +20,8 @@ this case because it accumulates over the 5 local steps between two syncs.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
 from fl_strategies.gwpf import GWPF_MASKS, THRESHOLD_KEY, VOTES_KEY
@@ -76,6 +78,10 @@ class GWPFClient(PartialSyncClient):
     name = "gwpf"
     mask_spec = GWPF_MASKS
     extra_state = ("ema_f", "abs_ema_f", "obs")
+
+    def extra_domain(self, masks: Mapping[str, np.ndarray]) -> np.ndarray | None:
+        """The frozen scalars: the drift EMAs of active ones are zero (they start at freezing)."""
+        return np.flatnonzero(~masks["active"])
 
     def extra_reply(self, job: ClientJob, flat_after: np.ndarray) -> dict[str, np.ndarray]:
         """The packed thaw votes, one bit per frozen scalar."""
