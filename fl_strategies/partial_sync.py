@@ -535,7 +535,7 @@ class PartialSyncStrategy(FedleanStrategy):
 
     def expected_reply_arrays(self, server_round: int) -> dict[str, tuple[int, ...]]:
         """Synced values, the non-freezable arrays whole, and the method's extras."""
-        expected: dict[str, tuple[int, ...]] = {VALUES_KEY: (int(self.sync_mask.sum()),)}
+        expected: dict[str, tuple[int, ...]] = {VALUES_KEY: (int(self.sync_positions.size),)}
         expected.update({k: self.global_arrays[k].shape for k in self.buffer_keys})
         expected.update(self.extra_reply_arrays())
         return expected

@@ -81,6 +81,8 @@ class GWPFClient(PartialSyncClient):
 
     def extra_domain(self, masks: Mapping[str, np.ndarray]) -> np.ndarray | None:
         """The frozen scalars: the drift EMAs of active ones are zero (they start at freezing)."""
+        if masks is getattr(self, "masks", None):
+            return self.frozen_positions()
         return np.flatnonzero(~masks["active"])
 
     def extra_reply(self, job: ClientJob, flat_after: np.ndarray) -> dict[str, np.ndarray]:
@@ -92,7 +94,7 @@ class GWPFClient(PartialSyncClient):
             self.extra["abs_ema_f"],
             self.extra["obs"],
             (self.flat_before - flat_after).astype(np.float32),
-            np.flatnonzero(~self.masks["active"]),
+            self.frozen_positions(),
             alpha,
             float(job.config[THRESHOLD_KEY]),
             int(self.method["vote_min_rounds"]),

@@ -58,6 +58,14 @@ def _layout(shapes: tuple[tuple[str, tuple[int, ...]], ...]) -> FlatLayout:
     return FlatLayout(dict(shapes))
 
 
+def nonzero_bits(values: np.ndarray) -> int:
+    """Entries of a numeric array whose bit pattern is not all zeros (-0.0 counts)."""
+    values = np.ascontiguousarray(values)
+    return int(
+        np.count_nonzero(values.view(f"u{values.itemsize}") if values.itemsize in (1, 2, 4, 8) else values)
+    )
+
+
 def held_values(held: np.ndarray, masks: Mapping[str, np.ndarray]) -> np.ndarray:
     """A node's flat model from its state: ``held`` at the positions not synced under ``masks``.
 
@@ -86,6 +94,7 @@ class PartialSyncClient(ClientMethod):
     def __init__(self, settings: Mapping[str, Any]) -> None:
         super().__init__(settings)
         self._upload: dict[str, np.ndarray] | None = None
+        self._frozen_at: np.ndarray | None = None
 
     # --------------------------------------------------------------- state
     def _load_state(self, job: ClientJob, base_round: int):
@@ -137,8 +146,9 @@ class PartialSyncClient(ClientMethod):
         for key, value in self.extra.items():
             if domain is not None:
                 compact = value[domain]
-                # Exact only if nothing nonzero lies outside the domain; else keep it whole.
-                if np.count_nonzero(compact) == np.count_nonzero(value):
+                # Exact only if nothing but +0 lies outside the domain; else keep it whole
+                # (bit patterns counted: -0.0 counts, and integer counting is much faster).
+                if nonzero_bits(compact) == nonzero_bits(value):
                     record[_EXTRA_AT_PREFIX + key] = Array(compact)
                     continue
             record[_EXTRA_PREFIX + key] = Array(np.require(value, requirements="C"))
@@ -152,6 +162,12 @@ class PartialSyncClient(ClientMethod):
         holds); default: None, the whole arrays are kept.
         """
         return None
+
+    def frozen_positions(self) -> np.ndarray:
+        """Flat positions of the scalars frozen this round (``~active``), found once per round."""
+        if self._frozen_at is None:
+            self._frozen_at = np.flatnonzero(~self.masks["active"])
+        return self._frozen_at
 
     # --------------------------------------------------------------- hooks
     def receive(self, job: ClientJob) -> None:
@@ -193,6 +209,7 @@ class PartialSyncClient(ClientMethod):
             self.flat_before = flat if uniform else layout.flatten(local)
         self.sync = synced_positions(self.masks)
         self.sync_at = np.flatnonzero(self.sync)
+        self._frozen_at = None  # of the masks just received
         load_arrays(job.model, local)
         self.on_receive(job, received)
 
