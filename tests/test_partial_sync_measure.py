@@ -125,3 +125,61 @@ def test_index_paths_do_the_same_float_operations_as_masks():
     for want, got in zip(state, other, strict=True):
         np.testing.assert_array_equal(got, want)
     assert not np.any(state[2][~frozen])  # active scalars hold no drift
+
+
+def make_gwpf_client(size: int, masks: dict[str, np.ndarray]) -> GWPFClient:
+    from clients.methods.partial_sync import _layout
+    from fl_strategies.partial_sync import synced_positions
+
+    client = GWPFClient({"method": {}})
+    client.layout = _layout((("w", (size,)),))
+    client.masks = masks
+    client.sync = synced_positions(masks)
+    client.sync_at = np.flatnonzero(client.sync)
+    client._frozen_at = None
+    return client
+
+
+@pytest.mark.parametrize("stray", [False, True])
+def test_node_state_round_trips_exactly(stray):
+    """Saved compactly (unsynced values, packed masks, EMAs at frozen scalars), loaded exactly.
+
+    ``stray``: an EMA entry outside the frozen scalars (never made by GWPF's own updates)
+    is kept too: that array is then stored whole.
+    """
+    from types import SimpleNamespace
+
+    from flwr.app import Context, RecordDict
+
+    rng = np.random.default_rng(2)
+    n = 1000
+    active = rng.random(n) < 0.6
+    thawed = ~active & (rng.random(n) < 0.3)
+    masks = {"active": active, "thawed": thawed}
+    client = make_gwpf_client(n, masks)
+    frozen = ~active
+    client.extra = {
+        name: np.where(frozen, rng.standard_normal(n), 0.0).astype(np.float32)
+        for name in ("ema_f", "abs_ema_f", "obs")
+    }
+    client.extra["ema_f"][np.flatnonzero(frozen)[0]] = -0.0  # kept as -0.0
+    if stray:
+        client.extra["obs"][np.flatnonzero(active)[0]] = 3.0
+    flat = rng.standard_normal(n).astype(np.float32)
+    job = SimpleNamespace(
+        context=Context(run_id=0, node_id=1, node_config={}, state=RecordDict(), run_config={}),
+        server_round=4,
+    )
+    client._save_state(job, flat)
+    stored = job.context.state.array_records["partial-sync-state"]
+    whole = sorted(k for k in stored if k.startswith("extra/"))
+    assert whole == (["extra/obs"] if stray else [])
+    loaded = make_gwpf_client(n, masks)
+    held, got_masks, extra = loaded._load_state(job, 4)
+    for name in masks:
+        np.testing.assert_array_equal(got_masks[name], masks[name])
+    unsynced = ~(active | thawed)
+    np.testing.assert_array_equal(held[unsynced], flat[unsynced])
+    assert not held[~unsynced].any()  # the next partial message fills these in
+    for name, value in client.extra.items():
+        np.testing.assert_array_equal(extra[name].view(np.uint32), value.view(np.uint32), err_msg=name)
