@@ -83,21 +83,25 @@ class APF(StabilityFreezingStrategy):
         self, server_round: int, delta: np.ndarray, replies: list[ParsedReply]
     ) -> dict[str, float]:
         """Check the synced scalars, update their periods, set next round's mask."""
-        checked = self.sync_mask
+        # The checked scalars as flat positions (found once per mask set): gathering and
+        # scattering at them is much cheaper than boolean-mask indexing over every scalar.
+        checked = self.sync_positions
         ema_update(self.ema, self.abs_ema, delta, self.alpha, where=checked)
-        stable = stability(self.ema, self.abs_ema, self.eps) < self.threshold
-        self.period = aimd_step(self.period, stable, checked)
-        freeze = checked & stable
+        stable = stability(self.ema[checked], self.abs_ema[checked], self.eps) < self.threshold
+        period = self.period.copy()
+        period[checked] = aimd_step(period[checked], stable, np.ones(checked.size, bool))
+        self.period = period
+        freeze = checked[stable]
         self.frozen_until[freeze] = server_round + self.period[freeze]
         next_active = self.frozen_until <= server_round
         frozen_fraction = 1.0 - float(next_active.mean()) if next_active.size else 0.0
         if frozen_fraction > self.tighten_at:
             self.threshold /= 2.0
-        unfrozen = next_active & ~checked
+        unfrozen = next_active & ~self.sync_mask
         self.masks = {"active": next_active}
         return {
             "frozen_fraction": frozen_fraction,
-            "newly_frozen": int(freeze.sum()),
+            "newly_frozen": int(freeze.size),
             "unfrozen_count": int(unfrozen.sum()),
             "mean_period": float(self.period.mean()) if self.period.size else 0.0,
             "threshold": float(self.threshold),

@@ -18,7 +18,7 @@ from collections.abc import Mapping
 from typing import Any
 
 from flwr.app import Message
-from flwr.common.constant import SUPERLINK_NODE_ID, ErrorCode
+from flwr.common.constant import FLWR_PRIVATE_MAX_ARRAY_CHUNK_SIZE, SUPERLINK_NODE_ID, ErrorCode
 from flwr.proto.node_pb2 import NodeInfo
 from flwr.serverapp.strategy.fedtrimmedavg import trim_mean
 from flwr.serverapp.strategy.multikrum import select_multikrum
@@ -35,6 +35,9 @@ from flwr.supercore.version import package_version
 
 #: The Flower versions this module was tested with (as a pip specifier).
 TESTED_FLWR = ">=1.42,<1.43"
+#: Bytes per serialized chunk of an Array's data (Flower splits larger data into chunks
+#: and sends identical chunks once).
+ARRAY_CHUNK_SIZE: int = FLWR_PRIVATE_MAX_ARRAY_CHUNK_SIZE
 #: Installed Flower version.
 FLWR_VERSION: str = package_version
 #: Error code of a reply whose ClientApp raised.
@@ -48,6 +51,7 @@ LOST_NODE_ERROR_CODES: frozenset[int] = frozenset(
 )
 
 __all__ = [
+    "ARRAY_CHUNK_SIZE",
     "CLIENT_APP_ERROR_CODE",
     "FLWR_VERSION",
     "LOST_NODE_ERROR_CODES",

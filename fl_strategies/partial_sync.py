@@ -48,7 +48,8 @@ from flwr.serverapp import Grid
 
 from .base import FedleanStrategy, ParsedReply, ReplyError, weighted_mean
 from .codec import CodecError, decode_positions, encode_arrays, encode_positions
-from .wire import ARRAYS_KEY, CONFIG_KEY, METRICS_KEY, RUN_CONFIG_KEY, message_bytes
+from .flwr_compat import ARRAY_CHUNK_SIZE, nested_objects, no_object_id_recompute
+from .wire import ARRAYS_KEY, CONFIG_KEY, METRICS_KEY, RUN_CONFIG_KEY, message_bytes, messages_bytes
 
 #: ConfigRecord entry: ``True`` when the message carries the whole model and masks.
 SYNC_FULL_KEY = "sync-full"
@@ -144,17 +145,33 @@ def ema_update(
     alpha : float
         Decay in [0, 1).
     where : np.ndarray | None (default: None)
-        Boolean mask of the entries to update; all when None.
+        The entries to update, as a boolean mask or as flat positions (int); all when None.
 
     """
-    # Whole-array arithmetic and one masked copy: the same float32 operations per entry as
-    # updating ema[where] alone, without gathering and scattering the masked entries.
-    for average, value in ((ema, delta), (abs_ema, np.abs(delta))):
-        updated = alpha * average + (1.0 - alpha) * value
-        if where is None:
-            average[...] = updated
-        else:
-            np.copyto(average, updated, where=where)
+    if where is None:
+        for average, value in ((ema, delta), (abs_ema, np.abs(delta))):
+            average[...] = alpha * average + (1.0 - alpha) * value
+        return
+    # Gather, update, scatter at flat positions: the same float32 operations per entry as
+    # whole-array arithmetic, without a boolean-mask pass (slow on scattered masks) over
+    # every scalar.
+    index = as_positions(where)
+    step = delta[index]
+    ema[index] = alpha * ema[index] + (1.0 - alpha) * step
+    abs_ema[index] = alpha * abs_ema[index] + (1.0 - alpha) * np.abs(step)
+
+
+def as_positions(where: np.ndarray) -> np.ndarray:
+    """Flat positions (int64) of a boolean mask; an integer array is returned as is.
+
+    Gathering and scattering at positions costs a fraction of boolean-mask indexing when
+    the True entries are scattered (one pass to find them, then direct addressing), and
+    the positions can be reused by every array indexed with the same mask.
+    """
+    where = np.asarray(where)
+    if where.dtype == bool:
+        return np.flatnonzero(where)
+    return where
 
 
 def stability(ema: np.ndarray, abs_ema: np.ndarray, eps: float = 1e-12) -> np.ndarray:
@@ -219,9 +236,10 @@ def encode_masks(
         if within is None:
             out.update(encode_mask_update(name, before, mask))
             continue
-        domain = ~current[within]
-        if np.any(mask & ~domain):
+        outside = current[within]
+        if np.any(mask & outside):
             raise ValueError(f"mask '{name}' is set outside its domain ~{within}")
+        domain = np.flatnonzero(~outside)
         out.update(encode_mask_update(name, before[domain], mask[domain]))
     return out
 
@@ -246,7 +264,7 @@ def decode_masks(
         if within is None:
             masks[name] = decode_mask(name, arrays, before)
             continue
-        domain = ~masks[within]
+        domain = np.flatnonzero(~masks[within])
         mask = np.zeros(size, dtype=bool)
         mask[domain] = decode_mask(name, arrays, before[domain])
         masks[name] = mask
@@ -261,6 +279,45 @@ def synced_positions(masks: Mapping[str, np.ndarray]) -> np.ndarray:
 def mask_keys(names: Iterable[str]) -> set[str]:
     """Every wire key a mask of these names may use."""
     return {mask_key(n) for n in names}
+
+
+# ---------------------------------------------------------------------- sizes
+def record_size_signature(record: ArrayRecord) -> tuple[Any, ...]:
+    """Everything the serialized sizes of an ArrayRecord's objects depend on.
+
+    Each array's key, dtype, shape, serialization type and byte length, and which of the
+    data chunks Flower cuts (:data:`ARRAY_CHUNK_SIZE` bytes) are byte-identical: Flower
+    sends an object once per message, so equal chunks (or arrays) are counted once, and
+    an array's header lists its chunks by their index among its distinct ones. Values
+    and object ids (fixed-length hashes) change no size. Two records with the same
+    signature serialize to objects of the same sizes.
+    """
+    classes: dict[int, list[tuple[np.ndarray, int]]] = {}
+    pattern: list[int] = []
+    meta = []
+    for key, array in record.items():
+        data = np.frombuffer(array.data, dtype=np.uint8)
+        meta.append((key, array.dtype, tuple(array.shape), array.stype, data.size))
+        for start in range(0, data.size, ARRAY_CHUNK_SIZE):
+            chunk = data[start : start + ARRAY_CHUNK_SIZE]
+            same = classes.setdefault(chunk.size, [])
+            # A few edge bytes rule out almost every pair before a full comparison.
+            match = next(
+                (
+                    cid
+                    for rep, cid in same
+                    if rep[:64].tobytes() == chunk[:64].tobytes()
+                    and rep[-64:].tobytes() == chunk[-64:].tobytes()
+                    and np.array_equal(rep, chunk)
+                ),
+                None,
+            )
+            if match is None:
+                match = sum(len(group) for group in classes.values())
+                same.append((chunk, match))
+            pattern.append(match)
+        pattern.append(-1)  # end of this array's chunks
+    return tuple(meta), tuple(pattern)
 
 
 # ---------------------------------------------------------------------- strategy
@@ -286,8 +343,9 @@ class PartialSyncStrategy(FedleanStrategy):
 
     #: Masks sent to clients; clients upload the positions of their union.
     mask_spec: MaskSpec = (("active", None, True),)
-    #: The round's payload cache is rebuilt, not checkpointed.
-    checkpoint_exclude = ("_payloads", "_payloads_round")
+    #: The round's payload cache and the caches derived from the model and the masks are
+    #: rebuilt, not checkpointed.
+    checkpoint_exclude = ("_payloads", "_payloads_round", "_flat_cache", "_sync_cache", "_dense_cache")
 
     def __init__(
         self, freezable_keys: Sequence[str] | None = None, measure_dense: bool = True, **kwargs: Any
@@ -309,6 +367,13 @@ class PartialSyncStrategy(FedleanStrategy):
         # once each and shared by every node that gets that kind.
         self._payloads: dict[bool, RecordDict] = {}
         self._payloads_round = 0
+        # Derived once per object they derive from (compared by identity: the global model
+        # and the masks are replaced, never changed in place): (model, flat vector),
+        # (masks, (union, its positions)), and the dense model record's sizes
+        # (:meth:`dense_message_bytes`).
+        self._flat_cache: tuple[dict[str, np.ndarray], np.ndarray] | None = None
+        self._sync_cache: tuple[dict[str, np.ndarray], tuple[np.ndarray, np.ndarray]] | None = None
+        self._dense_cache: tuple[tuple[Any, ...], ArrayRecord, dict[str, int]] | None = None
 
     # ------------------------------------------------------------ subclass hooks
     def init_state(self, size: int) -> None:
@@ -344,10 +409,33 @@ class PartialSyncStrategy(FedleanStrategy):
         """No node holds last round's state any more: each gets a full message next."""
         self.node_round.clear()
 
+    def _sync(self) -> tuple[np.ndarray, np.ndarray]:
+        cache = self._sync_cache
+        if cache is None or cache[0] is not self.masks:
+            union = synced_positions(self.masks)
+            cache = self._sync_cache = (self.masks, (union, np.flatnonzero(union)))
+        return cache[1]
+
     @property
     def sync_mask(self) -> np.ndarray:
-        """Positions clients upload this round."""
-        return synced_positions(self.masks)
+        """Positions clients upload this round (boolean; computed once per mask set)."""
+        return self._sync()[0]
+
+    @property
+    def sync_positions(self) -> np.ndarray:
+        """The same positions as flat indices, in flat order."""
+        return self._sync()[1]
+
+    def flat_global(self) -> np.ndarray:
+        """The global model's freezable arrays as one flat vector, made once per model.
+
+        Read-only by convention: callers copy before changing it.
+        """
+        layout = self._ensure_state()
+        cache = self._flat_cache
+        if cache is None or cache[0] is not self.global_arrays:
+            cache = self._flat_cache = (self.global_arrays, layout.flatten(self.global_arrays))
+        return cache[1]
 
     def is_fresh(self, node_id: int, server_round: int) -> bool:
         """Whether a node holds last round's state, so a partial message suffices."""
@@ -363,8 +451,8 @@ class PartialSyncStrategy(FedleanStrategy):
 
     def _partial_arrays(self) -> ArrayRecord:
         assert self.layout is not None and self.known_masks is not None
-        flat = self.layout.flatten(self.global_arrays)
-        arrays: dict[str, np.ndarray] = {VALUES_KEY: flat[synced_positions(self.known_masks)]}
+        known = np.flatnonzero(synced_positions(self.known_masks))
+        arrays: dict[str, np.ndarray] = {VALUES_KEY: self.flat_global()[known]}
         arrays.update({k: self.global_arrays[k] for k in self.buffer_keys})
         arrays.update(encode_masks(self.mask_spec, self.masks, self.known_masks))
         return encode_arrays(arrays, encoding=self.encoding)
@@ -417,17 +505,37 @@ class PartialSyncStrategy(FedleanStrategy):
             dense_config = ConfigRecord(
                 {"server-round": server_round, RUN_CONFIG_KEY: self._client_config_json}
             )
-            dense = Message(
-                content=RecordDict({ARRAYS_KEY: self.downlink_record(), CONFIG_KEY: dense_config}),
-                message_type=MessageType.TRAIN,
-                dst_node_id=node_ids[0],
-            )
-            self.dense_bytes.setdefault(server_round, {})["down"] = len(messages) * message_bytes(dense)
+            down = self.dense_message_bytes({CONFIG_KEY: dense_config}, node_ids[0])
+            self.dense_bytes.setdefault(server_round, {})["down"] = len(messages) * down
         return messages
+
+    def dense_message_bytes(self, records: Mapping[str, Any], node_id: int) -> int:
+        """Serialized size of a FedAvg message: the whole model (downlink codec) and ``records``.
+
+        Exact, without serializing the model every round: a serialized object's size
+        depends only on its own fields, and an encoded model's on each array's key, dtype,
+        shape, serialization type and byte length (its values and object ids, 64 hex
+        digits each, do not change any size). So the sizes of the first such record's
+        objects are measured once and reused while that signature holds; the message
+        around them (config or metrics, metadata) is serialized anew each time.
+        """
+        record = self.downlink_record()
+        signature = record_size_signature(record)
+        if self._dense_cache is None or self._dense_cache[0] != signature:
+            with no_object_id_recompute():
+                sizes = {oid: len(obj.deflate()) for oid, obj in nested_objects(record).items()}
+            self._dense_cache = (signature, record, sizes)
+        _, stand_in, sizes = self._dense_cache
+        message = Message(
+            content=RecordDict({ARRAYS_KEY: stand_in, **records}),
+            message_type=MessageType.TRAIN,
+            dst_node_id=node_id,
+        )
+        return messages_bytes([message], known_sizes=sizes)
 
     def expected_reply_arrays(self, server_round: int) -> dict[str, tuple[int, ...]]:
         """Synced values, the non-freezable arrays whole, and the method's extras."""
-        expected: dict[str, tuple[int, ...]] = {VALUES_KEY: (int(self.sync_mask.sum()),)}
+        expected: dict[str, tuple[int, ...]] = {VALUES_KEY: (int(self.sync_positions.size),)}
         expected.update({k: self.global_arrays[k].shape for k in self.buffer_keys})
         expected.update(self.extra_reply_arrays())
         return expected
@@ -449,7 +557,7 @@ class PartialSyncStrategy(FedleanStrategy):
         reference = {
             k: self.global_arrays[k] for k in self.buffer_keys if self.global_arrays[k].dtype.kind == "f"
         }
-        reference[VALUES_KEY] = self._ensure_state().flatten(self.global_arrays)[self.sync_mask]
+        reference[VALUES_KEY] = self.flat_global()[self.sync_positions]
         return reference
 
     def aggregate_replies(self, server_round: int, replies: list[ParsedReply]) -> dict[str, np.ndarray]:
@@ -462,11 +570,15 @@ class PartialSyncStrategy(FedleanStrategy):
         weights = [r.weight for r in replies]
         keys = [VALUES_KEY, *self.buffer_keys]
         merged = weighted_mean([{k: r.arrays[k] for k in keys} for r in replies], weights)
-        old_flat = layout.flatten(self.global_arrays)
+        old_flat = self.flat_global()
         new_flat = old_flat.copy()
-        sync = self.sync_mask
-        new_flat[sync] = merged[VALUES_KEY].astype(old_flat.dtype)
-        delta = (new_flat.astype(np.float64) - old_flat.astype(np.float64)).astype(np.float32)
+        sync, positions = self.sync_mask, self.sync_positions
+        new_flat[positions] = merged[VALUES_KEY].astype(old_flat.dtype)
+        # Unsynced positions keep their value, so their update is exactly 0.
+        delta = np.zeros(old_flat.shape, np.float32)
+        delta[positions] = (
+            new_flat[positions].astype(np.float64) - old_flat[positions].astype(np.float64)
+        ).astype(np.float32)
         self.known_masks = {name: mask.copy() for name, mask in self.masks.items()}
         stats = self.update_state(server_round, delta, replies)
         self.round_stats.setdefault(server_round, {}).update(
@@ -494,14 +606,9 @@ class PartialSyncStrategy(FedleanStrategy):
                 # for it, through the downlink codec the evaluation shares) and the same
                 # metrics.
                 first = aggregated[0].content.metric_records[METRICS_KEY]
-                dense_reply = Message(
-                    content=RecordDict(
-                        {ARRAYS_KEY: self.downlink_record(), METRICS_KEY: MetricRecord(dict(first.items()))}
-                    ),
-                    message_type=MessageType.TRAIN,
-                    dst_node_id=aggregated[0].metadata.src_node_id,
+                dense["up"] = len(aggregated) * self.dense_message_bytes(
+                    {METRICS_KEY: MetricRecord(dict(first.items()))}, aggregated[0].metadata.src_node_id
                 )
-                dense["up"] = len(aggregated) * message_bytes(dense_reply)
             # A dropped reply would have cost the same under FedAvg: count it as it was.
             dense["up"] += sum(
                 message_bytes(m)

@@ -7,7 +7,7 @@ That sum matched the SuperLink's traffic counter within 0.01% (see DESIGN.md).
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from flwr.app import Message
 
@@ -35,14 +35,15 @@ def message_bytes(message: Message) -> int:
     return messages_bytes([message])
 
 
-def messages_bytes(messages: Iterable[Message]) -> int:
+def messages_bytes(messages: Iterable[Message], known_sizes: Mapping[str, int] | None = None) -> int:
     """Total serialized size of several messages, each counted in full.
 
     Every message is counted with all its objects (each destination node receives
     them all); objects shared between messages, such as one round's model sent to
-    every node, are serialized only once to compute their size.
+    every node, are serialized only once to compute their size. ``known_sizes``
+    (object id -> serialized size) holds objects measured before, not serialized again.
     """
-    sizes: dict[str, int] = {}
+    sizes: dict[str, int] = dict(known_sizes or {})
     total = 0
     with no_object_id_recompute():
         for message in messages:

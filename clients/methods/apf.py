@@ -27,16 +27,24 @@ def rollback_hook(model: nn.Module, frozen: dict[str, torch.Tensor]):
 
     """
     params = dict(model.named_parameters())
-    held = [
-        (params[name], mask, params[name].detach().clone())
-        for name, mask in frozen.items()
-        if bool(mask.any())
-    ]
+    held = []
+    for name, mask in frozen.items():
+        param = params[name]
+        # The frozen entries' flat positions and values: writing them back touches those
+        # entries only, not the whole tensor as a masked select would.
+        at = torch.nonzero(mask.reshape(-1)).reshape(-1)
+        if at.numel():
+            held.append((param, at, param.detach().reshape(-1)[at].clone()))
 
     def restore(_: nn.Module) -> None:
         with torch.no_grad():
-            for param, mask, value in held:
-                param.copy_(torch.where(mask, value, param))
+            for param, at, value in held:
+                if param.is_contiguous():
+                    param.view(-1).index_copy_(0, at, value)
+                else:
+                    flat = param.reshape(-1)
+                    flat[at] = value
+                    param.copy_(flat.view_as(param))
 
     return restore
 

@@ -20,10 +20,12 @@ this case because it accumulates over the 5 local steps between two syncs.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 import numpy as np
 
 from fl_strategies.gwpf import GWPF_MASKS, THRESHOLD_KEY, VOTES_KEY
-from fl_strategies.partial_sync import ema_update, stability
+from fl_strategies.partial_sync import as_positions, ema_update, stability
 
 from ..train import LoopStats
 from .base import ClientJob
@@ -51,7 +53,8 @@ def thaw_votes(
     d : np.ndarray
         This round's local change ``before - after`` of every scalar.
     frozen : np.ndarray
-        Boolean mask of the frozen scalars (``~active``), thawed ones included.
+        The frozen scalars (``~active``), thawed ones included: a boolean mask, or their
+        flat positions in increasing order.
     alpha, threshold, min_rounds, eps
         EMA decay, vote threshold, minimum rounds held, epsilon.
 
@@ -61,10 +64,12 @@ def thaw_votes(
         One boolean per frozen scalar (flat order): 1 = thaw it (or keep it thawed).
 
     """
-    ema_update(ema_f, abs_ema_f, d, alpha, where=frozen)
-    obs += frozen
-    votes = (stability(ema_f, abs_ema_f, eps) >= threshold) & (obs >= min_rounds)
-    return votes[frozen]
+    # At flat positions: a boolean-mask pass over every scalar costs several times more
+    # than gathering and scattering the frozen ones (same float32 operations per entry).
+    at = as_positions(frozen)
+    ema_update(ema_f, abs_ema_f, d, alpha, where=at)
+    obs[at] += 1
+    return (stability(ema_f[at], abs_ema_f[at], eps) >= threshold) & (obs[at] >= min_rounds)
 
 
 class GWPFClient(PartialSyncClient):
@@ -73,6 +78,12 @@ class GWPFClient(PartialSyncClient):
     name = "gwpf"
     mask_spec = GWPF_MASKS
     extra_state = ("ema_f", "abs_ema_f", "obs")
+
+    def extra_domain(self, masks: Mapping[str, np.ndarray]) -> np.ndarray | None:
+        """The frozen scalars: the drift EMAs of active ones are zero (they start at freezing)."""
+        if masks is getattr(self, "masks", None):
+            return self.frozen_positions()
+        return np.flatnonzero(~masks["active"])
 
     def extra_reply(self, job: ClientJob, flat_after: np.ndarray) -> dict[str, np.ndarray]:
         """The packed thaw votes, one bit per frozen scalar."""
@@ -83,7 +94,7 @@ class GWPFClient(PartialSyncClient):
             self.extra["abs_ema_f"],
             self.extra["obs"],
             (self.flat_before - flat_after).astype(np.float32),
-            ~self.masks["active"],
+            self.frozen_positions(),
             alpha,
             float(job.config[THRESHOLD_KEY]),
             int(self.method["vote_min_rounds"]),
