@@ -200,3 +200,29 @@ def test_checkpoint_every_zero_writes_none_and_a_new_run_removes_an_old_one(tmp_
     run_from_config(config("num_rounds=1", "fraction_evaluate=0", "checkpoint_every=0"), out, quiet=True)
     assert not (out / "checkpoint.pt").exists()
     assert "resume" not in json.loads((out / "status.json").read_text())
+
+
+def test_resume_keeps_the_runtimes_node_to_partition_map(tmp_path):
+    """A Ray resume gets new node ids: sampling must follow this run's map, not the checkpoint's."""
+    from simulations.app.client_app import build_client_app
+    from simulations.app.compose import compose_run, execute_plan
+    from simulations.runtimes.inline import InlineGrid
+
+    sampled = ["num_clients=6", "fraction_train=0.5", "fraction_evaluate=0", "client_state=memory"]
+    full = tmp_path / "full"
+    run_from_config(config(*sampled, "num_rounds=3"), full, quiet=True)
+
+    part = tmp_path / "part"
+    run_from_config(config(*sampled, "num_rounds=2"), part, quiet=True)
+    checkpoint = load_checkpoint(part)
+    # The checkpoint's nodes as Ray would have named them in the killed run.
+    old = checkpoint["strategy"]["node_partitions"]
+    checkpoint["strategy"]["node_partitions"] = {node + 10**9: p for node, p in old.items()}
+    (part / "summary.json").unlink()
+    plan = compose_run(config(*sampled, "num_rounds=3"), part)
+    grid = InlineGrid(build_client_app(None), 6)
+    mapping = {n: int(c.node_config["partition-id"]) for n, c in grid.contexts.items()}
+    plan.strategy.node_partitions.update(mapping)
+    execute_plan(plan, grid, quiet=True, resume=checkpoint)
+    assert plan.strategy.node_partitions == mapping
+    assert comparable(part) == comparable(full)  # the same clients were sampled in round 3

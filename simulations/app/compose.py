@@ -257,7 +257,12 @@ def execute_plan(
     write_atomic(plan.out_dir / CONFIG_FILE, json.dumps(cfg, indent=2, sort_keys=True).encode())
     start_round = 0  # a new run: round 0 is the initial model
     if resume is not None:
+        # The runtime has just mapped this run's nodes to partitions; on Ray the node
+        # ids are new, so the checkpoint's mapping must not replace it.
+        node_partitions = dict(plan.strategy.node_partitions)
         plan.strategy.load_checkpoint_state(resume["strategy"])
+        if node_partitions:
+            plan.strategy.node_partitions = node_partitions
         restorable = hasattr(grid, "load_checkpoint_state") and resume.get("nodes") is not None
         if restorable:
             grid.load_checkpoint_state(resume["nodes"])
