@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 CACHE_DIR_ENV = "FEDLEAN_CACHE_DIR"
 _OFF = ("off", "0", "false", "none", "no")
 #: Reserved member names inside an entry's ``.npz``.
-_META, _SUM = "__meta__", "__sha256__"
+_META, _SUM, _STRIDES = "__meta__", "__sha256__", "__strides__"
 
 
 def cache_dir() -> Path | None:
@@ -57,13 +57,21 @@ def _describe(description: Mapping[str, Any]) -> bytes:
     return json.dumps(description, sort_keys=True, default=str).encode()
 
 
-def _checksum(meta: bytes, arrays: Mapping[str, np.ndarray]) -> str:
-    h = hashlib.sha256(meta)
+def _checksum(meta: bytes, arrays: Mapping[str, np.ndarray], strides: bytes) -> str:
+    h = hashlib.sha256(meta + strides)
     for name in sorted(arrays):
         value = np.ascontiguousarray(arrays[name])
         h.update(f"{name}|{value.dtype.str}|{value.shape}|".encode())
         h.update(value.tobytes())
     return h.hexdigest()
+
+
+def _strides_of(arrays: Mapping[str, np.ndarray]) -> bytes:
+    """The arrays' strides as JSON: a C-contiguous array keeps its own (see :func:`load`)."""
+    return json.dumps(
+        {name: list(a.strides) if a.flags.c_contiguous else None for name, a in arrays.items()},
+        sort_keys=True,
+    ).encode()
 
 
 def _path(kind: str, description: Mapping[str, Any]) -> Path | None:
@@ -86,10 +94,20 @@ def load(kind: str, description: Mapping[str, Any]) -> dict[str, np.ndarray] | N
             arrays = {name: data[name] for name in data.files}
         stored_meta = arrays.pop(_META).tobytes()
         stored_sum = arrays.pop(_SUM).tobytes().decode()
+        strides = arrays.pop(_STRIDES).tobytes()
         if stored_meta != meta:
             raise ValueError("it describes other inputs")
-        if stored_sum != _checksum(meta, arrays):
+        if stored_sum != _checksum(meta, arrays, strides):
             raise ValueError("checksum mismatch")
+        for name, stored in json.loads(strides).items():
+            # A C-contiguous array addresses its elements the same whatever the strides
+            # of its length-1 axes, which numpy leaves free (``x[:, None]`` then indexing
+            # gives 4, ``np.load`` gives the next axis's). torch derives a result's
+            # memory format from them (a 1-channel image batch can look channels-last),
+            # and so the kernel and its rounding: the stored strides come back exactly.
+            if stored is not None and tuple(stored) != arrays[name].strides:
+                value = arrays[name]  # a view: the loaded array stays its memory
+                arrays[name] = np.lib.stride_tricks.as_strided(value, value.shape, tuple(stored))
     except Exception as exc:  # a damaged file may fail in zipfile, numpy or decoding
         log.warning("cache: %s is stale or corrupt (%s); recomputing", path, str(exc).splitlines()[0] or exc)
         path.unlink(missing_ok=True)
@@ -103,11 +121,14 @@ def store(kind: str, description: Mapping[str, Any], arrays: Mapping[str, np.nda
     if path is None:
         return
     meta = _describe(description)
+    arrays = {name: np.asarray(value) for name, value in arrays.items()}
+    if {_META, _SUM, _STRIDES} & set(arrays):
+        raise ValueError(f"array names {_META!r}, {_SUM!r} and {_STRIDES!r} are reserved")
+    strides = _strides_of(arrays)
     payload = {name: np.ascontiguousarray(value) for name, value in arrays.items()}
-    if _META in payload or _SUM in payload:
-        raise ValueError(f"array names {_META!r} and {_SUM!r} are reserved")
     payload[_META] = np.frombuffer(meta, dtype=np.uint8)
-    payload[_SUM] = np.frombuffer(_checksum(meta, arrays).encode(), dtype=np.uint8)
+    payload[_SUM] = np.frombuffer(_checksum(meta, arrays, strides).encode(), dtype=np.uint8)
+    payload[_STRIDES] = np.frombuffer(strides, dtype=np.uint8)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         # A temporary file then a rename: a concurrent reader (another Ray worker, a

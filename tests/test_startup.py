@@ -99,6 +99,15 @@ def test_stale_entry_describing_other_inputs_is_recomputed(cache_dir, caplog):
     assert "describes other inputs" in caplog.text and not other.exists()
 
 
+def test_entry_keeps_the_strides_of_length_one_axes(cache_dir):
+    """``x[:, None]`` then indexing gives a length-1 axis stride that ``np.load`` would not."""
+    x = np.arange(5 * 8 * 8, dtype=np.float32).reshape(5, 8, 8)[:, None][np.array([4, 0, 2])]
+    cache.store("x", {"a": 1}, {"x": x})
+    (got,) = cache.load("x", {"a": 1}).values()
+    assert np.array_equal(got, x) and got.strides == x.strides
+    assert torch.from_numpy(got).stride() == torch.from_numpy(x).stride() == (64, 1, 8, 1)
+
+
 def test_cache_off_stores_nothing(tmp_path, monkeypatch):
     monkeypatch.setenv(cache.CACHE_DIR_ENV, "off")
     assert cache.cache_dir() is None
@@ -162,7 +171,9 @@ def test_cached_digits_split_equals_the_sklearn_split(cache_dir, monkeypatch):
     monkeypatch.setattr(loaders, "_load_digits", _refuse)
     warm = loaders.load_dataset("digits")
     for name in ("x_train", "y_train", "x_test", "y_test"):
-        assert torch.equal(getattr(first, name), getattr(warm, name)), name
+        got, want = getattr(warm, name), getattr(first, name)
+        # The strides too: torch picks a kernel (and its rounding) by them.
+        assert torch.equal(got, want) and got.stride() == want.stride(), name
     monkeypatch.undo()
     monkeypatch.setenv(cache.CACHE_DIR_ENV, "off")
     fresh = loaders.load_dataset("digits")
