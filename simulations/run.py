@@ -202,6 +202,9 @@ def resume_main(argv: Sequence[str]) -> None:
 
 
 if __name__ == "__main__":
+    from simulations.app.compose import mark_imported
+
+    mark_imported()  # startup_seconds in summary.json counts from here
     if any(arg.startswith(f"{RESUME_KEY}=") for arg in sys.argv[1:]):
         resume_main(sys.argv[1:])
         raise SystemExit(0)

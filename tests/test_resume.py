@@ -21,6 +21,7 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -116,11 +117,16 @@ def test_kill_9_then_resume_gives_the_uninterrupted_run(tmp_path, method):
     overrides, kill_after = CASES[method]
     killed = tmp_path / "killed"
     proc = start_run(killed, overrides, kill_after)
+    # Watching from the start: a run that starts fast may finish before this process's own run.
+    killer = None
+    if kill_after is None:
+        killer = threading.Thread(target=kill_when_round_done, args=(proc, killed, 2))
+        killer.start()
     # The uninterrupted run, meanwhile, in this process.
     full = tmp_path / "full"
     run_from_config(config(*overrides), full, quiet=True)
-    if kill_after is None:
-        kill_when_round_done(proc, killed, 2)
+    if killer is not None:
+        killer.join()
     else:
         proc.wait(timeout=300)
     assert proc.returncode == -signal.SIGKILL, proc.stderr.read()[-3000:] if proc.stderr else ""

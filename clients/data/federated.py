@@ -19,6 +19,7 @@ client datasets of this process.  Call :func:`clear_data_cache` to drop it.
 
 from __future__ import annotations
 
+import hashlib
 import threading
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -29,6 +30,7 @@ import numpy as np
 import torch
 from torch.utils.data import TensorDataset
 
+from .. import cache as disk_cache
 from .loaders import DataBundle, _resolve_root, load_dataset
 from .partition import PARTITION_SCHEMES, partition_indices, sampled_indices
 from .specs import BUNDLED_DATASETS, get_spec
@@ -194,6 +196,56 @@ def _partitions(key: _PartitionKey, num_partitions: int) -> tuple[np.ndarray, ..
     labels = bundle.y_train.numpy()
     if labels.ndim > 1:  # token windows: label-based schemes see each window's first target
         labels = labels[:, 0]
+    if key.scheme == "sampled":  # per-client draws, cheap and free of flwr-datasets: not cached
+        return _compute_partitions(key, num_partitions, labels, bundle.writer_ids)
+    # On disk across processes and runs: the partitioners import flwr-datasets and HF
+    # datasets (seconds) and scale with num_partitions. The entry is keyed by what the
+    # split depends on -- the labels and writer ids themselves, not the dataset's
+    # name, so changed data never meets an old split -- and the libraries' versions.
+    description = _partition_description(key, num_partitions, labels, bundle.writer_ids)
+    hit = disk_cache.load("partitions", description)
+    if hit is not None and set(hit) == {"indices", "offsets"} and len(hit["offsets"]) == num_partitions + 1:
+        offsets = hit["offsets"]
+        return tuple(hit["indices"][offsets[i] : offsets[i + 1]] for i in range(num_partitions))
+    parts = _compute_partitions(key, num_partitions, labels, bundle.writer_ids)
+    offsets = np.cumsum([0, *(len(p) for p in parts)], dtype=np.int64)
+    indices = np.concatenate(parts).astype(np.int64) if parts else np.zeros(0, np.int64)
+    disk_cache.store("partitions", description, {"indices": indices, "offsets": offsets})
+    return parts
+
+
+#: Bump when :func:`partition_indices` changes its output for the same inputs.
+_PARTITION_FORMAT = 1
+
+
+def _partition_description(
+    key: _PartitionKey, num_partitions: int, labels: np.ndarray, writer_ids: np.ndarray | None
+) -> dict[str, Any]:
+    """What a partitioning depends on, for :mod:`clients.cache`."""
+    from importlib.metadata import version
+
+    writers = None
+    if writer_ids is not None:
+        writers = hashlib.sha256("\0".join(str(w) for w in writer_ids).encode()).hexdigest()
+    return {
+        "format": _PARTITION_FORMAT,
+        "scheme": key.scheme,
+        "alpha": key.alpha,
+        "classes_per_partition": key.classes_per_partition,
+        "seed": key.seed,
+        "min_partition_size": key.min_partition_size,
+        "num_partitions": int(num_partitions),
+        "labels": hashlib.sha256(np.ascontiguousarray(labels, dtype=np.int64).tobytes()).hexdigest(),
+        "num_labels": int(labels.shape[0]),
+        "writer_ids": writers,
+        "flwr_datasets": version("flwr-datasets"),
+        "numpy": np.__version__,
+    }
+
+
+def _compute_partitions(
+    key: _PartitionKey, num_partitions: int, labels: np.ndarray, writer_ids: np.ndarray | None
+) -> tuple[np.ndarray, ...]:
     return tuple(
         partition_indices(
             labels,
@@ -202,7 +254,7 @@ def _partitions(key: _PartitionKey, num_partitions: int) -> tuple[np.ndarray, ..
             seed=key.seed,
             alpha=key.alpha,
             classes_per_partition=key.classes_per_partition,
-            writer_ids=bundle.writer_ids,
+            writer_ids=writer_ids,
             min_partition_size=key.min_partition_size,
         )
     )

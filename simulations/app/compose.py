@@ -7,11 +7,14 @@ the same whichever runtime carries its messages.
 
 from __future__ import annotations
 
+import copy
+import functools
 import json
 import logging
 import os
 import random
 import signal
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,7 +28,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from clients.data import DataDownloadError
 from clients.data.specs import get_spec
-from clients.flops import count_flops
+from clients.flops import cached_flops
 from clients.methods import load_arrays, model_arrays
 from clients.models import build_from_dims, count_params, model_dims
 from clients.train import set_torch_threads
@@ -94,6 +97,46 @@ class RunPlan:
     out_dir: Path
     evaluate_fn: Callable[[int, ArrayRecord], MetricRecord | None] | None
     model_info: dict[str, Any] = field(default_factory=dict)
+    #: Figures for the summary that the run does not need before its end (FLOPs).
+    late_info: Callable[[], dict[str, Any]] | None = None
+
+
+#: When the entry point's imports were done (:func:`mark_imported`); the start of
+#: :func:`compose_run` where no entry point marked it.
+_imported_at: float | None = None
+
+
+def mark_imported() -> None:
+    """Note that the entry point's imports are done: ``startup_seconds`` counts from here."""
+    global _imported_at
+    _imported_at = time.time()
+
+
+def _seconds_since_process_start() -> float | None:
+    """Seconds since this process started (Linux ``/proc``, 10 ms steps), else None."""
+    try:
+        with open("/proc/self/stat") as fh:
+            # Field 22 (start time in clock ticks after boot); the name in field 2 may hold spaces.
+            ticks = int(fh.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/uptime") as fh:
+            uptime = float(fh.read().split()[0])
+        return uptime - ticks / os.sysconf("SC_CLK_TCK")
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def startup_seconds() -> dict[str, float | None]:
+    """Seconds from the process's start and from :func:`mark_imported` until now."""
+    since_start = _seconds_since_process_start()
+    return {
+        "from_process_start": None if since_start is None else round(since_start, 3),
+        "from_imports": None if _imported_at is None else round(time.time() - _imported_at, 3),
+    }
+
+
+def _flop_figures(model: torch.nn.Module, sample: torch.Tensor) -> dict[str, int]:
+    forward, train = cached_flops(model, sample)
+    return {"model_flops_forward": forward, "model_flops_train": train}
 
 
 def seed_everything(seed: int) -> None:
@@ -157,6 +200,8 @@ def compose_run(cfg: Mapping[str, Any] | DictConfig, out_dir: str | Path) -> Run
     method config and a :class:`~methods.BuildContext` that holds the run's model,
     built once here.
     """
+    if _imported_at is None:
+        mark_imported()
     typed = validate_config(cfg)
     cfg = typed.cfg
     try:
@@ -170,11 +215,11 @@ def compose_run(cfg: Mapping[str, Any] | DictConfig, out_dir: str | Path) -> Run
     model = ctx.model()
     initial_arrays = numpy_to_arrayrecord(model_arrays(model))
     sample = get_spec(cfg["dataset"]["name"]).sample_input(cfg["dataset"].get("resize"))
-    model_info = {
-        "model_params": count_params(model),
-        "model_flops_forward": count_flops(model, sample, training=False),
-        "model_flops_train": count_flops(model, sample, training=True),
-    }
+    model_info = {"model_params": count_params(model)}
+    # Counted (or read from clients.cache) for the summary at the end, on a copy of
+    # the initial model: the first count imports torch's dispatch machinery (seconds
+    # for large models), which no round needs.
+    late_info = functools.cache(functools.partial(_flop_figures, copy.deepcopy(model), sample))
     num_clients = int(cfg["num_clients"])
     ctx.common = {
         "fraction_train": float(cfg["fraction_train"]),
@@ -202,6 +247,7 @@ def compose_run(cfg: Mapping[str, Any] | DictConfig, out_dir: str | Path) -> Run
         out_dir=Path(out_dir),
         evaluate_fn=evaluate_fn,
         model_info=model_info,
+        late_info=late_info,
     )
 
 
@@ -277,9 +323,13 @@ def execute_plan(
         state_store.start(int(resume["round"]) if resume is not None else None, checkpoints=every > 0)
     kill_after = os.environ.get(KILL_AFTER_ROUND_ENV)
 
+    startup: dict[str, float | None] = {}
+
     def on_round_end(record: dict[str, Any]) -> None:
-        writer.on_round(record)
         server_round = int(record["round"])
+        if server_round == 0:  # the initial model's evaluation: the run is started
+            startup.update(startup_seconds())
+        writer.on_round(record)
         if every and server_round % every == 0:
             save_checkpoint(
                 plan.out_dir,
@@ -323,8 +373,11 @@ def execute_plan(
         "seed": int(cfg["seed"]),
         "num_clients": int(cfg["num_clients"]),
         **plan.model_info,
+        **(plan.late_info() if plan.late_info is not None else {}),
         **plan.strategy.summary_fields(),
     }
+    if startup:  # a new run (a resumed one has no round 0)
+        summary["startup_seconds"] = startup
     final = plan.strategy.global_arrays
     result = writer.finish(summary, final if cfg.get("save_model", True) else None)
     if state_store is not None:
