@@ -13,11 +13,16 @@ Timeouts: with a ``timeout``, each ClientApp call runs in a worker thread and ge
 then is left behind: its reply, whenever it comes, is discarded, so the node counts
 as missing that round. Python cannot kill a thread, so the call runs on in the
 background; until it ends its node is busy and a message to it gets no reply either.
+The worker threads are kept and reused from call to call (starting a thread per
+call cost about as much as a small model's client call does besides training); a
+worker left behind joins the idle ones once its call ends.
 """
 
 from __future__ import annotations
 
 import copy
+import itertools
+import queue
 import threading
 import traceback
 from collections.abc import Callable, Iterable
@@ -44,6 +49,58 @@ def isolated_copy(message: Message) -> Message:
         return Message(metadata=metadata, error=message.error)
     content = RecordDict({key: type(record)(dict(record.items())) for key, record in message.content.items()})
     return Message(metadata=metadata, content=content)
+
+
+class _Worker:
+    """A daemon thread that runs the calls handed to it, one at a time, and is then reused.
+
+    Daemon, as the thread per call was: a call that never ends must not keep the
+    process from exiting. Once a call ends, the worker goes back to :data:`_IDLE`
+    (before the call is marked done, so that the next call finds it there).
+    """
+
+    def __init__(self, name: str) -> None:
+        self._jobs: queue.SimpleQueue[tuple[Callable[[], Message], _Call]] = queue.SimpleQueue()
+        threading.Thread(target=self._serve, name=name, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            fn, call = self._jobs.get()
+            try:
+                call.reply = fn()
+            except BaseException as exc:  # noqa: BLE001 - handed to the caller, which re-raises
+                call.raised = exc
+            finally:
+                _IDLE.put(self)
+                call.done.set()
+
+    def submit(self, fn: Callable[[], Message]) -> _Call:
+        """Run ``fn`` in this worker; the returned call says when it is done and what it gave."""
+        call = _Call()
+        self._jobs.put((fn, call))
+        return call
+
+
+class _Call:
+    """One call handed to a :class:`_Worker`: its end, its reply or what it raised."""
+
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.reply: Message | None = None
+        self.raised: BaseException | None = None
+
+
+#: Workers free for a call, shared by every grid of the process (a timed-out call's
+#: worker comes back here when the call ends, whether or not its grid still exists).
+_IDLE: queue.SimpleQueue[_Worker] = queue.SimpleQueue()
+_worker_count = itertools.count(1)
+
+
+def _idle_worker() -> _Worker:
+    try:
+        return _IDLE.get_nowait()
+    except queue.Empty:
+        return _Worker(f"inline-worker-{next(_worker_count)}")
 
 
 class InlineGrid(Grid):
@@ -74,8 +131,8 @@ class InlineGrid(Grid):
             for i, node_id in enumerate(self.node_ids)
         }
         self._replies: dict[str, Message] = {}
-        # Node id -> the worker thread of a call that outlived its timeout, while it runs.
-        self._busy: dict[int, threading.Thread] = {}
+        # Node id -> a call that outlived its timeout (its worker is busy until it ends).
+        self._busy: dict[int, _Call] = {}
         # Messages built by strategies read the sender's identity from here.
         set_task_identity(run_id)
 
@@ -125,19 +182,16 @@ class InlineGrid(Grid):
             return self._call_client(message)
         node_id = message.metadata.dst_node_id
         busy = self._busy.get(node_id)
-        if busy is not None and busy.is_alive():
+        if busy is not None and not busy.done.is_set():
             return None  # still running a call that timed out earlier
         self._busy.pop(node_id, None)
-        out: list[Message] = []
-        worker = threading.Thread(
-            target=lambda: out.append(self._call_client(message)), name=f"inline-node-{node_id}", daemon=True
-        )
-        worker.start()
-        worker.join(timeout)
-        if worker.is_alive():
-            self._busy[node_id] = worker
+        call = _idle_worker().submit(lambda: self._call_client(message))
+        if not call.done.wait(timeout):
+            self._busy[node_id] = call
             return None
-        return out[0]
+        if call.raised is not None:
+            raise call.raised
+        return call.reply
 
     def _call_client(self, message: Message) -> Message:
         context = self.contexts.get(message.metadata.dst_node_id)
