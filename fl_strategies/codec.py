@@ -45,6 +45,7 @@ import lzma
 import math
 import zlib
 from collections.abc import Mapping
+from functools import lru_cache
 from typing import Any
 
 import numpy as np
@@ -502,21 +503,8 @@ def read_npy(array: Array, expected: tuple[int, ...] | None = None, what: str = 
     if array.stype != "numpy.ndarray":
         raise CodecError(f"{what}: serialization type {array.stype!r}, expected 'numpy.ndarray'")
     data = array.data
-    stream = io.BytesIO(data)
-    try:
-        version = npy_format.read_magic(stream)
-        if version == (1, 0):
-            shape, fortran, dtype = npy_format.read_array_header_1_0(stream)
-        elif version == (2, 0):
-            shape, fortran, dtype = npy_format.read_array_header_2_0(stream)
-        else:
-            raise CodecError(f"{what}: npy version {version} not accepted")
-    except (ValueError, TypeError, SyntaxError) as exc:
-        raise CodecError(f"{what}: malformed npy header: {str(exc).splitlines()[0]}") from None
-    if dtype.hasobject or dtype.fields is not None or dtype.subdtype is not None:
-        raise CodecError(f"{what}: dtype {dtype} not accepted")
+    shape, fortran, dtype, offset = _npy_header(data[: _npy_header_end(data)], what)
     size = _checked_size(tuple(shape), expected, what)
-    offset = stream.tell()
     if len(data) - offset != size * dtype.itemsize:
         raise CodecError(
             f"{what}: header claims {size * dtype.itemsize} data bytes, "
@@ -524,6 +512,43 @@ def read_npy(array: Array, expected: tuple[int, ...] | None = None, what: str = 
         )
     flat = np.frombuffer(data, dtype=dtype, count=size, offset=offset).copy()
     return flat.reshape(shape, order="F" if fortran else "C")
+
+
+def _npy_header_end(data: bytes) -> int:
+    """Where the data of npy bytes starts, from the magic and header length alone."""
+    if data[:6] == b"\x93NUMPY" and len(data) >= 12:
+        if data[6] == 1:
+            return 10 + int.from_bytes(data[8:10], "little")
+        if data[6] == 2:
+            return 12 + int.from_bytes(data[8:12], "little")
+    return len(data)  # not a header read_magic accepts: parse all, for its error
+
+
+def _npy_header(prefix: bytes, what: str) -> tuple[tuple[int, ...], bool, np.dtype, int]:
+    """Shape, Fortran order, dtype and data offset of an npy header (:func:`read_npy`)."""
+    try:
+        return _parsed_npy_header(prefix)
+    except CodecError as exc:
+        raise CodecError(f"{what}: {exc}") from None
+    except (ValueError, TypeError, SyntaxError) as exc:
+        raise CodecError(f"{what}: malformed npy header: {str(exc).splitlines()[0]}") from None
+
+
+# Every message of a run carries the same few headers; numpy parses one with
+# ast.literal_eval, which cost more than the rest of decoding a small array.
+@lru_cache(maxsize=1024)
+def _parsed_npy_header(prefix: bytes) -> tuple[tuple[int, ...], bool, np.dtype, int]:
+    stream = io.BytesIO(prefix)
+    version = npy_format.read_magic(stream)
+    if version == (1, 0):
+        shape, fortran, dtype = npy_format.read_array_header_1_0(stream)
+    elif version == (2, 0):
+        shape, fortran, dtype = npy_format.read_array_header_2_0(stream)
+    else:
+        raise CodecError(f"npy version {version} not accepted")
+    if dtype.hasobject or dtype.fields is not None or dtype.subdtype is not None:
+        raise CodecError(f"dtype {dtype} not accepted")
+    return tuple(shape), bool(fortran), dtype, stream.tell()
 
 
 def _read_shape(blob: np.ndarray, offset: int, ndim: int, what: str) -> tuple[int, ...]:
@@ -697,10 +722,37 @@ def encode_arrays(
                 record[name + SPARSE_SUFFIX] = Array(encode_sparse(value, float16))
                 continue
         if is_float and float16 and value.dtype != np.float16:
-            record[name + FLOAT16_SUFFIX] = Array(value.astype(np.float16))
+            record[name + FLOAT16_SUFFIX] = npy_array(value.astype(np.float16))
         else:
-            record[name] = Array(np.require(value, requirements="C"))
+            record[name] = npy_array(value)
     return record
+
+
+#: npy headers by (dtype, shape), each cut from :func:`numpy.save`'s own output.
+_NPY_HEADERS: dict[tuple[str, tuple[int, ...]], bytes] = {}
+_NPY_HEADERS_MAX = 1024
+
+
+def npy_array(value: np.ndarray) -> Array:
+    """``flwr.app.Array(value)`` (C order), byte for byte, without a ``numpy.save`` per call.
+
+    Flower's ``Array`` holds ``numpy.save``'s bytes: a header that depends on the
+    dtype and shape alone, then the C-order data. The header of each (dtype, shape)
+    is cut from the first ``numpy.save`` of it and reused, so the bytes (and the
+    measured message sizes) are those of ``Array(value)``.
+    """
+    value = np.require(value, requirements="C")
+    dtype = value.dtype
+    if dtype.hasobject or dtype.fields is not None or dtype.subdtype is not None or dtype.metadata:
+        return Array(value)
+    key = (dtype.str, tuple(int(d) for d in value.shape))
+    header = _NPY_HEADERS.get(key)
+    if header is None:
+        array = Array(value)
+        if len(_NPY_HEADERS) < _NPY_HEADERS_MAX:
+            _NPY_HEADERS[key] = array.data[: len(array.data) - value.nbytes]
+        return array
+    return Array(dtype=str(dtype), shape=key[1], stype="numpy.ndarray", data=header + value.tobytes())
 
 
 def decode_arrays(

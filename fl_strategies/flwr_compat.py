@@ -18,12 +18,14 @@ from collections.abc import Mapping
 from typing import Any
 
 from flwr.app import Message
+from flwr.app.message.arraychunk import ArrayChunk
 from flwr.common.constant import FLWR_PRIVATE_MAX_ARRAY_CHUNK_SIZE, SUPERLINK_NODE_ID, ErrorCode
 from flwr.proto.node_pb2 import NodeInfo
 from flwr.serverapp.strategy.fedtrimmedavg import trim_mean
 from flwr.serverapp.strategy.multikrum import select_multikrum
 from flwr.serverapp.strategy.strategy_utils import log_strategy_start_info
 from flwr.supercore import log
+from flwr.supercore.constant import HEAD_BODY_DIVIDER, HEAD_VALUE_DIVIDER
 from flwr.supercore.inflatable.inflatable_object import (
     get_all_nested_objects,
     no_object_id_recompute,
@@ -63,6 +65,7 @@ __all__ = [
     "inflate_message",
     "is_valid_app_name",
     "log",
+    "deflated_size",
     "log_strategy_start_info",
     "nested_objects",
     "no_object_id_recompute",
@@ -88,6 +91,19 @@ def nested_objects(obj: Any) -> Mapping[str, Any]:
     ancestor.
     """
     return get_all_nested_objects(obj)
+
+
+def deflated_size(obj: Any) -> int:
+    """``len(obj.deflate())`` of an object from :func:`nested_objects`.
+
+    An ``ArrayChunk``'s deflated form is a header (class name, no children, body
+    length) and its data: its size is computed without copying the data into it.
+    """
+    if type(obj) is ArrayChunk:
+        body = obj.data.nbytes if isinstance(obj.data, memoryview) else len(obj.data)
+        head = f"{ArrayChunk.__qualname__}{HEAD_VALUE_DIVIDER}{HEAD_VALUE_DIVIDER}{body}"
+        return len(head.encode("utf-8")) + len(HEAD_BODY_DIVIDER) + body
+    return len(obj.deflate())
 
 
 def inflate_message(object_id: str, contents: Mapping[str, bytes]) -> Message:

@@ -11,7 +11,13 @@ from collections.abc import Iterable, Mapping
 
 from flwr.app import Message
 
-from .flwr_compat import inflate_message, nested_objects, no_object_id_recompute, set_message_id
+from .flwr_compat import (
+    deflated_size,
+    inflate_message,
+    nested_objects,
+    no_object_id_recompute,
+    set_message_id,
+)
 
 # Record keys (hyphenated, as in Flower's own strategies).
 ARRAYS_KEY = "arrays"
@@ -49,7 +55,7 @@ def messages_bytes(messages: Iterable[Message], known_sizes: Mapping[str, int] |
         for message in messages:
             for oid, obj in nested_objects(message).items():
                 if oid not in sizes:
-                    sizes[oid] = len(obj.deflate())
+                    sizes[oid] = deflated_size(obj)
                 total += sizes[oid]
     return total
 

@@ -33,7 +33,9 @@ def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(prog="python -m simulations.bench", description=__doc__.splitlines()[0])
     parser.add_argument("--repeats", type=int, default=3, help="interleaved repeats per figure (medians)")
     parser.add_argument("--ray", action="store_true", help="also time backend=ray against the plain loop")
-    parser.add_argument("--quick", action="store_true", help="short runs, one repeat: checks the command only")
+    parser.add_argument(
+        "--quick", action="store_true", help="short runs, one repeat: checks the command only"
+    )
     args = parser.parse_args(argv)
     repeats = ["--repeats", "1" if args.quick else str(args.repeats)]
     rounds = ["--rounds", "3" if args.quick else "6"]
@@ -41,7 +43,9 @@ def main(argv: list[str] | None = None) -> None:
     print("## 1. Method overheads: CPU per round × FedAvg", flush=True)
     bench.methods_main([*rounds, *repeats, *(["--methods", "fedavg", "gwpf"] if args.quick else [])])
     print("\n## 2. backend=inline vs a plain PyTorch loop", flush=True)
-    bench.main([*rounds, "--epochs", "1" if args.quick else "2", *repeats, *([] if args.ray else ["--skip-ray"])])
+    bench.main(
+        [*rounds, "--epochs", "1" if args.quick else "2", *repeats, *([] if args.ray else ["--skip-ray"])]
+    )
     print("\n## 3. Start-up: the default run, seconds to round 0", flush=True)
     start_bench.main(repeats)
 

@@ -14,6 +14,7 @@ from __future__ import annotations
 import copy
 import json
 import sys
+import threading
 from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
@@ -53,15 +54,117 @@ def _model_template(name: str, in_channels: int, num_classes: int, image_size: i
     return build_model(name, in_channels, num_classes, image_size)
 
 
+def _plain(value: Any) -> bool:
+    return value is None or isinstance(value, int | float | str | tuple)
+
+
+def _fingerprint(model: nn.Module) -> tuple:
+    """What a call could have changed in a model besides its tensors' values.
+
+    The modules (identity, class, hook and child counts, plain attribute values but
+    the train/eval flag, the identity of any other attribute), and each parameter's and buffer's
+    identity, shape, dtype, device, ``requires_grad`` and tensor hooks. Equal
+    fingerprints mean that loading the template's state makes the model equal to a
+    fresh copy of the template.
+    """
+    modules = tuple(
+        (
+            name,
+            id(module),
+            type(module),
+            tuple(
+                (key, len(value) if isinstance(value, dict) else value)
+                for key, value in vars(module).items()
+                if key != "training" and (isinstance(value, dict) or _plain(value))
+            ),
+            tuple(
+                (key, id(value))
+                for key, value in vars(module).items()
+                if not (isinstance(value, dict) or _plain(value))
+            ),
+        )
+        for name, module in model.named_modules()
+    )
+    tensors = tuple(
+        (
+            name,
+            id(tensor),
+            tuple(tensor.shape),
+            tensor.dtype,
+            tensor.device,
+            tensor.requires_grad,
+            len(tensor._backward_hooks or {}),
+            len(getattr(tensor, "_post_accumulate_grad_hooks", None) or {}),
+            tuple(vars(tensor)),
+        )
+        for name, tensor in [*model.named_parameters(), *model.named_buffers()]
+    )
+    return modules, tensors
+
+
+class _ModelCache:
+    """One reusable copy of a template, for calls that leave its structure alone.
+
+    ``copy.deepcopy`` of the template per call cost more than the rest of a small
+    model's call setup. The copy is handed out again only when nothing else holds it
+    (its reference count is back to the cache's own: no job, timed-out call in the
+    background or method keeps it) and its :func:`_fingerprint` is unchanged (no
+    layer swapped, hook or attribute added, tensor moved); it then gets the
+    template's state, modes and empty gradients back. Otherwise a new deep copy
+    replaces it.
+    """
+
+    def __init__(self, template: nn.Module) -> None:
+        self.template = template
+        self.state = {k: v.detach().clone() for k, v in template.state_dict().items()}
+        self.modes = [module.training for module in template.modules()]
+        self.lock = threading.Lock()
+        self.model: nn.Module | None = None
+        self.fingerprint: tuple = ()
+        self.free_refs = 0
+
+    def get(self) -> nn.Module:
+        with self.lock:
+            model = self.model
+            if model is not None and sys.getrefcount(model) == self.free_refs + 1:
+                if _fingerprint(model) == self.fingerprint:
+                    self._reset(model)
+                    return model
+            model = copy.deepcopy(self.template)
+            self.model, self.fingerprint = model, _fingerprint(model)
+            # References to a free copy: this cache's and the local name (getrefcount's
+            # own argument is the +1 above and here).
+            self.free_refs = sys.getrefcount(model) - 1
+            return model
+
+    def _reset(self, model: nn.Module) -> None:
+        with torch.no_grad():
+            model.load_state_dict(self.state)
+        for module, mode in zip(model.modules(), self.modes, strict=True):
+            module.training = mode
+        for param in model.parameters():
+            param.grad = None
+
+
+_model_caches: dict[tuple[str, int, int, int], _ModelCache] = {}
+
+
 def fresh_model(model_cfg: dict[str, Any]) -> nn.Module:
-    """A private copy of the run's model (methods may swap its layers)."""
-    template = _model_template(
+    """A private copy of the run's model in its initial state (methods may swap its layers).
+
+    Equal to a deep copy of the template; see :class:`_ModelCache` for when one copy
+    is reused.
+    """
+    key = (
         model_cfg["name"],
         int(model_cfg["in_channels"]),
         int(model_cfg["num_classes"]),
         int(model_cfg["image_size"]),
     )
-    return copy.deepcopy(template)
+    cache = _model_caches.get(key)
+    if cache is None:
+        cache = _model_caches.setdefault(key, _ModelCache(_model_template(*key)))
+    return cache.get()
 
 
 def client_data(settings: dict[str, Any], node_config: dict[str, Any]):

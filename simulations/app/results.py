@@ -99,6 +99,10 @@ class ResultsWriter:
                 {"status": status, "rounds_completed": rounds, "num_rounds": self.num_rounds, **fields},
                 indent=2,
             ).encode(),
+            # The per-round "running" refreshes (two a round) are not synced to disk: each
+            # is replaced within a round, and rounds.jsonl and the checkpoint, which are
+            # synced, hold the progress. A final status is.
+            durable=status != "running",
         )
 
     def interrupted(self, reason: str) -> None:
@@ -197,13 +201,18 @@ class ResultsWriter:
         return full
 
 
-def write_atomic(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a part."""
+def write_atomic(path: Path, data: bytes, durable: bool = True) -> None:
+    """Write ``data`` to ``path`` so that readers see the old file or the new one, never a part.
+
+    ``durable``: sync the data to disk before the rename (so that a power loss, not
+    only a killed process, leaves the old file or the new one).
+    """
     tmp = path.with_name(f".{path.name}.tmp")
     with tmp.open("wb") as fh:
         fh.write(data)
         fh.flush()
-        os.fsync(fh.fileno())
+        if durable:
+            os.fsync(fh.fileno())
     os.replace(tmp, path)
 
 
