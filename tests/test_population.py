@@ -64,3 +64,14 @@ def test_pending_destinations_scans_messages_not_nodes():
 def test_pending_destinations_falls_back_to_every_node():
     nodes = {1: 0, 2: 1}
     assert pending_destinations(SimpleNamespace(), nodes) == [1, 2]
+
+
+def test_partition_sizes_of_sampled_clients_follow_examples_per_partition():
+    """The server's num-examples bound is what each sampled client really trains on."""
+    from clients.data import load_partition
+    from clients.data.federated import partition_train_sizes
+
+    data_cfg = {"name": "digits", "partition": "sampled", "examples_per_partition": 40, "test_fraction": 0.2}
+    sizes = partition_train_sizes(data_cfg, 5)
+    assert sizes == [len(load_partition(data_cfg, pid, 5)[0]) for pid in range(5)]
+    assert sizes == [32] * 5  # 40 drawn, 8 held out

@@ -256,6 +256,7 @@ def _compute_partitions(
             classes_per_partition=key.classes_per_partition,
             writer_ids=writer_ids,
             min_partition_size=key.min_partition_size,
+            examples_per_partition=key.examples_per_partition,
         )
     )
 
