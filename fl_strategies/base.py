@@ -647,12 +647,36 @@ class FedleanStrategy(FedAvg):
         vars(self).update(state)
         self.global_arrays = self._global_arrays  # the records made of the model are rebuilt
 
+    #: Attributes that are dicts keyed by node id and say what each node holds (the
+    #: round it last synced, the mask it has, its KD targets). Each class lists its own;
+    #: the lists of its bases apply too.
+    node_state_attributes: ClassVar[tuple[str, ...]] = ()
+
+    def _node_state_dicts(self) -> list[dict[int, Any]]:
+        names = {name for cls in type(self).__mro__ for name in vars(cls).get("node_state_attributes", ())}
+        return [getattr(self, name) for name in sorted(names)]
+
     def reset_node_state(self) -> None:
         """Forget what the nodes hold, so every node is treated as new (full resync).
 
         Called when a run resumes where the nodes' own state could not be restored
-        (Ray's node contexts, SuperNodes of a new run). Default: nothing to forget.
+        (SuperNodes of a new run, Ray with ``client_state=memory``): empties every
+        attribute in :attr:`node_state_attributes`.
         """
+        for per_node in self._node_state_dicts():
+            per_node.clear()
+
+    def rekey_nodes(self, new_ids: Mapping[int, int]) -> None:
+        """Follow the nodes to new ids (a resumed Ray run names its nodes anew).
+
+        ``new_ids`` maps a node id of the checkpointed run to the id of the node that
+        serves the same partition now; what a node without a new id held is dropped
+        (it resyncs in full if it comes back).
+        """
+        for per_node in self._node_state_dicts():
+            held = dict(per_node)
+            per_node.clear()
+            per_node.update({new_ids[node]: value for node, value in held.items() if node in new_ids})
 
     def order_nodes(self, node_ids: Iterable[int]) -> list[int]:
         """Node ids in an order the project controls: by partition id, then by node id.

@@ -166,9 +166,9 @@ class FedGKT(FedleanStrategy):
         self.server.load_checkpoint_state(state.pop("server_state"))
         super().load_checkpoint_state(state)
 
-    def reset_node_state(self) -> None:
-        """Nodes without their edge model start over: no KD targets until they upload again."""
-        self.server_logits.clear()
+    #: The KD targets computed for each node; a node that resyncs in full gets none until it
+    #: uploads again.
+    node_state_attributes = ("server_logits",)
 
     # ------------------------------------------------------------------ hooks
     def parse_train_reply(self, server_round: int, message: Message) -> ParsedReply:

@@ -192,10 +192,8 @@ class FedSparsifyGlobal(FedleanStrategy):
     #: The round's payload and reference caches (built again on demand) stay out of checkpoints.
     checkpoint_exclude = ("_round_payloads", "_references")
 
-    def reset_node_state(self) -> None:
-        """No node is known to hold a mask any more: each gets the whole mask next."""
-        self.node_mask_ids.clear()
-        self.sent_mask_ids.clear()
+    #: The mask id each node holds and was last sent; a node without one gets the whole mask.
+    node_state_attributes = ("node_mask_ids", "sent_mask_ids")
 
     # ------------------------------------------------------------ the method
     def target_sparsity(self, server_round: int) -> float:

@@ -405,9 +405,8 @@ class PartialSyncStrategy(FedleanStrategy):
             self.init_state(self.layout.size)
         return self.layout
 
-    def reset_node_state(self) -> None:
-        """No node holds last round's state any more: each gets a full message next."""
-        self.node_round.clear()
+    #: The round each node last synced; a node without one gets a full message.
+    node_state_attributes = ("node_round",)
 
     def _sync(self) -> tuple[np.ndarray, np.ndarray]:
         cache = self._sync_cache

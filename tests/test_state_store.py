@@ -233,8 +233,8 @@ class StoppingGrid(InlineGrid):
         super().__init__(app, num_nodes)
         self.server_round, self.left = server_round, after_calls
 
-    def _deliver(self, message: Message, timeout: float | None) -> Message | None:
-        reply = super()._deliver(message, timeout)
+    def _deliver(self, message: Message) -> Message | None:
+        reply = super()._deliver(message)
         config = message.content.config_records.get("config")
         if config is not None and int(config.get("server-round", 0)) == self.server_round:
             self.left -= 1
@@ -265,6 +265,38 @@ def test_a_run_stopped_mid_round_resumes_to_the_uninterrupted_run(tmp_path):
     assert rounds(out) == rounds(tmp_path / "full")
     same_model(tmp_path / "full", out)
     assert not store.root.exists()  # a finished run leaves no store behind
+
+
+def test_a_resume_with_new_node_ids_follows_the_nodes_by_partition(tmp_path):
+    """What a Ray resume meets: no node contexts and new node ids; the store and the
+    strategy's per-node records (GWPF's last-synced rounds) meet again by partition id."""
+    from simulations.app.checkpoint import load_checkpoint
+
+    overrides = [*GWPF, "num_rounds=4", "client_state=disk"]
+    run_from_config(config(*overrides), tmp_path / "full", quiet=True)
+
+    out = tmp_path / "stopped"
+    plan = compose_run(config(*overrides), out)
+    store = state_store_for(plan.cfg, out)
+    assert store is not None
+    grid = StoppingGrid(build_client_app(store.root), 6, 3, after_calls=2)
+    mapping = {n: int(c.node_config["partition-id"]) for n, c in grid.contexts.items()}
+    plan.strategy.node_partitions.update(mapping)
+    with pytest.raises(KeyboardInterrupt):
+        execute_plan(plan, grid, quiet=True, state_store=store)
+
+    checkpoint = {**load_checkpoint(out), "nodes": None}  # Ray keeps no node contexts
+    old_id = {node: node + 10**9 for node in mapping}  # ...and named the nodes otherwise
+    strategy_state = checkpoint["strategy"]
+    assert strategy_state["node_round"]  # GWPF knows which nodes synced when
+    for name in ("node_partitions", "node_round"):
+        strategy_state[name] = {old_id[node]: value for node, value in strategy_state[name].items()}
+    plan = compose_run(config(*overrides), out)
+    grid = InlineGrid(build_client_app(store.root), 6)
+    plan.strategy.node_partitions.update(mapping)
+    execute_plan(plan, grid, quiet=True, resume=checkpoint, state_store=store)
+    assert rounds(out) == rounds(tmp_path / "full")  # partial messages went on where they did
+    same_model(tmp_path / "full", out)
 
 
 @pytest.mark.slow

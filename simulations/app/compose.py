@@ -276,9 +276,11 @@ def execute_plan(
         A checkpoint (:func:`simulations.app.checkpoint.load_checkpoint`) of this run:
         the strategy, the results so far, the random generators and, where the grid
         can take them back (inline), the nodes' states are restored and the rounds go
-        on from the checkpoint's round. Where the nodes' states cannot be restored,
-        the strategy forgets what the nodes held (:meth:`reset_node_state`): every
-        node gets a full resync.
+        on from the checkpoint's round. With ``state_store`` the nodes' states are on
+        disk by partition, and the strategy's per-node records follow the partitions
+        to this run's node ids (:meth:`rekey_nodes`; Ray names its nodes anew). Where
+        the nodes' states cannot be restored, the strategy forgets what the nodes held
+        (:meth:`reset_node_state`): every node gets a full resync.
     state_store : NodeStateStore | None (default: None)
         The nodes' state store the grid's ClientApp uses (``client_state=disk``): a
         new run empties it, a resumed one rolls it back to the checkpoint's round,
@@ -312,6 +314,15 @@ def execute_plan(
         restorable = hasattr(grid, "load_checkpoint_state") and resume.get("nodes") is not None
         if restorable:
             grid.load_checkpoint_state(resume["nodes"])
+        elif state_store is not None:
+            # The nodes' own state is on disk by partition id, so it survives new node
+            # ids (Ray): what the strategy knows of each node follows its partition.
+            now = {partition: node for node, partition in plan.strategy.node_partitions.items()}
+            before = resume["strategy"].get("node_partitions") or {}
+            plan.strategy.rekey_nodes({node: now[p] for node, p in before.items() if p in now})
+            log.info(
+                "resume: node states from %s, matched to this run's nodes by partition", state_store.root
+            )
         else:
             log.warning("resume: the nodes' own state is not restored here; every node resyncs in full")
             plan.strategy.reset_node_state()
