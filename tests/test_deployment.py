@@ -34,6 +34,8 @@ ROUNDS = 2
 BYTES_TOLERANCE = 0.05
 #: Bound on that envelope per message (measured: about 1.2 KB down, 1.6 KB up).
 ENVELOPE_MAX = 4096
+#: Bytes of reply objects the SuperLink already held (not pushed again): a few small ones.
+DEDUPED_MAX = 1024
 #: Bound on the extra bytes per message of deployment's longer node/run ids (measured: 57).
 ID_BYTES = 128
 #: Logs the SuperLink's traffic records by Fleet API call (diagnostic; docs/deploy.md).
@@ -135,7 +137,10 @@ def check_bytes(
             by_kind[record["fn"]] = by_kind.get(record["fn"], 0) + record["sent"] + record["recv"]
         # Byte for byte: the objects the SuperNodes pulled and pushed are ours.
         assert by_kind.get("pull_object") == ours_down, by_kind
-        assert by_kind.get("push_object") == ours_up, by_kind
+        # The SuperLink asks only for objects it does not hold yet: a reply that repeats
+        # an object already stored in this run (one of the downlink's, or another node's
+        # identical one, e.g. an unchanged small tensor's blob) does not push it again.
+        assert 0 <= ours_up - by_kind.get("push_object", 0) <= DEDUPED_MAX, by_kind
         assert sum(by_kind.values()) == link
 
 
