@@ -249,6 +249,60 @@ def test_gwpf_masks_cost_at_most_about_one_bit_per_scalar():
     np.testing.assert_array_equal(decoded["active"], few["active"])
 
 
+def _gwpf_like_votes(seed: int) -> list[np.ndarray]:
+    """Vote vectors from the real :func:`thaw_votes`, shaped like GWPF's on the digits MLP.
+
+    A (400, 64) weight whose frozen scalars cluster by row (neuron) and whose drift has
+    a per-row bias: the votes come out about 75-80 % True with per-row structure (on
+    the digits MLP LZMA finds a few per cent below a random mask's entropy there).
+    """
+    rng = np.random.default_rng(seed)
+    rows, cols = 400, 64
+    size = rows * cols
+    frozen = ((rng.random((rows, 1)) < 0.4) | (rng.random((rows, cols)) < 0.15)).reshape(-1)
+    ema_f, abs_ema_f, obs = (np.zeros(size, np.float32) for _ in range(3))
+    bias = (rng.standard_normal((rows, 1)) * rng.random((rows, 1)) * 2).astype(np.float32)
+    votes = []
+    for _ in range(5):
+        drift = (bias + rng.standard_normal((rows, cols))).reshape(-1).astype(np.float32)
+        votes.append(thaw_votes(ema_f, abs_ema_f, obs, drift, frozen, 0.5, 0.5, 2))
+    return votes[2:]  # the first two rounds vote nothing (vote_min_rounds)
+
+
+def test_votes_use_the_huffman_first_chooser_within_its_bound_of_the_full_search():
+    """Vote vectors round-trip and stay within 3 % (in total) of the full form search.
+
+    The bound :func:`fl_strategies.codec._huffman_first_form` states for GWPF's votes:
+    at most 3 % more bytes in total than the full search, at most 15 % + 16 bytes on
+    any one vector. The client's reply packs its votes with it; the server's mask flips
+    keep the full search.
+    """
+    from types import SimpleNamespace
+
+    from fl_strategies.codec import encode_positions, pack_bits, positions_mask, unpack_bits
+
+    chosen = full = 0
+    for seed in range(6):
+        for votes in _gwpf_like_votes(seed):
+            assert 0.6 < votes.mean() < 0.95  # dense, as GWPF's votes are
+            blob = encode_positions(votes, huffman_first=True)
+            np.testing.assert_array_equal(positions_mask(blob, votes.size), votes)
+            packed = pack_bits(votes, huffman_first=True)
+            np.testing.assert_array_equal(unpack_bits(packed), votes)
+            np.testing.assert_array_equal(packed[-blob.size + 1 :], blob[1:])  # same payload
+            reference = encode_positions(votes)
+            assert blob.size <= 1.15 * reference.size + 16, (seed, blob.size, reference.size)
+            chosen, full = chosen + blob.size, full + reference.size
+    assert chosen <= 1.03 * full, (chosen, full)
+    votes = _gwpf_like_votes(0)[0]
+    client = SimpleNamespace(upload=lambda job: {VOTES_KEY: votes}, settings={})
+    record = ps_client.PartialSyncClient.reply_arrays(client, None, None)  # type: ignore[arg-type]
+    np.testing.assert_array_equal(record[VOTES_KEY + "@bits"].numpy(), pack_bits(votes, huffman_first=True))
+    flips = ~votes  # any mask: the update is the full search's blob
+    wire = encode_masks(GWPF.mask_spec, {"active": ~flips, "thawed": np.zeros(flips.size, bool)})
+    np.testing.assert_array_equal(wire["mask-active@flips"], encode_positions(flips))
+
+
 def test_no_device_is_hard_coded():
     # The reference calls .cuda() unconditionally; here the device comes from the job.
     for module in (gwpf_module, ps_module, gwpf_client, ps_client):

@@ -233,8 +233,16 @@ class PartialSyncClient(ClientMethod):
         return self._upload
 
     def reply_arrays(self, job: ClientJob, stats: LoopStats) -> ArrayRecord:
-        """Values at the synced positions, the non-freezable arrays, the extras."""
-        return encode_arrays(self.upload(job), encoding=self.settings.get("encoding", "auto"))
+        """Values at the synced positions, the non-freezable arrays, the extras.
+
+        Boolean extras (GWPF's votes, one per frozen scalar, every client every round)
+        are packed with the codec's Huffman-first chooser: the full form search cost
+        about 20 ms a vote vector on the digits MLP for 1.7 % fewer vote bytes. (The
+        server's mask flips keep the full search: sparse, with structure that only
+        LZMA finds, 15 % smaller on APF's; one encoding per mask and round.)
+        """
+        encoding = self.settings.get("encoding", "auto")
+        return encode_arrays(self.upload(job), encoding=encoding, huffman_first=True)
 
     def reply_metrics(self, job: ClientJob, stats: LoopStats) -> dict[str, float | int]:
         """How many scalars this reply syncs."""
