@@ -121,13 +121,13 @@ def _lzma(data: bytes) -> bytes:
     return lzma.compress(data, format=lzma.FORMAT_RAW, filters=_LZMA_FILTERS)
 
 
-def _position_forms(mask: np.ndarray, fast: bool = False) -> dict[int, bytes]:
+def _position_forms(mask: np.ndarray, fast: bool = False, use_lzma: bool = True) -> dict[int, bytes]:
     """Payload of each form for a flat boolean mask (the entropy-coded ones only if they can win).
 
     ``fast``: the gap forms (zlib-delta, lzma-gaps) only for masks with at most
     :data:`FAST_GAP_DENSITY` of their entries True; above it the bitmask forms were
     smaller on every FedSparsify mask measured, and coding one gap per position of a
-    dense mask is what costs the time.
+    dense mask is what costs the time. ``use_lzma``: also try the LZMA forms.
     """
     count = int(np.count_nonzero(mask))
     bitmask = np.packbits(mask).tobytes()
@@ -142,15 +142,17 @@ def _position_forms(mask: np.ndarray, fast: bool = False) -> dict[int, bytes]:
         forms[FORM_INDICES] = indices.astype("<u4").tobytes()
     if plain > 16:
         forms[FORM_ZLIB_BITMASK] = zlib.compress(bitmask, 9)
-        forms[FORM_LZMA_BITMASK] = _lzma(bitmask)
+        if use_lzma:
+            forms[FORM_LZMA_BITMASK] = _lzma(bitmask)
         if gaps:
             forms[FORM_ZLIB_DELTA] = zlib.compress(_deltas_bytes(indices), 9)
-            forms[FORM_LZMA_GAPS] = _lzma(_gaps_bytes(indices))
+            if use_lzma:
+                forms[FORM_LZMA_GAPS] = _lzma(_gaps_bytes(indices))
     return forms
 
 
-def _smallest_form(mask: np.ndarray, fast: bool = False) -> tuple[int, bytes]:
-    forms = _position_forms(mask, fast)
+def _smallest_form(mask: np.ndarray, fast: bool = False, use_lzma: bool = True) -> tuple[int, bytes]:
+    forms = _position_forms(mask, fast, use_lzma)
     # Ties keep the plain forms (cheaper to decode), then zlib before lzma.
     order = (
         FORM_BITMASK,
@@ -261,7 +263,7 @@ def _decode_form(
     raise CodecError(f"unknown position form {form}")
 
 
-def encode_positions(mask: np.ndarray, fast: bool = False) -> np.ndarray:
+def encode_positions(mask: np.ndarray, fast: bool = False, use_lzma: bool = True) -> np.ndarray:
     """A position set: the True entries of a boolean array, in its smallest form.
 
     Parameters
@@ -273,13 +275,17 @@ def encode_positions(mask: np.ndarray, fast: bool = False) -> np.ndarray:
         Skip the gap forms on masks denser than :data:`FAST_GAP_DENSITY`, where they
         cost the most time and, on the masks measured, never won. The blob is decoded
         the same way; it is at most the skipped forms' advantage larger.
+    use_lzma : bool (default: True)
+        Also try the LZMA forms. LZMA costs about 2.5x zlib level 9 on a bitmask and
+        came out about 3% smaller on FedSparsify-Local's masks: worth it where a mask is
+        encoded once (the server's mask change), not per client reply.
 
     Returns
     -------
     np.ndarray
         A 1-D uint8 blob: the form code (:data:`FORMS`) then the payload.
     """
-    form, payload = _smallest_form(np.asarray(mask, dtype=bool).reshape(-1), fast)
+    form, payload = _smallest_form(np.asarray(mask, dtype=bool).reshape(-1), fast, use_lzma)
     return np.frombuffer(bytes([form]) + payload, dtype=np.uint8)
 
 

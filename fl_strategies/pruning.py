@@ -162,10 +162,18 @@ def prune_by_score(scores: Mapping[str, np.ndarray], keep: Mapping[str, np.ndarr
     if not names:
         return {}
     old = np.concatenate([np.asarray(keep[n], dtype=bool).reshape(-1) for n in names])
-    flat = np.concatenate([np.asarray(scores[n], dtype=np.float64).reshape(-1) for n in names])
-    if flat.shape != old.shape:
-        raise ValueError("scores and keep mask differ in size")
-    flat = np.where(old, np.nan_to_num(flat, nan=-np.inf), -np.inf)
+    parts = [np.asarray(scores[n]).reshape(-1) for n in names]
+    flat = np.concatenate(parts) if all(p.dtype == np.float32 for p in parts) else None
+    if flat is not None and flat.shape == old.shape and bool(np.isfinite(flat).all()):
+        # Finite float32 scores (magnitudes of float32 weights) order exactly as their
+        # float64 widening, which nan_to_num leaves unchanged: the same selection at
+        # half the memory traffic.
+        flat = np.where(old, flat, np.float32(-np.inf))
+    else:
+        flat = np.concatenate([p.astype(np.float64, copy=False) for p in parts])
+        if flat.shape != old.shape:
+            raise ValueError("scores and keep mask differ in size")
+        flat = np.where(old, np.nan_to_num(flat, nan=-np.inf), -np.inf)
     already = int(old.size - np.count_nonzero(old))
     count = max(target_count(old.size, sparsity), already)
     new = np.ones(old.size, dtype=bool)
@@ -178,7 +186,8 @@ def prune_by_score(scores: Mapping[str, np.ndarray], keep: Mapping[str, np.ndarr
         else:
             # argpartition picks exactly `count` positions even among ties; pruned ones
             # (-inf) come first, so the old mask is contained in the new one.
-            new[np.argpartition(flat, count - 1)[:count]] = False
+            # Widened so that ties resolve as they do for float64 scores.
+            new[np.argpartition(flat.astype(np.float64, copy=False), count - 1)[:count]] = False
     out: Mask = {}
     offset = 0
     for name in names:
