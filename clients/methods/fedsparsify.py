@@ -250,7 +250,7 @@ class FedSparsifyClient(ClientMethod):
         keep = self.keep
         if LOCAL_SPARSITY_KEY in job.config:
             keep = magnitude_prune(arrays, self.keep, float(job.config[LOCAL_SPARSITY_KEY]))
-            within = flat_mask(keep)[flat_mask(self.keep)]
+            within = np.compress(flat_mask(self.keep), flat_mask(keep))  # = [global mask], faster
             # zlib forms only: LZMA was ~3% smaller on these masks (~0.2% of the reply) at
             # ~2.5x the time, paid per client per round.
             record[LOCAL_MASK_KEY] = Array(encode_positions(within, fast=True, use_lzma=False))
