@@ -9,7 +9,9 @@ import pytest
 
 from fl_strategies import codec
 from fl_strategies.codec import (
+    VALUES_MIXED_PLANES,
     VALUES_RAW,
+    VALUES_XOR_MIXED_PLANES,
     VALUES_XOR_ZLIB_PLANES,
     VALUES_ZLIB_PLANES,
     CodecError,
@@ -290,11 +292,19 @@ def test_known_values_roundtrip_bit_for_bit_in_every_form():
     raw = encode_known_values(values, compress=False)
     planes = encode_known_values(values)
     xor = encode_known_values(trained, reference=values)
-    assert (raw[0], planes[0], xor[0]) == (VALUES_RAW, VALUES_ZLIB_PLANES, VALUES_XOR_ZLIB_PLANES)
+    # The low mantissa bytes of random weights are noise: stored raw, the rest deflated.
+    assert (raw[0], planes[0], xor[0]) == (VALUES_RAW, VALUES_MIXED_PLANES, VALUES_XOR_MIXED_PLANES)
     assert raw.size == 1 + 4 * 5000
     # Sign/exponent bytes of similar values repeat; close values share their leading bits.
     assert planes.size < 0.95 * raw.size and xor.size < planes.size
-    for blob, expected, ref in ((raw, values, None), (planes, values, None), (xor, trained, values)):
+    # Values with structured low bytes (steps of 1/8) deflate in every plane.
+    steps = (np.random.default_rng(5).integers(-64, 64, 5000) / 8).astype(np.float32)
+    moved = steps.copy()
+    moved[::50] += 0.125
+    zplanes, zxor = encode_known_values(steps), encode_known_values(moved, reference=steps)
+    assert (zplanes[0], zxor[0]) == (VALUES_ZLIB_PLANES, VALUES_XOR_ZLIB_PLANES)
+    cases = [(raw, values, None), (planes, values, None), (xor, trained, values)]
+    for blob, expected, ref in [*cases, (zplanes, steps, None), (zxor, moved, steps)]:
         out = decode_known_values(blob, 5000, np.float32, ref)
         assert out.dtype == np.float32
         np.testing.assert_array_equal(out.view(np.uint32), expected.view(np.uint32))
@@ -309,11 +319,11 @@ def test_known_values_roundtrip_bit_for_bit_in_every_form():
 def _all_value_forms(values: np.ndarray, reference: np.ndarray) -> dict[int, int]:
     """Blob size of every known-value form, each deflated in full (what the encoder may skip)."""
     words, ref = values.view("<u4"), reference.view("<u4")
-    return {
-        VALUES_RAW: 1 + values.nbytes,
-        VALUES_ZLIB_PLANES: 1 + len(codec._deflate_rle(codec._byte_planes(words, 4))),
-        VALUES_XOR_ZLIB_PLANES: 1 + len(codec._deflate_rle(codec._byte_planes(words ^ ref, 4))),
-    }
+    sizes = {VALUES_RAW: 1 + values.nbytes}
+    for form, form_words in ((VALUES_ZLIB_PLANES, words), (VALUES_XOR_ZLIB_PLANES, words ^ ref)):
+        mixed, payload = codec._planes_payload(form_words, 4, codec._plane_entropies(form_words, 4))
+        sizes[codec._MIXED_FORM[form] if mixed else form] = 1 + len(payload)
+    return sizes
 
 
 @pytest.mark.parametrize("change", [0.0, 1e-4, 0.05, 1.0, "unrelated", "constant"])
@@ -358,7 +368,9 @@ def test_known_values_decoder_checks_the_count_it_knows_before_allocating():
     values = _weights(1000)
     with pytest.raises(CodecError, match="1000 values need 4000"):
         decode_known_values(encode_known_values(values[:-1], compress=False), 1000)
-    planes = encode_known_values(values)
+    # Structured values (steps of 1/8): the all-planes zlib stream.
+    planes = encode_known_values((np.random.default_rng(5).integers(-64, 64, 1000) / 8).astype(np.float32))
+    assert planes[0] == VALUES_ZLIB_PLANES
     with pytest.raises(CodecError, match="longer than the 3996 bytes"):
         decode_known_values(planes, 999)  # inflating stops at what 999 values may hold
     with pytest.raises(CodecError, match="inflates to 4000 bytes"):
@@ -393,3 +405,38 @@ def test_known_layout_gathers_and_scatters_in_sorted_name_order():
     np.testing.assert_array_equal(flat_mask(two), [0, 0, 0, 1, 1, 1, 1])  # w before x
     roundtrip = unflat_mask(flat_mask(two), two)
     assert list(roundtrip) == ["x", "w"] and all((roundtrip[k] == two[k]).all() for k in two)
+
+
+def test_known_values_mixed_planes_store_noise_raw_and_decode_bounded():
+    """Noise planes go raw (exactly their bytes), structured ones deflated; bad blobs fail cleanly."""
+    values = _weights(20_000)
+    blob = encode_known_values(values)
+    assert blob[0] == VALUES_MIXED_PLANES
+    words = values.view("<u4")
+    entropies = codec._plane_entropies(words, 4)
+    deflated = [e < codec.RAW_PLANE_BITS for e in entropies]
+    assert blob[1] == sum(1 << j for j, d in enumerate(deflated) if d)
+    assert 0 < sum(deflated) < 4  # the sign/exponent plane deflates, the lowest byte does not
+    planes = np.frombuffer(codec._byte_planes(words, 4), np.uint8).reshape(4, -1)
+    raw = planes[[not d for d in deflated]].reshape(-1)
+    np.testing.assert_array_equal(blob[2 : 2 + raw.size], raw)
+    np.testing.assert_array_equal(decode_known_values(blob, 20_000).view(np.uint32), words)
+    # Flags naming a fifth plane, a cut raw part, trailing bytes, a stream inflating too far.
+    bad_flags = blob.copy()
+    bad_flags[1] |= 0x10
+    bomb = np.frombuffer(codec._deflate_rle(bytes(4 * 20_000 + 64)), np.uint8)
+    stream_only = np.concatenate([np.array([VALUES_MIXED_PLANES, 0xF], np.uint8), bomb])
+    all_raw = np.concatenate([np.array([VALUES_MIXED_PLANES, 0], np.uint8), planes.reshape(-1)])
+    for forged, message in (
+        (bad_flags, "beyond"),
+        (blob[: 2 + raw.size - 1], "raw bytes"),
+        (np.concatenate([all_raw, np.zeros(1, np.uint8)]), "trailing"),
+        (stream_only, "longer than the 80000 bytes"),
+        (blob[:1], "flags byte"),
+    ):
+        with pytest.raises(CodecError, match=message):
+            decode_known_values(forged, 20_000)
+    np.testing.assert_array_equal(decode_known_values(all_raw, 20_000).view(np.uint32), words)
+    with pytest.raises(CodecError, match="reference"):
+        xor_form = np.array([VALUES_XOR_MIXED_PLANES], np.uint8)
+        decode_known_values(np.concatenate([xor_form, all_raw[1:]]), 20_000)

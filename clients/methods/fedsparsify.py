@@ -208,6 +208,9 @@ class FedSparsifyClient(ClientMethod):
         self.received_values = values
         load_arrays(job.model, {**rest, **self.received})
         self.keep, self.mask_id = keep, mask_id
+        if mask_id == int(config[MASK_BASE_KEY]) != FULL_MASK_ID:
+            # The state already holds this mask (_held_mask checked it): no rewrite.
+            return
         job.context.state[MASK_STATE_KEY] = ArrayRecord(
             {n: Array(np.require(m, requirements="C")) for n, m in keep.items()}
         )
@@ -247,8 +250,10 @@ class FedSparsifyClient(ClientMethod):
         keep = self.keep
         if LOCAL_SPARSITY_KEY in job.config:
             keep = magnitude_prune(arrays, self.keep, float(job.config[LOCAL_SPARSITY_KEY]))
-            within = flat_mask(keep)[flat_mask(self.keep)]
-            record[LOCAL_MASK_KEY] = Array(encode_positions(within, fast=True))
+            within = np.compress(flat_mask(self.keep), flat_mask(keep))  # = [global mask], faster
+            # zlib forms only: LZMA was ~3% smaller on these masks (~0.2% of the reply) at
+            # ~2.5x the time, paid per client per round.
+            record[LOCAL_MASK_KEY] = Array(encode_positions(within, fast=True, use_lzma=False))
         names = list(self.known_shapes)
         values = gather_known(arrays, keep, names)
         # At the received mask the reference is what came in; a local mask gathers its own.
