@@ -105,3 +105,10 @@ def test_a_copy_given_a_hook_or_a_frozen_parameter_is_replaced():
     assert id(third) != second_id
     assert all(p.requires_grad for p in third.parameters())
     assert_like_template(third, MLP)
+
+
+def test_a_template_built_again_after_eviction_gets_a_new_copy():
+    first = client_app.fresh_model(MLP)
+    del first
+    client_app._model_template.cache_clear()  # as when more model configs than the cache holds passed
+    assert_like_template(client_app.fresh_model(MLP), MLP)

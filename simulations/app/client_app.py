@@ -161,9 +161,10 @@ def fresh_model(model_cfg: dict[str, Any]) -> nn.Module:
         int(model_cfg["num_classes"]),
         int(model_cfg["image_size"]),
     )
+    template = _model_template(*key)
     cache = _model_caches.get(key)
-    if cache is None:
-        cache = _model_caches.setdefault(key, _ModelCache(_model_template(*key)))
+    if cache is None or cache.template is not template:  # a template built again after eviction
+        cache = _model_caches[key] = _ModelCache(template)
     return cache.get()
 
 
