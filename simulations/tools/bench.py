@@ -3,7 +3,7 @@
 ``python -m simulations.tools.bench [--rounds 20] [--epochs 5] [--clients 10] [--skip-ray] [--repeats 3]``
 ``python -m simulations.tools.bench population [--sizes 10 1000 10000] [--backends inline ray]``
 ``python -m simulations.tools.bench deployed [--rounds 3] [--nodes 2]``
-``python -m simulations.tools.bench methods [--methods fedavg gwpf ...] [--rounds 6] [--repeats 3]``
+``python -m simulations.tools.bench methods [--methods fedavg ...] [--repeats 3] [-- override ...]``
 
 The sub-commands are described in :func:`population_main`, :func:`deployed_main` and
 :func:`methods_main`.
@@ -265,6 +265,7 @@ def methods_main(argv: list[str]) -> None:
     parser.add_argument("--clients", type=int, default=10)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("overrides", nargs="*", help="run overrides for every method")
     args = parser.parse_args(argv)
     torch.set_num_threads(1)
     if "fedavg" not in args.methods:
@@ -281,6 +282,7 @@ def methods_main(argv: list[str]) -> None:
                 "central_eval=false",
                 "checkpoint_every=0",
                 f"seed={args.seed}",
+                *args.overrides,
             ]
             with initialize_config_dir(config_dir=CONF_DIR, version_base=None):
                 cfg = compose(config_name="config", overrides=overrides)
