@@ -245,20 +245,27 @@ class StoppingGrid(InlineGrid):
         return reply
 
 
-def test_a_run_stopped_mid_round_resumes_to_the_uninterrupted_run(tmp_path):
-    overrides = [*GWPF, "num_rounds=4", "client_state=disk"]
-    run_from_config(config(*overrides), tmp_path / "full", quiet=True)
+STOPPED_GWPF = [*GWPF, "num_rounds=4", "client_state=disk"]
 
+
+def run_full_and_stopped(tmp_path: Path) -> tuple[Path, NodeStateStore, dict[int, int]]:
+    """The uninterrupted GWPF run in ``full``, and the same run stopped after two calls of
+    round 3 in ``stopped``: its directory, its store and its node -> partition map."""
+    run_from_config(config(*STOPPED_GWPF), tmp_path / "full", quiet=True)
     out = tmp_path / "stopped"
-    plan = compose_run(config(*overrides), out)
+    plan = compose_run(config(*STOPPED_GWPF), out)
     store = state_store_for(plan.cfg, out)
     assert store is not None
     grid = StoppingGrid(build_client_app(store.root), 6, 3, after_calls=2)
-    plan.strategy.node_partitions.update(
-        {n: int(c.node_config["partition-id"]) for n, c in grid.contexts.items()}
-    )
+    mapping = {n: int(c.node_config["partition-id"]) for n, c in grid.contexts.items()}
+    plan.strategy.node_partitions.update(mapping)
     with pytest.raises(KeyboardInterrupt):
         execute_plan(plan, grid, quiet=True, state_store=store)
+    return out, store, mapping
+
+
+def test_a_run_stopped_mid_round_resumes_to_the_uninterrupted_run(tmp_path):
+    out, store, _ = run_full_and_stopped(tmp_path)
     written = [p for p in range(6) if 3 in store.versions(p)]
     assert len(written) == 2  # two nodes trained in round 3 and stored it before the stop
     assert all(store.load(p, 2) is not None for p in written)  # their round-2 states are still there
@@ -274,26 +281,14 @@ def test_a_resume_with_new_node_ids_follows_the_nodes_by_partition(tmp_path):
     strategy's per-node records (GWPF's last-synced rounds) meet again by partition id."""
     from simulations.app.checkpoint import load_checkpoint
 
-    overrides = [*GWPF, "num_rounds=4", "client_state=disk"]
-    run_from_config(config(*overrides), tmp_path / "full", quiet=True)
-
-    out = tmp_path / "stopped"
-    plan = compose_run(config(*overrides), out)
-    store = state_store_for(plan.cfg, out)
-    assert store is not None
-    grid = StoppingGrid(build_client_app(store.root), 6, 3, after_calls=2)
-    mapping = {n: int(c.node_config["partition-id"]) for n, c in grid.contexts.items()}
-    plan.strategy.node_partitions.update(mapping)
-    with pytest.raises(KeyboardInterrupt):
-        execute_plan(plan, grid, quiet=True, state_store=store)
-
+    out, store, mapping = run_full_and_stopped(tmp_path)
     checkpoint = {**load_checkpoint(out), "nodes": None}  # Ray keeps no node contexts
     old_id = {node: node + 10**9 for node in mapping}  # ...and named the nodes otherwise
     strategy_state = checkpoint["strategy"]
     assert strategy_state["node_round"]  # GWPF knows which nodes synced when
     for name in ("node_partitions", "node_round"):
         strategy_state[name] = {old_id[node]: value for node, value in strategy_state[name].items()}
-    plan = compose_run(config(*overrides), out)
+    plan = compose_run(config(*STOPPED_GWPF), out)
     grid = InlineGrid(build_client_app(store.root), 6)
     plan.strategy.node_partitions.update(mapping)
     execute_plan(plan, grid, quiet=True, resume=checkpoint, state_store=store)
