@@ -48,6 +48,7 @@ from typing import Any
 from flwr.app import Array, ArrayRecord, ConfigRecord, Context, Message, MessageType, MetricRecord, RecordDict
 
 from fl_strategies.wire import CONFIG_KEY
+from simulations.app.results import write_atomic
 
 #: The node_config key a store keys nodes by (:data:`simulations.app.client_app.PARTITION_ID_KEY`).
 PARTITION_ID_KEY = "partition-id"
@@ -204,9 +205,7 @@ class NodeStateStore:
             marker.unlink(missing_ok=True)
             return
         self.root.mkdir(parents=True, exist_ok=True)
-        tmp = marker.with_name(f".{CHECKPOINTED_FILE}.tmp")
-        tmp.write_text(str(int(server_round)))
-        os.replace(tmp, marker)
+        write_atomic(marker, str(int(server_round)).encode(), durable=False)
 
     # -------------------------------------------------- the server's side
     def start(self, resume_round: int | None, checkpoints: bool) -> None:
